@@ -1,0 +1,52 @@
+"""``fre-edge eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folder"]), default="auto",
+              show_default=True)
+@click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Split file for the magnetic_tile layout.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the metrics as JSON here (default MODEL_DIR/eval.json).")
+@click.option("--pictures", "pictures_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for heatmap pictures (default MODEL_DIR/eval_pictures).")
+@click.option("-n", "--num-pictures", type=int, default=8, show_default=True,
+              help="Heatmap pictures to write: the highest- and lowest-scored test images of each kind.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, quiet):
+    """Evaluate the model in MODEL_DIR on the test images of DATA.
+
+    Prints image AUROC, pixel AUROC and AUPRO (when masks exist), writes them as JSON and writes
+    heatmap pictures (image | mask | heatmap | outline) for a selection of test images.
+    """
+    from ..data import read_dataset
+    from ..evaluate import evaluate, write_pictures
+    from ..persist import load_model
+
+    fitted = load_model(model_dir)
+    ds = read_dataset(data, layout, split)
+    metrics, scores, maps = evaluate(fitted, ds.test, batch_size=batch_size, progress=not quiet)
+    metrics["model"] = str(model_dir)
+    metrics["data"] = ds.summary()
+    json_path = Path(json_path) if json_path else Path(model_dir) / "eval.json"
+    pictures_dir = Path(pictures_dir) if pictures_dir else Path(model_dir) / "eval_pictures"
+    if num_pictures > 0:
+        metrics["pictures"] = [str(p) for p in write_pictures(fitted, ds.test, scores, maps, pictures_dir,
+                                                              num_pictures)]
+    tmp = json_path.with_name(json_path.name + ".partial")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(json_path)
+    show = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in metrics}
+    click.echo("  ".join(f"{k}={v:.4f}" for k, v in show.items()))
+    click.echo(f"metrics: {json_path}")

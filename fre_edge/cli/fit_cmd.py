@@ -1,0 +1,71 @@
+"""``fre-edge fit``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..backbones import DEFAULT_BACKBONE, REGISTRY
+
+
+def _n_components(value: str) -> float | int:
+    try:
+        return int(value) if value.isdigit() else float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a variance ratio in (0, 1) nor a component count") from None
+
+
+@click.command("fit")
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=str),
+              help="Model folder to write (must not exist unless --force).")
+@click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folder"]), default="auto",
+              show_default=True, help="How DATA is organised.")
+@click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Split file for the magnetic_tile layout (default DATA/split.json).")
+@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True)
+@click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
+@click.option("--input-size", type=int, default=None, help="Square input size in pixels (default: the backbone's).")
+@click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
+@click.option("--variance", "n_components", default="0.97", show_default=True,
+              help="Variance ratio to keep (float in (0,1)) or a component count (int).")
+@click.option("--strategy", type=click.Choice(["auto", "gram", "covariance", "autoencoder"]), default="auto",
+              show_default=True, help="How the subspace is fitted (auto: from image count, size and memory).")
+@click.option("--holdout", type=float, default=0.1, show_default=True,
+              help="Fraction of good images kept out to set thresholds.")
+@click.option("--blur", "blur_sigma", type=float, default=0.0, show_default=True,
+              help="Gaussian blur sigma on the anomaly map, in pixels (0: none, as the paper).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Backbone weights file (torchvision backbones).")
+@click.option("--force", is_flag=True, help="Overwrite the output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, holdout,
+            blur_sigma, batch_size, weights, force, quiet):
+    """Fit FRE on the good images of DATA and write a model folder.
+
+    DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
+    or a plain folder of good images.
+    """
+    from ..data import read_dataset
+    from ..errors import FreEdgeError
+    from ..fit import FitConfig, fit_fre
+    from ..persist import atomic_dir, save_model
+
+    from pathlib import Path
+
+    if Path(output).exists() and not force:
+        raise FreEdgeError(f"{output} already exists; choose another output folder or pass --force")
+    atomic_dir(Path(output), force)  # validates the destination before any work
+    ds = read_dataset(data, layout, split)
+    cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
+                    pool=pool, n_components=_n_components(n_components), strategy=strategy, holdout=holdout,
+                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights)
+    fitted = fit_fre([s.path for s in ds.train], cfg, progress=not quiet, data_summary=ds.summary())
+    save_model(fitted, output, force=force)
+    info = fitted.info
+    click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
+                           "input_size": cfg.input_size, "n_components": info["n_components"],
+                           "thresholds": {k: info["thresholds"][k] for k in ("image", "pixel", "source")},
+                           "timings_s": info["timings_s"]}, indent=2))

@@ -1,0 +1,139 @@
+"""Dataset readers: MVTec AD layout, Magnetic Tile Defects with a split file, a plain folder of images.
+
+Readers only list files (no pixels are read here): each returns a :class:`Dataset` with ``train``
+(good images to fit on) and ``test`` (good and defective images, with masks where known).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FreEdgeError
+from .images import IMAGE_SUFFIXES, is_image_file
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int = 0  # 0 good, 1 anomalous
+    mask: Path | None = None  # ground-truth mask (None: unknown, or all-good)
+    defect: str = "good"
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    layout: str
+    train: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        n_bad = sum(s.label for s in self.test)
+        return {
+            "name": self.name,
+            "layout": self.layout,
+            "train_images": len(self.train),
+            "test_good": len(self.test) - n_bad,
+            "test_anomalous": n_bad,
+        }
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def read_folder(root: str | Path) -> Dataset:
+    """A folder of good images (searched recursively); nothing to test on."""
+    root = Path(root)
+    _check_dir(root)
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not paths:
+        raise FreEdgeError(
+            f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); point to a folder of good images"
+        )
+    return Dataset(root.name, root, "folder", train=[Sample(p) for p in paths])
+
+
+def read_mvtec(root: str | Path) -> Dataset:
+    """MVTec AD category: train/good, test/<defect>, ground_truth/<defect>/<name>_mask.png."""
+    root = Path(root)
+    _check_dir(root)
+    good = root / "train" / "good"
+    if not good.is_dir():
+        raise FreEdgeError(f"{root}: no train/good folder; this is not an MVTec AD category folder")
+    ds = Dataset(root.name, root, "mvtec", train=[Sample(p) for p in _images_in(good)])
+    test_root = root / "test"
+    if test_root.is_dir():
+        for defect_dir in sorted(d for d in test_root.iterdir() if d.is_dir()):
+            defect = defect_dir.name
+            for p in _images_in(defect_dir):
+                if defect == "good":
+                    ds.test.append(Sample(p))
+                    continue
+                mask = root / "ground_truth" / defect / f"{p.stem}_mask.png"
+                if not mask.is_file():
+                    raise FreEdgeError(f"{p}: its mask {mask} is missing; add it or remove the image")
+                ds.test.append(Sample(p, 1, mask, defect))
+    if not ds.train:
+        raise FreEdgeError(f"{good}: no images found; put the good training images there")
+    return ds
+
+
+def read_magnetic_tile(root: str | Path, split: str | Path | None = None) -> Dataset:
+    """Magnetic Tile Defects: MT_<Class>/Imgs/<name>.jpg with <name>.png masks, and split.json."""
+    root = Path(root)
+    _check_dir(root)
+    split = Path(split) if split else root / "split.json"
+    if not split.is_file():
+        raise FreEdgeError(f"{split}: split file not found; pass --split FILE (see split.json format in README)")
+    try:
+        spec = json.loads(split.read_text())
+        train, test = spec["train"], spec["test"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FreEdgeError(f"{split}: not a valid split file ({exc}); it needs 'train' and 'test' keys") from None
+
+    def sample(rel: str, defect: str) -> Sample:
+        p = root / rel
+        if not p.is_file():
+            raise FreEdgeError(f"{p}: listed in {split.name} but missing; restore it or fix the split file")
+        if defect == "good":
+            return Sample(p)
+        mask = p.with_suffix(".png")
+        if not mask.is_file():
+            raise FreEdgeError(f"{p}: its mask {mask} is missing; add it or remove the image")
+        return Sample(p, 1, mask, defect)
+
+    ds = Dataset("magnetic_tile", root, "magnetic_tile", train=[sample(r, "good") for r in train])
+    for defect, rels in test.items():
+        ds.test.extend(sample(r, defect) for r in rels)
+    return ds
+
+
+
+def read_dataset(path: str | Path, layout: str = "auto", split: str | Path | None = None) -> Dataset:
+    """Read a dataset, detecting the layout when ``layout='auto'``."""
+    path = Path(path)
+    _check_dir(path)
+    if layout == "auto":
+        if (path / "train" / "good").is_dir():
+            layout = "mvtec"
+        elif split is not None or ((path / "split.json").is_file() and (path / "MT_Free").is_dir()):
+            layout = "magnetic_tile"
+        else:
+            layout = "folder"
+    readers = {"mvtec": read_mvtec, "folder": read_folder}
+    if layout == "magnetic_tile":
+        return read_magnetic_tile(path, split)
+    if layout not in readers:
+        raise FreEdgeError(f"unknown layout {layout!r}; use one of auto, mvtec, magnetic_tile, folder")
+    return readers[layout](path)
+
+
+def _check_dir(path: Path) -> None:
+    if not path.exists():
+        raise FreEdgeError(f"{path}: no such folder; check the path")
+    if not path.is_dir():
+        raise FreEdgeError(f"{path}: not a folder; pass the folder that holds the images")

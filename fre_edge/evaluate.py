@@ -1,0 +1,98 @@
+"""Score a labelled test set with a fitted detector: metrics, and heatmap pictures to look at."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import Sample
+from .errors import FreEdgeError
+from .features import load_batch
+from .images import load_mask
+from .metrics import aupro, auroc
+
+
+@torch.inference_mode()
+def score_images(detector, images: Sequence, *, batch_size: int = 16, progress: bool = True,
+                 desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N] and anomaly maps [N, S, S] (model input size) of paths or arrays."""
+    from tqdm.auto import tqdm
+
+    scores, maps = [], []
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for i in range(0, len(images), batch_size):
+            batch = load_batch(images[i : i + batch_size], detector.input_size)
+            s, m = detector(batch)
+            scores.append(s.numpy())
+            maps.append(m.numpy())
+            bar.update(len(batch))
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndarray,
+                    image_threshold: float | None = None) -> dict:
+    labels = np.array([s.label for s in samples])
+    out = {"n_images": len(samples), "n_anomalous": int(labels.sum()), "image_auroc": auroc(labels, scores)}
+    if image_threshold is not None:
+        pred = scores > image_threshold
+        out["at_threshold"] = {
+            "threshold": float(image_threshold),
+            "false_reject_rate": float(pred[labels == 0].mean()),
+            "miss_rate": float((~pred[labels == 1]).mean()),
+        }
+    if any(s.mask is not None for s in samples if s.label):
+        size = maps.shape[1]
+        masks = np.stack([load_mask(s.mask, size, size) for s in samples])
+        out["pixel_auroc"] = auroc(masks, maps)
+        out["aupro"] = aupro(masks, maps)
+    return out
+
+
+def evaluate(fitted, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    if not samples:
+        raise FreEdgeError("the dataset has no test images; evaluation needs test/good and test/<defect> images")
+    t0 = time.perf_counter()
+    scores, maps = score_images(fitted.detector, [s.path for s in samples], batch_size=batch_size,
+                                progress=progress)
+    t_score = time.perf_counter() - t0
+    metrics = compute_metrics(samples, scores, maps, fitted.info.get("thresholds", {}).get("image"))
+    metrics["scoring_seconds"] = t_score
+    return metrics, scores, maps
+
+
+def pick_for_pictures(samples: Sequence[Sample], scores: np.ndarray, n: int) -> list[int]:
+    """Up to n indices: alternately the highest-scored good image (worst false alarm) and the
+    lowest-scored anomalous image (worst miss), then the most obvious anomalies."""
+    good = [i for i in np.argsort(-scores) if samples[i].label == 0]
+    bad_low = [i for i in np.argsort(scores) if samples[i].label == 1]
+    bad_high = bad_low[::-1]
+    picked: list[int] = []
+    for pool in zip(good, bad_low, bad_high):
+        for i in pool:
+            if i not in picked and len(picked) < n:
+                picked.append(int(i))
+    rest = [int(i) for i in np.argsort(-scores) if int(i) not in picked]
+    return (picked + rest)[:n]
+
+
+def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Path, n: int) -> list[Path]:
+    from .images import prepare
+    from .visualize import save_panel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = maps.shape[1]
+    vmax = 2.0 * fitted.info["thresholds"]["pixel"]
+    written = []
+    for rank, i in enumerate(pick_for_pictures(samples, scores, n)):
+        s = samples[i]
+        mask = load_mask(s.mask, size, size) if s.label else np.zeros((size, size), bool)
+        title = f"{s.defect} {s.path.name}  score={scores[i]:.4g}  (threshold {fitted.image_threshold:.4g})"
+        path = out_dir / f"{rank:02d}_{s.defect}_{s.path.stem}.png"
+        save_panel(path, prepare(s.path, size), maps[i], vmax, mask=mask, title=title)
+        written.append(path)
+    return written

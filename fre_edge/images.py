@@ -1,0 +1,118 @@
+"""Image reading and resizing shared by fitting and the runtime (numpy + Pillow only, never torch).
+
+Fitting and the runtime call the same functions, so a bundle sees pixels prepared exactly as at fit
+time (same conversion, same Lanczos filter): the resize mismatch that breaks many exported anomaly
+models cannot happen here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import FreEdgeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert an HxW, HxWx1, HxWx3 or HxWx4 array of uint8/uint16/float to HxWx3 uint8 RGB.
+
+    Grey is repeated on three channels; alpha is dropped; 16-bit is scaled by 1/257; floats are taken
+    to lie in [0, 1].
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or a.shape[0] < 1 or a.shape[1] < 1:
+        raise FreEdgeError(
+            f"image array has shape {a.shape}; pass HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA)"
+        )
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        a = (a.astype(np.uint32) * 255 + 32767) // 65535
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.clip(np.rint(a * 255.0), 0, 255)
+    elif np.issubdtype(a.dtype, np.integer):
+        a = np.clip(a, 0, 255)
+    else:
+        raise FreEdgeError(f"image array has dtype {a.dtype}; pass uint8, uint16 or float in [0, 1]")
+    a = a.astype(np.uint8, copy=False)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (grey, palette, RGBA and 16-bit are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FreEdgeError(f"{path}: no such image file; check the path")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.int64)
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            elif im.mode in ("RGB", "L"):
+                arr = np.asarray(im)
+            elif im.mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "F"):
+                arr = np.asarray(im.convert("RGB"))
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FreEdgeError(
+            f"{path}: cannot read image ({exc.__class__.__name__}: {exc}); replace or remove the file"
+        ) from None
+    return to_rgb_uint8(arr)
+
+
+def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize HxWx3 uint8 to size x size with Lanczos (the reference code's filter)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def prepare(image: np.ndarray | str | Path, size: int) -> np.ndarray:
+    """Path or array -> size x size x 3 uint8 RGB, exactly as the model saw it at fit time."""
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
+    else:
+        image = to_rgb_uint8(image)
+    return resize_rgb(image, size)
+
+
+def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float anomaly map to height x width."""
+    if amap.shape == (height, width):
+        return amap.astype(np.float32, copy=False)
+    im = Image.fromarray(amap.astype(np.float32), mode="F")
+    return np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def load_mask(path: str | Path | None, height: int, width: int) -> np.ndarray:
+    """Read a ground-truth mask as a bool HxW array at the given size (nearest neighbour).
+
+    ``None`` (a good image) gives an all-False mask.
+    """
+    if path is None:
+        return np.zeros((height, width), dtype=bool)
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.NEAREST)
+            return np.asarray(im) > 127
+    except (UnidentifiedImageError, OSError) as exc:
+        raise FreEdgeError(f"{path}: cannot read mask ({exc}); replace or remove the file") from None
