@@ -8,7 +8,7 @@ ratios) for the rows of ``X`` (one flattened feature vector per image):
 - ``covariance``: streaming D x D covariance accumulated chunk by chunk; exact PCA; memory D*D, any N.
 - ``autoencoder``: the paper's FRE-AE, a tied linear autoencoder x_hat = W^T W (x - mu) + mu trained
   with Adam on mini-batches; memory k*D; for when neither N*D nor D*D fits. Its rank k is resolved on a
-  random subset of at most ``ae_probe`` images by exact PCA.
+  random subset of at most ``ae_probe`` images by exact PCA, which also initialises W.
 
 ``choose_strategy`` picks one from N, D and a memory budget. All linear algebra that decides the
 subspace runs in float64; the stored components are float32.
@@ -16,7 +16,6 @@ subspace runs in float64; the stored components are float32.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +120,8 @@ def fit_autoencoder(
     for i in range(0, N, 1024):
         mean += X[i : i + 1024].double().sum(0)
     mean = (mean / N).float()
-    W = (torch.randn(k, D, generator=gen) / math.sqrt(D)).requires_grad_(True)
+    # start from the probe's PCA (as the paper initialises its AE from PCA), then learn from all images
+    W = init.components.clone().requires_grad_(True)
     opt = torch.optim.Adam([W], lr=lr)
     it = range(epochs)
     if progress:

@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "bottle_sample"
+DATASETS = Path(os.environ.get("FRE_EDGE_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared dataset {path} is missing on CI")
+        pytest.skip(f"shared dataset {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bottle_root() -> Path:
+    return _need(DATASETS / "mvtec_bottle")
+
+
+@pytest.fixture(scope="session")
+def mtd_root() -> Path:
+    return _need(DATASETS / "magnetic_tile")
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory):
+    """A real fit (EfficientNet-Lite0 ImageNet weights) on the demo sample, saved once per session."""
+    from fre_edge.data import read_dataset
+    from fre_edge.fit import FitConfig, fit_fre
+    from fre_edge.persist import save_model
+
+    ds = read_dataset(SAMPLE)
+    fitted = fit_fre([s.path for s in ds.train], FitConfig(input_size=224), progress=False)
+    out = tmp_path_factory.mktemp("models") / "sample"
+    save_model(fitted, out)
+    return out, fitted
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,127 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fre_edge.cli import cli
+from fre_edge.persist import load_model, save_model
+
+
+def test_save_load_bit_for_bit(sample_model, tmp_path, sample_root):
+    out, fitted = sample_model
+    loaded = load_model(out)
+    for a, b in zip(fitted.detector.heads, loaded.detector.heads):
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.components, b.components)
+        assert torch.equal(a.proj, b.proj) and torch.equal(a.bias, b.bias)
+    assert loaded.info == json.loads(json.dumps(fitted.info))
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)))
+                                   for p in sorted((sample_root / "test" / "good").glob("*.png"))]))
+    s1, m1 = fitted.detector(x)
+    s2, m2 = loaded.detector(x)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
+    # a second save of the loaded model gives the same tensor file
+    save_model(loaded, tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_fit_has_sensible_thresholds(sample_model):
+    _, fitted = sample_model
+    t = fitted.info["thresholds"]
+    assert t["source"] == "holdout" and t["image"] > 0 and t["pixel"] > 0
+    assert fitted.info["data"]["fit_images"] == 7 and fitted.info["data"]["holdout_images"] == 1
+
+
+def test_cli_fit_then_eval(tmp_path, sample_root):
+    runner = CliRunner()
+    out = tmp_path / "m"
+    r = runner.invoke(cli, ["fit", str(sample_root), "-o", str(out), "--input-size", "224", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_components"][0] >= 1
+    r = runner.invoke(cli, ["eval", str(out), str(sample_root), "-n", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "eval.json").read_text())
+    assert metrics["image_auroc"] == 1.0  # the 4 sample defects are large and obvious
+    assert 0.9 < metrics["pixel_auroc"] <= 1.0 and 0.0 < metrics["aupro"] <= 1.0
+    pics = sorted((out / "eval_pictures").glob("*.png"))
+    assert len(pics) == 3
+    w, h = Image.open(pics[0]).size
+    assert w == 4 * 224 and h == 224 + 18  # image | mask | heatmap | outline
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["eval", "--help"]])
+def test_help(args):
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "Usage" in r.output
+
+
+def _copy_sample(sample_root, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(sample_root, d)
+    return d
+
+
+def test_fit_bad_inputs(tmp_path, sample_root):
+    runner = CliRunner()
+    cases = []
+    # missing folder, empty folder
+    cases.append(([str(tmp_path / "nope")], "no such folder"))
+    (tmp_path / "empty").mkdir()
+    cases.append(([str(tmp_path / "empty")], "no images found"))
+    # corrupt and truncated image in the training set
+    data = _copy_sample(sample_root, tmp_path)
+    (data / "train" / "good" / "zz_corrupt.png").write_bytes(b"garbage")
+    cases.append(([str(data)], "zz_corrupt.png: cannot read image"))
+    data2 = tmp_path / "trunc"
+    shutil.copytree(sample_root, data2)
+    p = data2 / "train" / "good" / "000.png"
+    p.write_bytes(p.read_bytes()[:5000])
+    cases.append(([str(data2)], "000.png: cannot read image"))
+    # too few images
+    few = tmp_path / "few"
+    few.mkdir()
+    shutil.copy(sample_root / "train" / "good" / "000.png", few)
+    cases.append(([str(few)], "at least 2"))
+    # unknown layer, bad variance
+    cases.append(([str(sample_root), "--layers", "layer3"], "unknown layer 'layer3' for efficientnet_lite0"))
+    cases.append(([str(sample_root), "--variance", "1.5"], "strictly between 0 and 1"))
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        r = runner.invoke(cli, ["fit", *args, "-o", str(out), "--quiet"])
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+        assert not list(tmp_path.glob(f".out{i}*"))  # no partial folder either
+
+
+def test_fit_unknown_backbone_and_existing_output(tmp_path, sample_root):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["fit", str(sample_root), "-o", str(tmp_path / "o"), "--backbone", "resnet9000"])
+    assert r.exit_code == 2 and "resnet9000" in r.output
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("mine")
+    r = runner.invoke(cli, ["fit", str(sample_root), "-o", str(tmp_path / "exists"), "--quiet"])
+    assert r.exit_code == 2 and "already exists" in r.stderr and "--force" in r.stderr
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "mine"
+
+
+def test_torchvision_weights_missing_fail_fast(tmp_path, sample_root, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv("FRE_EDGE_ALLOW_DOWNLOAD", raising=False)
+    r = CliRunner().invoke(cli, ["fit", str(sample_root), "-o", str(tmp_path / "o"), "--backbone", "resnet18"])
+    assert r.exit_code == 2
+    assert "resnet18-f37072fd.pth are not on this machine; put the file in" in r.stderr
+    assert str(tmp_path / "hub") in r.stderr
+
+
+def test_eval_bad_model_dir(tmp_path, sample_root):
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "nomodel"), str(sample_root)])
+    assert r.exit_code == 2 and "no such model folder" in r.stderr
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.json").write_text("{}")
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "half"), str(sample_root)])
+    assert r.exit_code == 2 and "model.safetensors is missing" in r.stderr

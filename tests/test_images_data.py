@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fre_edge.data import read_dataset, read_folder, read_magnetic_tile, read_mvtec
+from fre_edge.errors import FreEdgeError
+from fre_edge.images import load_image, load_mask, prepare, resize_map, to_rgb_uint8
+
+
+def test_conversions_grey_rgba_16bit(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 7)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    g16 = (grey.astype(np.uint16) * 257)
+    Image.fromarray(g16).save(tmp_path / "w.png")
+    for name in ("g.png", "a.png", "w.png"):
+        img = load_image(tmp_path / name)
+        assert img.shape == (8, 8, 3) and img.dtype == np.uint8, name
+        np.testing.assert_array_equal(img[..., 0], grey)
+        np.testing.assert_array_equal(img[..., 2], grey)
+    np.testing.assert_array_equal(to_rgb_uint8(np.full((2, 2), 0.5))[..., 1], 128)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", None])
+def test_bad_image_files_name_the_file(tmp_path, content):
+    p = tmp_path / "broken.png"
+    if content is None:  # a real PNG cut in half
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(p)
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    else:
+        p.write_bytes(content)
+    with pytest.raises(FreEdgeError, match=r"broken\.png: cannot read image"):
+        load_image(p)
+
+
+def test_bad_arrays():
+    with pytest.raises(FreEdgeError, match="shape"):
+        to_rgb_uint8(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(FreEdgeError, match="dtype"):
+        to_rgb_uint8(np.zeros((4, 4), complex))
+
+
+def test_prepare_and_map_resize():
+    img = prepare(np.zeros((30, 50), np.uint8), 64)
+    assert img.shape == (64, 64, 3)
+    m = resize_map(np.ones((16, 16), np.float32), 30, 50)
+    assert m.shape == (30, 50) and np.allclose(m, 1.0)
+
+
+def test_mvtec_reader_on_real_bottle(bottle_root):
+    ds = read_mvtec(bottle_root)
+    assert len(ds.train) == 209
+    assert ds.summary()["test_good"] == 20 and ds.summary()["test_anomalous"] == 63
+    bad = [s for s in ds.test if s.label]
+    assert {s.defect for s in bad} == {"broken_large", "broken_small", "contamination"}
+    m = load_mask(bad[0].mask, 256, 256)
+    assert m.dtype == bool and m.any() and m.shape == (256, 256)
+    assert read_dataset(bottle_root).layout == "mvtec"
+
+
+def test_magnetic_tile_reader_on_real_split(mtd_root):
+    ds = read_magnetic_tile(mtd_root)
+    assert len(ds.train) == 762
+    assert ds.summary()["test_good"] == 190 and ds.summary()["test_anomalous"] == 392
+    assert all(s.mask is not None and s.mask.suffix == ".png" for s in ds.test if s.label)
+    assert read_dataset(mtd_root).layout == "magnetic_tile"
+    img = load_image(ds.train[0].path)  # grey jpg -> RGB
+    assert img.ndim == 3 and img.shape[2] == 3
+
+
+def test_folder_reader(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "sub" / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("x")
+    ds = read_folder(tmp_path)
+    assert len(ds.train) == 3 and ds.test == []
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(FreEdgeError, match="no such folder"):
+        read_dataset(tmp_path / "missing")
+    with pytest.raises(FreEdgeError, match="no images found"):
+        read_dataset(tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(FreEdgeError, match="not a folder"):
+        read_dataset(tmp_path / "f.txt")
+    with pytest.raises(FreEdgeError, match="unknown layout"):
+        read_dataset(tmp_path, layout="coco")
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["nope.jpg"], "test": {}}))
+    with pytest.raises(FreEdgeError, match="nope.jpg: listed in split.json but missing"):
+        read_magnetic_tile(tmp_path)
+    (tmp_path / "split.json").write_text("{broken")
+    with pytest.raises(FreEdgeError, match="not a valid split file"):
+        read_magnetic_tile(tmp_path)
