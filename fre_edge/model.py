@@ -49,6 +49,17 @@ class FREHead(nn.Module):
         return e2.sum(1), e2.reshape(n, C, h, w).mean(1)
 
 
+def linear_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] matrix R with R @ v == F.interpolate(v, n_out, mode="linear", align_corners=False).
+
+    Bilinear upsampling is separable, so ``R_h @ m @ R_w.T`` equals F.interpolate(..., "bilinear") and
+    runs as two small MatMuls in the exported graph: far cheaper on CPU than a generic Interpolate node
+    (measured: 0.27 ms -> a few µs for 8x8 -> 256x256 in OpenVINO).
+    """
+    eye = torch.eye(n_in, dtype=torch.float64)[None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.float().contiguous()
+
+
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     radius = int(4.0 * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -84,6 +95,11 @@ class FREDetector(nn.Module):
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma) if blur_sigma > 0 else torch.ones(1))
         # per layer: score loc, score scale, map loc, map scale (used only with several layers)
         self.register_buffer("fusion", fusion if fusion is not None else torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
+        for i, head in enumerate(self.heads):
+            _, h, w = head.shape
+            self.register_buffer(f"up_rows{i}", linear_resize_matrix(h, self.input_size), persistent=False)
+            self.register_buffer(f"up_cols_t{i}", linear_resize_matrix(w, self.input_size).T.contiguous(),
+                                 persistent=False)
 
     # --- pieces -----------------------------------------------------------------------------------
     def normalize(self, images_u8_nhwc: torch.Tensor) -> torch.Tensor:
@@ -107,12 +123,15 @@ class FREDetector(nn.Module):
         x = F.conv2d(x, k.view(1, 1, -1, 1))
         return x[:, 0]
 
+    def upsample(self, amap: torch.Tensor, i: int) -> torch.Tensor:
+        """Bilinear (align_corners=False) upsampling of layer i's [N, h, w] map to the input size."""
+        return getattr(self, f"up_rows{i}") @ amap @ getattr(self, f"up_cols_t{i}")
+
     def score_features(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        size = (self.input_size, self.input_size)
         score, amap = None, None
         for i, (head, f) in enumerate(zip(self.heads, feats)):
             s, m = head(f)
-            m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            m = self.upsample(m, i)
             if len(self.heads) > 1:  # normalise each layer by its statistics on good images
                 st = self.fusion[i]
                 s = (s - st[0]) / st[1]

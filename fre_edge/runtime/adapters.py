@@ -27,11 +27,31 @@ def _need(module: str, pip_name: str):
         raise FreEdgeError(f"the {pip_name} runtime is not installed; run: pip install {pip_name}") from None
 
 
+def cut_to_backbone(model):
+    """The same OpenVINO model ending at the pooled features that enter each FRE head.
+
+    Each head starts with ``MatMul(Reshape(features), V)``; the new outputs are those features.
+    """
+    import openvino as ov
+
+    outs = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        src = op.input(0).get_source_output().get_node()
+        if src.get_type_name() == "Reshape" and src.input(0).get_partial_shape().rank.get_length() == 4:
+            outs.append(src.input(0).get_source_output())
+    if not outs:
+        raise FreEdgeError("cannot find the FRE head in this model; --backbone-only needs an fre-edge bundle")
+    return ov.Model(outs, model.get_parameters(), "fre_backbone_only")
+
+
 class OpenVINOAdapter:
     name = "openvino"
 
     def __init__(self, model_path: Path, *, device: str = "CPU", precision: str = "f32",
-                 hint: str = "latency", threads: int | None = None, batch: int | None = None):
+                 hint: str = "latency", threads: int | None = None, batch: int | None = None,
+                 backbone_only: bool = False):
         ov = _need("openvino", "openvino")
         self.core = ov.Core()
         available = self.core.available_devices
@@ -47,6 +67,9 @@ class OpenVINOAdapter:
             self.model = self.core.read_model(str(model_path))
         except RuntimeError as exc:
             raise FreEdgeError(f"{model_path}: OpenVINO cannot read it ({str(exc).splitlines()[0]}); re-export") from None
+        self.full_model = self.model
+        if backbone_only:
+            self.model = cut_to_backbone(self.model)
         if batch:
             shape = self.model.input(0).get_partial_shape()
             shape[0] = batch
@@ -80,7 +103,7 @@ class OpenVINOAdapter:
 
     def metadata(self) -> dict | None:
         try:
-            raw = self.model.get_rt_info(["model_info", METADATA_KEY])
+            raw = self.full_model.get_rt_info(["model_info", METADATA_KEY])
         except RuntimeError:
             return None
         value = raw.astype(str) if hasattr(raw, "astype") else str(raw)
@@ -107,8 +130,10 @@ class OnnxRuntimeAdapter:
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, *, device: str = "CPU", precision: str = "f32", hint: str = "latency",
-                 threads: int | None = None, batch: int | None = None):
+                 threads: int | None = None, batch: int | None = None, backbone_only: bool = False):
         ort = _need("onnxruntime", "onnxruntime")
+        if backbone_only:
+            raise FreEdgeError("--backbone-only is available with --backend openvino; use that backend")
         if device.upper() != "CPU":
             raise FreEdgeError(f"device {device!r}: the onnxruntime backend here runs on CPU only; use --device CPU")
         if precision != "f32":

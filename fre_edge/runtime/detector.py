@@ -103,7 +103,7 @@ class AnomalyDetector:
 
 def load_detector(path: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
                   hint: str = "latency", threads: int | None = None, batch: int | None = None,
-                  verify: bool = True) -> AnomalyDetector:
+                  verify: bool = True, backbone_only: bool = False) -> AnomalyDetector:
     """Load a bundle folder (checksums verified) or a lone .xml/.onnx (metadata read from inside)."""
     if backend not in BACKENDS:
         raise FreEdgeError(f"unknown backend {backend!r}; use openvino or onnxruntime")
@@ -111,7 +111,7 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
     model_file, bundle_dir = _model_file(path, backend)
     manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None
     adapter = make_adapter(backend, model_file, device=device, precision=precision, hint=hint, threads=threads,
-                           batch=batch)
+                           batch=batch, backbone_only=backbone_only)
     if manifest is None:
         meta = adapter.metadata()
         if meta is None:

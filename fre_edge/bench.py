@@ -1,0 +1,135 @@
+"""Latency and FPS of a loaded bundle, with the machine's facts and the paper's figures beside them.
+
+Torch-free. Inputs are a fixed pseudo-random uint8 batch at the model's input size: FRE's cost does not
+depend on pixel values. ``sync``: one request at a time, latency per call; ``async``: several requests
+in flight (OpenVINO AsyncInferQueue with the plugin's optimal number of requests, or a thread pool for
+ONNX Runtime), images per second over wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# The poster's inference FPS (PatchCore / AST / FRE); backbone, input size and batch not published.
+PAPER_FPS = [
+    {"platform": "NVidia 2080-Ti", "PatchCore": 18.4, "AST": 19.6, "FRE": 313.1},
+    {"platform": "Intel Xeon 8280", "PatchCore": 7.11, "AST": 11.8, "FRE": 52.6},
+    {"platform": "Intel i7-1270P", "PatchCore": 1.28, "AST": 2.8, "FRE": 16.4},
+]
+
+
+def cpu_info() -> dict:
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                            "amx_bf16", "amx_int8", "amx_tile"})
+    return {"cpu": name, "logical_cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+            "os": f"{platform.system()} {platform.release()}"}
+
+
+def _stats(lat_s: list[float], batch: int) -> dict:
+    a = np.asarray(lat_s) * 1e3
+    return {"iterations": int(a.size), "latency_ms": {"median": float(np.median(a)), "mean": float(a.mean()),
+            "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "min": float(a.min())},
+            "fps": float(batch * 1e3 / a.mean())}
+
+
+def _sync(det, batch_u8: np.ndarray, duration: float, min_iters: int = 10) -> dict:
+    infer = det.adapter.infer
+    lat = []
+    t_end = time.perf_counter() + duration
+    while time.perf_counter() < t_end or len(lat) < min_iters:
+        t0 = time.perf_counter()
+        infer(batch_u8)
+        lat.append(time.perf_counter() - t0)
+    return _stats(lat, batch_u8.shape[0])
+
+
+def _async(det, batch_u8: np.ndarray, duration: float) -> dict:
+    adapter = det.adapter
+    n = batch_u8.shape[0]
+    if adapter.name == "openvino":
+        import openvino as ov
+
+        nreq = int(adapter.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(adapter.compiled, nreq)
+        done = [0]
+        queue.set_callback(lambda req, _: done.__setitem__(0, done[0] + 1))
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < duration:
+            queue.start_async({0: batch_u8})
+        queue.wait_all()
+        wall = time.perf_counter() - t0
+        return {"requests_in_flight": nreq, "batches": done[0], "fps": done[0] * n / wall}
+    workers = max(2, (os.cpu_count() or 2) // 2)
+    stop = time.perf_counter() + duration
+    count = [0]
+    lock = threading.Lock()
+
+    def loop():
+        while time.perf_counter() < stop:
+            adapter.infer(batch_u8)
+            with lock:
+                count[0] += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(loop) for _ in range(workers)]:
+            f.result()
+    wall = time.perf_counter() - t0
+    return {"requests_in_flight": workers, "batches": count[0], "fps": count[0] * n / wall}
+
+
+def run_bench(det, *, batch: int = 1, duration: float = 10.0, warmup: int = 5, modes=("sync", "async")) -> dict:
+    size = det.input_size
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    for _ in range(warmup):
+        det.adapter.infer(x)
+    out = {"batch": batch, "duration_s": duration, "warmup_iterations": warmup}
+    if "sync" in modes:
+        out["sync"] = _sync(det, x, duration)
+    if "async" in modes:
+        out["async"] = _async(det, x, duration)
+    return out
+
+
+def format_table(result: dict) -> str:
+    r, m, b = result["runtime"], result["machine"], result["bench"]
+    lines = [
+        f"fre-edge bench: {r['backbone']} @ {r['input_size']} px, {r['backend']} on {r['device']}, "
+        f"precision {r['precision_used']} (asked {r['precision_requested']}), hint {r['hint']}, batch {b['batch']}"
+        + ("  [backbone only]" if result.get("backbone_only") else ""),
+        f"machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa']) or '-'}",
+        "",
+        f"{'':24s}{'median ms':>10s}{'mean ms':>10s}{'p90 ms':>10s}{'p99 ms':>10s}{'FPS':>10s}",
+    ]
+    if "sync" in b:
+        s = b["sync"]["latency_ms"]
+        lines.append(f"{'sync (1 request)':24s}{s['median']:10.2f}{s['mean']:10.2f}{s['p90']:10.2f}"
+                     f"{s['p99']:10.2f}{b['sync']['fps']:10.1f}")
+    if "async" in b:
+        a = b["async"]
+        lines.append(f"{'async (' + str(a['requests_in_flight']) + ' in flight)':24s}{'':40s}{a['fps']:10.1f}")
+    best = max(b.get("sync", {}).get("fps", 0.0), b.get("async", {}).get("fps", 0.0))
+    lines += ["", "Paper (FPS; its backbone, input size and batch are not published):",
+              f"{'platform':24s}{'PatchCore':>10s}{'AST':>10s}{'FRE':>10s}"]
+    for row in PAPER_FPS:
+        lines.append(f"{row['platform']:24s}{row['PatchCore']:10.2f}{row['AST']:10.2f}{row['FRE']:10.1f}")
+    lines.append(f"{'this machine (fre-edge)':24s}{'-':>10s}{'-':>10s}{best:10.1f}")
+    return "\n".join(lines)

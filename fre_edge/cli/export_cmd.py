@@ -1,0 +1,50 @@
+"""``fre-edge export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..backbones import DEFAULT_BACKBONE, REGISTRY
+
+
+@click.command("export")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--format", "formats", default="openvino,onnx", show_default=True,
+              help="Comma-separated: openvino, onnx.")
+@click.option("--fp16", is_flag=True, help="Store the OpenVINO IR weights as FP16 (half the size).")
+@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
+              help="One-step form only: backbone to fit with.")
+@click.option("--input-size", type=int, default=None, help="One-step form only: input size.")
+@click.option("--force", is_flag=True, help="Overwrite the output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(source, output, formats, fp16, backbone, input_size, force, quiet):
+    """Export SOURCE as one OpenVINO IR + ONNX graph with its manifest.
+
+    SOURCE is a model folder written by `fre-edge fit`, or (one-step form) a folder of good images,
+    which is fitted with default settings first. The graph takes uint8 RGB images [N, S, S, 3] and
+    returns `score` [N] and `anomaly_map` [N, S, S].
+    """
+    from ..errors import FreEdgeError
+    from ..export import export_bundle
+    from ..persist import SETTINGS, atomic_dir, load_model
+
+    atomic_dir(output, force)  # refuse an existing output before any work
+    fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if (source / SETTINGS).is_file():
+        fitted = load_model(source)
+    elif source.is_dir():
+        from ..data import read_dataset
+        from ..fit import FitConfig, fit_fre
+
+        ds = read_dataset(source)
+        fitted = fit_fre([s.path for s in ds.train], FitConfig(backbone=backbone, input_size=input_size),
+                         progress=not quiet, data_summary=ds.summary())
+    else:
+        raise FreEdgeError(f"{source}: no such model or image folder; pass a `fre-edge fit` output or good images")
+    manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, force=force)
+    click.echo(json.dumps({"bundle": str(output), "files": manifest["files"], "precision": manifest["precision"],
+                           "thresholds": {k: manifest["thresholds"][k] for k in ("image", "pixel")}}, indent=2))
