@@ -49,3 +49,31 @@ def sample_model(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def sample_bundle(sample_model, tmp_path_factory):
+    from fre_edge.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "sample"
+    export_bundle(sample_model[1], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bottle_fit(bottle_root):
+    """The default configuration fitted on the full real MVTec bottle training set."""
+    from fre_edge.data import read_dataset
+    from fre_edge.fit import fit_fre
+
+    ds = read_dataset(bottle_root)
+    return ds, fit_fre([s.path for s in ds.train], progress=False)
+
+
+@pytest.fixture(scope="session")
+def bottle_bundle(bottle_fit, tmp_path_factory):
+    from fre_edge.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "bottle"
+    export_bundle(bottle_fit[1], out)
+    return out

@@ -102,12 +102,12 @@ class OpenVINOAdapter:
             return str(value)
 
     def metadata(self) -> dict | None:
-        try:
-            raw = self.full_model.get_rt_info(["model_info", METADATA_KEY])
-        except RuntimeError:
-            return None
-        value = raw.astype(str) if hasattr(raw, "astype") else str(raw)
-        return json.loads(value)
+        # IR: rt_info model_info/fre_edge; ONNX read by OpenVINO: metadata_props land in framework/
+        for path in (["model_info", METADATA_KEY], ["framework", METADATA_KEY]):
+            if self.full_model.has_rt_info(path):
+                raw = self.full_model.get_rt_info(path)
+                return json.loads(raw.astype(str) if hasattr(raw, "astype") else str(raw))
+        return None
 
     def request(self):
         req = getattr(self._local, "req", None)

@@ -1,0 +1,124 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fre_edge.errors import FreEdgeError
+from fre_edge.evaluate import score_images
+from fre_edge.features import load_batch
+from fre_edge.metrics import auroc
+from fre_edge.runtime import load_detector
+from fre_edge.runtime.bundle import SCHEMA_VERSION
+
+
+@pytest.mark.slow
+def test_parity_torch_onnxruntime_openvino_on_real_bottle(bottle_fit, bottle_bundle):
+    ds, fitted = bottle_fit
+    paths = [s.path for s in ds.test]
+    labels = [s.label for s in ds.test]
+    ref_s, ref_m = score_images(fitted.detector, paths, progress=False)
+    batch = load_batch(paths, fitted.config.input_size).numpy()
+    ref_auc = auroc(labels, ref_s)
+    assert ref_auc >= 0.99
+    for backend in ("onnxruntime", "openvino"):
+        det = load_detector(bottle_bundle, backend=backend, precision="f32")
+        assert det.adapter.precision_used == "f32"
+        s, m = [], []
+        for i in range(0, len(batch), 16):
+            si, mi = det.infer_prepared(batch[i : i + 16])
+            s.append(si)
+            m.append(mi)
+        s, m = np.concatenate(s), np.concatenate(m)
+        rel = np.abs(s / ref_s - 1)
+        assert rel.max() < 1e-4, (backend, rel.max())
+        assert np.abs(m - ref_m).max() <= 1e-4 * np.abs(ref_m).max(), backend
+        assert auroc(labels, s) == ref_auc, backend
+
+
+def test_batch_1_and_8(sample_model, sample_bundle, sample_root):
+    fitted = sample_model[1]
+    # test images (training images are reconstructed almost exactly: scores near 0, no relative scale)
+    paths = (sorted((sample_root / "test").rglob("*.png")) * 2)[:8]
+    x = load_batch(paths, fitted.config.input_size)
+    with torch.inference_mode():
+        ref_s, _ = fitted.detector(x)
+    for backend in ("openvino", "onnxruntime"):
+        det = load_detector(sample_bundle, backend=backend)
+        s8, m8 = det.infer_prepared(x.numpy())
+        s1, m1 = det.infer_prepared(x.numpy()[:1])
+        assert s8.shape == (8,) and m8.shape == (8, 224, 224) and s1.shape == (1,)
+        np.testing.assert_allclose(s8, ref_s.numpy(), rtol=1e-4)
+        np.testing.assert_allclose(s1[0], s8[0], rtol=1e-5)
+
+
+def test_metadata_round_trip_ir_and_onnx(sample_model, sample_bundle, tmp_path):
+    manifest = json.loads((sample_bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert manifest["backbone"] == "efficientnet_lite0" and manifest["input_size"] == 224
+    assert manifest["thresholds"]["image"] == sample_model[1].info["thresholds"]["image"]
+    assert set(manifest["files"]) == {"model.xml", "model.bin", "model.onnx"}
+    # lone files, away from their manifest, still describe themselves
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("model.xml", "model.bin", "model.onnx"):
+        shutil.copy(sample_bundle / name, lone / name)
+    for path, backend in ((lone / "model.xml", "openvino"), (lone / "model.onnx", "onnxruntime"),
+                          (lone / "model.onnx", "openvino")):
+        det = load_detector(path, backend=backend)
+        for key in ("backbone", "layers", "input_size", "n_components", "thresholds", "normalization", "precision"):
+            assert det.metadata[key] == manifest[key], (path, key)
+
+
+def test_tampered_bin_is_refused(sample_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_bundle, bad)
+    data = bytearray((bad / "model.bin").read_bytes())
+    data[1000] ^= 0xFF
+    (bad / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(FreEdgeError, match=r"model\.bin: checksum mismatch"):
+        load_detector(bad)
+
+
+def test_future_schema_is_refused(sample_bundle, tmp_path):
+    fut = tmp_path / "future"
+    shutil.copytree(sample_bundle, fut)
+    manifest = json.loads((fut / "manifest.json").read_text())
+    manifest["schema_version"] = SCHEMA_VERSION + 1
+    (fut / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FreEdgeError, match="upgrade fre-edge"):
+        load_detector(fut)
+
+
+def test_interrupted_export_leaves_no_bundle(sample_model, tmp_path, monkeypatch):
+    from fre_edge.export import bundle_writer
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_writer, "_write_ir", boom)
+    with pytest.raises(KeyboardInterrupt):
+        bundle_writer.export_bundle(sample_model[1], tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_existing_output_and_bad_format(sample_model, tmp_path):
+    from fre_edge.export import export_bundle
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FreEdgeError, match="already exists"):
+        export_bundle(sample_model[1], tmp_path / "b")
+    with pytest.raises(FreEdgeError, match="unknown format"):
+        export_bundle(sample_model[1], tmp_path / "c", formats=("tflite",))
+
+
+def test_head_is_two_thin_matmuls(sample_bundle):
+    import onnx
+
+    model = onnx.load(str(sample_bundle / "model.onnx"))
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    d = 112 * 7 * 7  # lite0 blocks.10 at 224 px, pooled 2x2
+    big = [dims for dims in inits.values() if np.prod(dims) >= d * d]
+    assert not big, "a D x D matrix made it into the graph"
+    assert any(sorted(dims) == sorted([d, k]) for dims in inits.values() for k in range(1, 8) if len(dims) == 2)
