@@ -32,7 +32,7 @@ def test_fit_has_sensible_thresholds(sample_model):
     _, fitted = sample_model
     t = fitted.info["thresholds"]
     assert t["source"] == "holdout" and t["image"] > 0 and t["pixel"] > 0
-    assert fitted.info["data"]["fit_images"] == 7 and fitted.info["data"]["holdout_images"] == 1
+    assert fitted.info["data"]["fit_images"] == 27 and fitted.info["data"]["holdout_images"] == 3
 
 
 def test_cli_fit_then_eval(tmp_path, sample_root):
@@ -44,7 +44,7 @@ def test_cli_fit_then_eval(tmp_path, sample_root):
     r = runner.invoke(cli, ["eval", str(out), str(sample_root), "-n", "3", "--quiet"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "eval.json").read_text())
-    assert metrics["image_auroc"] == 1.0  # the 4 sample defects are large and obvious
+    assert metrics["image_auroc"] >= 0.9  # 6 defects against 4 good images, from 27 fitting images
     assert 0.9 < metrics["pixel_auroc"] <= 1.0 and 0.0 < metrics["aupro"] <= 1.0
     pics = sorted((out / "eval_pictures").glob("*.png"))
     assert len(pics) == 3

@@ -60,7 +60,7 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, no_
     for path, pred in det.iter_predict(paths, batch_size=batch_size):
         row = {"path": str(path), **pred.to_dict()}
         rows.append(row)
-        click.echo(f"{row['label']:9s} {pred.score:12.6g}  {path}")
+        bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
         if out_dir and not no_overlays:
             from ..images import load_image
             from ..visualize import save_panel

@@ -1,0 +1,165 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fre_edge.cli import cli
+from fre_edge.evaluate import score_images
+from fre_edge.runtime import load_detector
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in {"torch", "torchvision", "nncf"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def test_runtime_and_cli_run_without_torch(sample_bundle, sample_root, tmp_path):
+    code = BLOCK_TORCH + textwrap.dedent(
+        f"""
+        from fre_edge.runtime import load_detector
+        det = load_detector({str(sample_bundle)!r})
+        p = det.predict({str(sample_root / "test" / "broken_large" / "000.png")!r})
+        assert p.anomaly_map.shape == (256, 256), p.anomaly_map.shape
+        det2 = load_detector({str(sample_bundle)!r}, backend="onnxruntime")
+        from fre_edge.cli import main
+        import sys
+        for args in (["predict", {str(sample_bundle)!r}, {str(sample_root / "test")!r}, "--out", {str(tmp_path / "o")!r}, "--quiet"],
+                     ["bench", {str(sample_bundle)!r}, "--duration", "0.2"], ["bench", "--help"], ["predict", "--help"]):
+            try:
+                main(args)
+            except SystemExit as e:
+                assert e.code in (0, 1, None), (args, e.code)
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "nncf")]
+        print("NO-TORCH-OK")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "NO-TORCH-OK" in r.stdout
+    assert (tmp_path / "o" / "scores.csv").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_runtime_matches_torch_reference_on_real_images(bottle_fit, bottle_bundle, backend):
+    ds, fitted = bottle_fit
+    paths = [s.path for s in ds.test][::4]
+    ref_s, ref_m = score_images(fitted.detector, paths, progress=False)
+    det = load_detector(bottle_bundle, backend=backend)
+    preds = det.predict_batch(paths)
+    s = np.array([p.score for p in preds])
+    assert np.abs(s / ref_s - 1).max() < 1e-4
+    # maps come back at the original size (512 x 512 here), resized from the model's map
+    from fre_edge.images import resize_map
+
+    for p, m in zip(preds, ref_m):
+        assert p.anomaly_map.shape == (512, 512)
+        ref_full = resize_map(m, 512, 512)
+        assert np.abs(p.anomaly_map - ref_full).max() <= 1e-4 * np.abs(ref_full).max()
+        np.testing.assert_array_equal(p.mask, p.anomaly_map > det.pixel_threshold)
+    assert [p.label for p in preds] == [bool(v > det.image_threshold) for v in s]
+
+
+def test_any_size_and_channels(sample_bundle):
+    det = load_detector(sample_bundle)
+    rng = np.random.default_rng(0)
+    for img in (rng.integers(0, 255, (100, 300), dtype=np.uint8),
+                rng.integers(0, 255, (50, 60, 4), dtype=np.uint8),
+                rng.integers(0, 65535, (80, 80, 3), dtype=np.uint16),
+                rng.random((64, 64, 3))):
+        p = det.predict(img)
+        assert p.anomaly_map.shape == img.shape[:2] and p.mask.dtype == bool and np.isfinite(p.score)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_threads_get_their_own_results(sample_bundle, sample_root, backend):
+    det = load_detector(sample_bundle, backend=backend)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((sample_root / "test").rglob("*.png"))]
+    images = images[:6] + [images[0][::-1].copy(), images[1][:, ::-1].copy()]  # flipped: different answers
+    expected = [det.predict(img).score for img in images]
+    assert len(set(np.round(expected, 3))) == 8  # 8 different answers to tell apart
+
+    def camera(k):
+        out = []
+        for i in range(50):
+            j = (k + i) % 8
+            out.append((j, det.predict(images[j]).score))
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(camera, range(8)))
+    for out in results:
+        for j, score in out:
+            assert score == pytest.approx(expected[j], rel=1e-5)
+
+
+def test_predict_cli_outputs_and_exit_status(sample_bundle, sample_root, tmp_path):
+    r = CliRunner().invoke(cli, ["predict", str(sample_bundle), str(sample_root / "test" / "broken_large"),
+                                 "--out", str(tmp_path / "o"), "--quiet"])
+    assert r.exit_code == 1, r.output  # the broken bottles are anomalous
+    data = json.loads((tmp_path / "o" / "scores.json").read_text())
+    assert len(data["images"]) == 2 and all(i["label"] == "anomalous" for i in data["images"])
+    assert data["runtime"]["precision_used"] == "f32"
+    assert len(list((tmp_path / "o").glob("*.png"))) == 2
+    assert (tmp_path / "o" / "scores.csv").read_text().startswith("path,score,label")
+
+
+def test_bench_cli_json(sample_bundle, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["runtime"]["precision_used"] == "f32" and res["machine"]["logical_cores"] >= 1
+    assert res["bench"]["sync"]["fps"] > 0 and res["bench"]["async"]["fps"] > 0
+    assert "Intel Xeon 8280" in r.output and "this machine" in r.output
+    r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.3", "--backbone-only"])
+    assert r.exit_code == 0 and "[backbone only]" in r.output
+
+
+def _run(args):
+    return CliRunner().invoke(cli, args)
+
+
+def test_runtime_bad_inputs(sample_bundle, tmp_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    (tmp_path / "empty").mkdir()
+    old = tmp_path / "old"
+    shutil.copytree(sample_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["schema_version"] = 0
+    (old / "manifest.json").write_text(json.dumps(m))
+    cases = [
+        (["predict", str(sample_bundle), str(not_image)], "notes.png: cannot read image"),
+        (["predict", str(sample_bundle), str(tmp_path / "empty")], "no images found"),
+        (["predict", str(sample_bundle), str(tmp_path / "missing.png")], "no such file or folder"),
+        (["predict", str(old), str(not_image)], "re-export the bundle"),
+        (["bench", str(sample_bundle), "--device", "NPU9"], "device 'NPU9' is not available"),
+        (["bench", str(tmp_path / "nobundle")], "no such bundle"),
+        (["bench", str(sample_bundle), "--backend", "onnxruntime", "--precision", "bf16"], "runs f32"),
+    ]
+    for args, message in cases:
+        r = _run(args)
+        assert r.exit_code == 2, (args, r.output)
+        assert message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["fit", "eval", "export", "predict", "bench"])
+def test_every_help(cmd):
+    r = _run([cmd, "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output
