@@ -67,6 +67,18 @@ class FitConfig:
         return self
 
 
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far (MiB), where the OS reports it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    import sys
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
 def lognormal_quantile(scores: np.ndarray) -> float:
     """99th percentile of a log-normal fitted to positive scores, and never below the empirical one."""
     logs = np.log(np.clip(scores, 1e-12, None))
@@ -131,6 +143,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     feats = extract_features(shell, fit_paths + hold_paths, batch_size=cfg.batch_size, progress=progress,
                              desc="feature pass")
     t_feat = time.perf_counter() - t0
+    rss_feat = peak_rss_mb()
 
     t0 = time.perf_counter()
     n_fit = len(fit_paths)
@@ -184,5 +197,6 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         },
         "data": {**(data_summary or {}), "fit_images": n_fit, "holdout_images": len(hold_paths)},
         "timings_s": {"build": t_build, "feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr},
+        "peak_rss_mb": {"after_feature_pass": rss_feat, "after_fit": peak_rss_mb()},
     }
     return FittedFRE(detector, cfg, info)

@@ -26,6 +26,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict) -> dict:
         "fre_edge_version": __version__,
         "model_type": "fre",
         "backbone": cfg.backbone,
+        "backbone_weights": "imagenet" if cfg.pretrained else "random (timing only)",
         "layers": list(cfg.layers),
         "pool": cfg.pool,
         "input_size": cfg.input_size,

@@ -29,6 +29,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "fre_edge_version": (str, True),
     "model_type": (str, True),
     "backbone": (str, True),
+    "backbone_weights": (str, False),  # "imagenet" or "random (timing only)"
     "layers": (list, True),
     "pool": (int, True),
     "input_size": (int, True),

@@ -1,0 +1,50 @@
+"""Shared helpers for the benchmark scripts: where the data is, machine facts, writing results."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DATASETS = Path(os.environ.get("FRE_EDGE_DATASETS", REPO.parent / "shared" / "datasets"))
+WORK = REPO / "models" / "bench"
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("fre-edge", "torch", "torchvision", "openvino", "onnxruntime", "onnx", "numpy", "nncf",
+                "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def environment() -> dict:
+    from fre_edge.bench import cpu_info
+
+    return {"command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": cpu_info(),
+            "versions": versions()}
+
+
+def header_md(env: dict) -> str:
+    m, v = env["machine"], env["versions"]
+    return (f"Command: `{env['command']}`  \n"
+            f"Date (UTC): {env['date_utc']}  \n"
+            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}  \n"
+            f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + "\n")
+
+
+def write(name: str, data: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)

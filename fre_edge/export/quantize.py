@@ -1,0 +1,149 @@
+"""INT8 post-training quantization of a bundle's OpenVINO model with NNCF, calibrated on good images.
+
+- Calibration uses good images only (the fitting images or any folder of good images), prepared by the
+  same host code as inference.
+- ``keep_head=True`` (default) keeps the FRE head in floating point: its two thin matmuls (and the
+  map upsampling matmuls) go to NNCF's ignored scope. The head is cheap and it is where a squared
+  residual turns small activation errors into score errors; the backbone's convolutions get INT8.
+- Accuracy-controlled mode (``validation`` given: labelled samples): NNCF's
+  ``quantize_with_accuracy_control`` reverts the layers that cost most until the image AUROC drop is at
+  most ``max_drop`` (absolute).
+- Either way, the check that was run is written into the manifest: score agreement between the f32 and
+  INT8 models on good images the calibration did not see, and the AUROCs when labelled data was given.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import FreEdgeError
+from ..images import prepare
+from ..persist import atomic_dir
+from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
+
+MIN_CALIBRATION = 8
+
+
+def _prepared(paths: Sequence, size: int) -> list[np.ndarray]:
+    return [prepare(p, size)[None] for p in paths]
+
+
+def _infer(compiled, batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    req = compiled.create_infer_request()
+    scores, maps = [], []
+    for b in batches:
+        req.infer({0: b})
+        scores.append(float(req.get_tensor("score").data[0]))
+        maps.append(req.get_tensor("anomaly_map").data[0].copy())
+    return np.array(scores), np.stack(maps)
+
+
+def _scores(compiled, batches: list[np.ndarray]) -> np.ndarray:
+    return _infer(compiled, batches)[0]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Sequence, *,
+                    keep_head: bool = True, subset_size: int = 300, validation=None, max_drop: float = 0.005,
+                    check_size: int = 32, seed: int = 0, force: bool = False, progress: bool = False) -> dict:
+    """Write an INT8 copy of ``bundle_dir`` (OpenVINO IR only) to ``out_dir``; returns its manifest.
+
+    ``calibration``: paths or arrays of good images. ``validation``: optional labelled samples
+    (objects with ``.path`` and ``.label``) for the accuracy-controlled mode.
+    """
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    if not progress:
+        nncf.set_log_level(logging.WARNING)
+
+    from ..metrics import auroc
+
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    atomic_dir(out_dir, force)  # refuse an existing output before any work
+    manifest = read_manifest(bundle_dir)
+    if manifest["precision"] == "int8":
+        raise FreEdgeError(f"{bundle_dir} is already INT8; quantize the f32 bundle it came from")
+    if "model.xml" not in manifest["files"]:
+        raise FreEdgeError(f"{bundle_dir} has no OpenVINO IR; re-export it with --format openvino")
+    calibration = list(calibration)
+    if len(calibration) < MIN_CALIBRATION:
+        raise FreEdgeError(f"{len(calibration)} calibration image(s); INT8 calibration needs at least "
+                           f"{MIN_CALIBRATION} good images (300 recommended)")
+    size = int(manifest["input_size"])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(calibration))
+    n_check = min(check_size, len(calibration) // 4)
+    check_idx, calib_idx = order[:n_check], order[n_check:][:subset_size]
+    calib = _prepared([calibration[i] for i in calib_idx], size)  # reads every image: bad files fail here
+    check = _prepared([calibration[i] for i in check_idx], size)
+
+    core = ov.Core()
+    model = core.read_model(str(bundle_dir / "model.xml"))
+    ignored = nncf.IgnoredScope(types=["MatMul"]) if keep_head else None
+    mode = "basic"
+    val_metric = {}
+    if validation is not None:
+        val_items = [(prepare(s.path, size)[None], int(s.label)) for s in validation]
+        labels = [y for _, y in val_items]
+        if len(set(labels)) < 2:
+            raise FreEdgeError("the validation set needs both good and anomalous images for accuracy control")
+
+        def validate(compiled, data) -> float:
+            data = list(data)
+            return auroc([y for _, y in data], _scores(compiled, [x for x, _ in data]))
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calib), nncf.Dataset(val_items, lambda item: item[0]), validate,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored)
+        mode = "accuracy-controlled"
+        f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
+                      "max_drop": max_drop, "n_images": len(val_items)}
+    else:
+        quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored)
+
+    f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    agreement, thresholds = {}, dict(manifest["thresholds"])
+    if check:
+        (s32, m32), (s8, m8) = _infer(f32_c, check), _infer(q_c, check)
+        # INT8 rounding noise lands partly outside the PCA subspace, so it is scored like a small anomaly:
+        # shift the thresholds by the typical INT8 - f32 difference on good images the calibration did not see.
+        thresholds["image"] = float(manifest["thresholds"]["image"] + np.median(s8 - s32))
+        thresholds["pixel"] = float(manifest["thresholds"]["pixel"] + np.median(m8 - m32))
+        thresholds["rule"] = manifest["thresholds"]["rule"] + "; shifted by the median INT8 - f32 difference on good images"
+        # score error as a fraction of the image threshold (scores of fitted images can be near 0)
+        rel = np.abs(s8 - s32) / manifest["thresholds"]["image"]
+        agreement = {"n_images": len(check), "median_score_diff_over_threshold": float(np.median(rel)),
+                     "max_score_diff_over_threshold": float(rel.max()), "spearman": _spearman(s32, s8),
+                     "threshold_agreement": float(np.mean((s32 > manifest["thresholds"]["image"]) ==
+                                                          (s8 > manifest["thresholds"]["image"])))}
+    meta = {k: v for k, v in manifest.items() if k != "files"}
+    meta["precision"] = "int8"
+    meta["thresholds"] = thresholds
+    meta["quantization"] = {
+        "tool": f"nncf {nncf.__version__}", "mode": mode, "keep_head_float": keep_head,
+        "calibration": {"n_images": len(calib), "source": "good images"},
+        "thresholds_f32": manifest["thresholds"],
+        "check_on_unseen_good_images": agreement, "accuracy_control": val_metric,
+    }
+    meta_json = metadata_json(meta)
+    with atomic_dir(out_dir, force) as tmp:
+        quantized.set_rt_info(meta_json, ["model_info", METADATA_KEY])
+        ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
+        meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(meta, indent=2))
+    return meta

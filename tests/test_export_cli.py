@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fre_edge.cli import cli
+from fre_edge.fit import lognormal_quantile
+
+
+def test_export_cli_from_model_and_one_step(sample_model, sample_root, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(tmp_path / "b"), "--format", "onnx"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["files"].keys() == {"model.onnx"}
+    r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = runner.invoke(cli, ["export", str(sample_root / "train" / "good"), "-o", str(tmp_path / "one"),
+                            "--input-size", "128", "--fp16", "--quiet"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["input_size"] == 128
+    r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(tmp_path / "c"), "--format", "tflite"])
+    assert r.exit_code == 2 and "unknown format" in r.stderr and not (tmp_path / "c").exists()
+    r = runner.invoke(cli, ["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "no such model or image folder" in r.stderr
+
+
+@pytest.mark.parametrize("scores, expected_low", [
+    ([1.0, 1.0, 1.0], 1.0),  # no spread: the maximum itself
+    ([1.0, 2.0, 4.0], 4.0),  # never below the empirical 99th percentile
+])
+def test_lognormal_threshold(scores, expected_low):
+    t = lognormal_quantile(np.array(scores))
+    assert t >= expected_low - 1e-9
+
+
+def test_lognormal_threshold_matches_theory():
+    rng = np.random.default_rng(0)
+    s = np.exp(rng.normal(3.0, 0.5, 200_000))
+    # exp(3 + 2.326 * 0.5) = 64.1
+    assert lognormal_quantile(s) == pytest.approx(np.exp(3 + 2.3263478740408408 * 0.5), rel=0.01)
