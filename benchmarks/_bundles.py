@@ -21,25 +21,41 @@ BACKBONES = {
 }
 
 
-def fitted_model(backbone: str):
+def _tag(dataset: str) -> str:
+    return "" if dataset == "mvtec_bottle" else f"_{dataset}"
+
+
+def fitted_model(backbone: str, dataset: str = "mvtec_bottle"):
     from fre_edge.data import read_dataset
     from fre_edge.fit import FitConfig, fit_fre
     from fre_edge.persist import load_model, save_model
 
-    model_dir = WORK / f"{backbone}_model"
+    model_dir = WORK / f"{backbone}{_tag(dataset)}_model"
     if (model_dir / "model.json").is_file():
         return load_model(model_dir)
-    ds = read_dataset(DATASETS / "mvtec_bottle")
+    ds = read_dataset(DATASETS / dataset)
     cfg = FitConfig(backbone=backbone, **BACKBONES[backbone])
     fitted = fit_fre([s.path for s in ds.train], cfg, progress=False, data_summary=ds.summary())
     save_model(fitted, model_dir, force=True)
     return fitted
 
 
-def bundle(backbone: str, suffix: str = "", **export_kwargs) -> Path:
+def bundle(backbone: str, suffix: str = "", dataset: str = "mvtec_bottle", **export_kwargs) -> Path:
     from fre_edge.export import export_bundle
 
-    out = WORK / f"{backbone}_bundle{suffix}"
+    out = WORK / f"{backbone}{_tag(dataset)}_bundle{suffix}"
     if not (out / "manifest.json").is_file():
-        export_bundle(fitted_model(backbone), out, force=True, **export_kwargs)
+        export_bundle(fitted_model(backbone, dataset), out, force=True, **export_kwargs)
+    return out
+
+
+def int8_bundle(backbone: str, dataset: str = "mvtec_bottle") -> Path:
+    """INT8 copy of the f32 bundle, calibrated on (up to 300 of) the dataset's good training images."""
+    from fre_edge.data import read_dataset
+    from fre_edge.export.quantize import quantize_bundle
+
+    out = WORK / f"{backbone}{_tag(dataset)}_bundle_int8"
+    if not (out / "manifest.json").is_file():
+        ds = read_dataset(DATASETS / dataset)
+        quantize_bundle(bundle(backbone, dataset=dataset), out, [s.path for s in ds.train][:300], force=True)
     return out

@@ -11,7 +11,6 @@ hub cache, and download only with ``allow_download=True`` (or FRE_EDGE_ALLOW_DOW
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,10 +263,3 @@ def create_backbone(
         p.requires_grad_(False)
     return model
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .backbones import file_sha256
 from .errors import FreEdgeError
 from .fit import FitConfig, FittedFRE, build_detector
 from .pca import Subspace
+from .runtime.bundle import sha256_file as file_sha256
 
 MODEL_SCHEMA = 1
 TENSORS = "model.safetensors"

@@ -5,6 +5,11 @@
 - ``keep_head=True`` (default) keeps the FRE head in floating point: its two thin matmuls (and the
   map upsampling matmuls) go to NNCF's ignored scope. The head is cheap and it is where a squared
   residual turns small activation errors into score errors; the backbone's convolutions get INT8.
+- Activation ranges are the min/max seen on the calibration images (NNCF's MINMAX estimator), not the
+  default averaged/quantile ranges: calibration sees good images only, and anomalies are precisely the
+  activations outside the good images' usual range; clipping them to it squashed defect scores (measured
+  on MVTec bottle with Lite0: defect scores fell to 0.3x of f32 with the default estimator, AUROC 1.0 ->
+  0.991; with MINMAX the AUROC stayed 1.0).
 - Accuracy-controlled mode (``validation`` given: labelled samples): NNCF's
   ``quantize_with_accuracy_control`` reverts the layers that cost most until the image AUROC drop is at
   most ``max_drop`` (absolute).
@@ -91,7 +96,11 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
 
     core = ov.Core()
     model = core.read_model(str(bundle_dir / "model.xml"))
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
     ignored = nncf.IgnoredScope(types=["MatMul"]) if keep_head else None
+    advanced = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     mode = "basic"
     val_metric = {}
     if validation is not None:
@@ -106,17 +115,23 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
 
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(calib), nncf.Dataset(val_items, lambda item: item[0]), validate,
-            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored)
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored,
+            advanced_quantization_parameters=advanced)
         mode = "accuracy-controlled"
         f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
                       "max_drop": max_drop, "n_images": len(val_items)}
     else:
-        quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored)
+        quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored,
+                                  advanced_parameters=advanced)
 
     f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    try:
+        q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except RuntimeError as exc:
+        raise FreEdgeError(f"the INT8 model does not compile on this CPU ({str(exc).splitlines()[-1][:120]}); "
+                           "keep the FRE head in floating point (--keep-head)") from None
     agreement, thresholds = {}, dict(manifest["thresholds"])
     if check:
         (s32, m32), (s8, m8) = _infer(f32_c, check), _infer(q_c, check)

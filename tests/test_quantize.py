@@ -1,0 +1,68 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fre_edge.cli import cli
+from fre_edge.errors import FreEdgeError
+from fre_edge.runtime import load_detector
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(sample_bundle, sample_root, tmp_path_factory):
+    from fre_edge.export.quantize import quantize_bundle
+
+    out = tmp_path_factory.mktemp("q") / "int8"
+    quantize_bundle(sample_bundle, out, sorted((sample_root / "train" / "good").glob("*.png")))
+    return out
+
+
+def test_int8_scores_stay_close_to_f32_on_real_images(sample_bundle, int8_bundle, sample_root):
+    """Tolerance: on the sample's 10 real test images the INT8 scores rank the images like f32 does
+    (Spearman >= 0.9) and every defect still scores above every good image when f32 separates them."""
+    paths = sorted((sample_root / "test").rglob("*.png"))
+    f32, q = load_detector(sample_bundle), load_detector(int8_bundle)
+    s32 = np.array([p.score for p in f32.predict_batch(paths)])
+    s8 = np.array([p.score for p in q.predict_batch(paths)])
+    r32, r8 = np.argsort(np.argsort(s32)), np.argsort(np.argsort(s8))
+    assert np.corrcoef(r32, r8)[0, 1] >= 0.9, (s32, s8)
+    labels = np.array(["good" not in str(p) for p in paths])
+    from fre_edge.metrics import auroc
+
+    assert auroc(labels, s8) >= auroc(labels, s32) - 0.05
+    meta = json.loads((int8_bundle / "manifest.json").read_text())
+    assert meta["precision"] == "int8" and q.metadata["precision"] == "int8"
+    qi = meta["quantization"]
+    assert qi["keep_head_float"] is True and qi["calibration"]["n_images"] >= 8
+    assert qi["check_on_unseen_good_images"]["n_images"] >= 1
+    assert set(meta["files"]) == {"model.xml", "model.bin"}
+
+
+def test_int8_bundle_works_with_bench(int8_bundle):
+    r = CliRunner().invoke(cli, ["bench", str(int8_bundle), "--duration", "0.2"])
+    assert r.exit_code == 0, r.output
+
+
+def test_calibration_errors_write_nothing(sample_bundle, sample_root, tmp_path):
+    from fre_edge.export.quantize import quantize_bundle
+
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(cli, ["quantize", str(sample_bundle), "-o", str(tmp_path / "q1"),
+                                 "--calib", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "no images found" in r.stderr
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_root / "train" / "good", bad)
+    (bad / "zz_broken.png").write_bytes(b"\x89PNG not really")
+    r = CliRunner().invoke(cli, ["quantize", str(sample_bundle), "-o", str(tmp_path / "q2"), "--calib", str(bad)])
+    assert r.exit_code == 2 and "zz_broken.png: cannot read image" in r.stderr
+    with pytest.raises(FreEdgeError, match="at least 8"):
+        quantize_bundle(sample_bundle, tmp_path / "q3", sorted(bad.glob("0*.png"))[:3])
+    assert not any(p.name.startswith(("q1", "q2", "q3", ".q")) for p in tmp_path.iterdir())
+
+
+def test_quantize_refuses_int8_input(int8_bundle, sample_root, tmp_path):
+    r = CliRunner().invoke(cli, ["quantize", str(int8_bundle), "-o", str(tmp_path / "x"),
+                                 "--calib", str(sample_root / "train" / "good")])
+    assert r.exit_code == 2 and "already INT8" in r.stderr
