@@ -52,14 +52,27 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
     return out
 
 
+class BundleScorer:
+    """A loaded runtime bundle behind the same call as FREDetector: uint8 batch -> (scores, maps)."""
+
+    def __init__(self, det):
+        self.det = det
+        self.input_size = det.input_size
+
+    def __call__(self, batch):
+        s, m = self.det.infer_prepared(np.asarray(batch))
+        return torch.from_numpy(s), torch.from_numpy(m)
+
+
 def evaluate(fitted, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``fitted``: a FittedFRE (torch) or a runtime AnomalyDetector (an exported bundle, any precision)."""
     if not samples:
         raise FreEdgeError("the dataset has no test images; evaluation needs test/good and test/<defect> images")
+    scorer = fitted.detector if hasattr(fitted, "config") else BundleScorer(fitted)
     t0 = time.perf_counter()
-    scores, maps = score_images(fitted.detector, [s.path for s in samples], batch_size=batch_size,
-                                progress=progress)
+    scores, maps = score_images(scorer, [s.path for s in samples], batch_size=batch_size, progress=progress)
     t_score = time.perf_counter() - t0
-    metrics = compute_metrics(samples, scores, maps, fitted.info.get("thresholds", {}).get("image"))
+    metrics = compute_metrics(samples, scores, maps, fitted.image_threshold)
     metrics["scoring_seconds"] = t_score
     return metrics, scores, maps
 
@@ -86,7 +99,7 @@ def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = maps.shape[1]
-    vmax = 2.0 * fitted.info["thresholds"]["pixel"]
+    vmax = 2.0 * fitted.pixel_threshold
     written = []
     for rank, i in enumerate(pick_for_pictures(samples, scores, n)):
         s = samples[i]

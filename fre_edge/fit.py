@@ -152,9 +152,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     for f in feats:
         with torch.inference_mode(False):
             X = f[:n_fit].reshape(n_fit, -1).clone()
-            subspaces.append(fit_subspace(X, cfg.n_components, cfg.strategy, budget, progress=progress)
-                             if cfg.strategy == "autoencoder" else
-                             fit_subspace(X, cfg.n_components, cfg.strategy, budget))
+            subspaces.append(fit_subspace(X, cfg.n_components, cfg.strategy, budget, progress=progress))
         shapes.append(tuple(f.shape[1:]))
     t_pca = time.perf_counter() - t0
 

@@ -13,8 +13,6 @@ Per layer, the FRE head is two thin matmuls (never a D x D matrix)::
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,20 +141,3 @@ class FREDetector(nn.Module):
     def forward(self, images_u8_nhwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score_features(self.features(images_u8_nhwc))
 
-
-class BackboneOnly(nn.Module):
-    """The same pre-processing and truncated backbone, no FRE head: for timing the head's share."""
-
-    def __init__(self, detector: FREDetector):
-        super().__init__()
-        self.det = detector
-
-    def forward(self, images_u8_nhwc: torch.Tensor):
-        feats = self.det.features(images_u8_nhwc)
-        return tuple(feats)
-
-
-def feature_dim(channels: int, input_size: int, stride: int, pool: int) -> tuple[int, int, int]:
-    side = math.ceil(input_size / stride)
-    side = side // pool if pool > 1 else side
-    return channels, side, side

@@ -66,3 +66,14 @@ def test_quantize_refuses_int8_input(int8_bundle, sample_root, tmp_path):
     r = CliRunner().invoke(cli, ["quantize", str(int8_bundle), "-o", str(tmp_path / "x"),
                                  "--calib", str(sample_root / "train" / "good")])
     assert r.exit_code == 2 and "already INT8" in r.stderr
+
+
+def test_eval_accepts_bundles_f32_and_int8(sample_bundle, int8_bundle, sample_root, tmp_path):
+    for b in (sample_bundle, int8_bundle):
+        out = tmp_path / f"{b.name}.json"
+        r = CliRunner().invoke(cli, ["eval", str(b), str(sample_root), "--json", str(out), "-n", "2",
+                                     "--pictures", str(tmp_path / f"{b.name}_pics"), "--quiet"])
+        assert r.exit_code == 0, r.output
+        m = json.loads(out.read_text())
+        assert 0.5 < m["image_auroc"] <= 1.0 and "aupro" in m
+        assert len(list((tmp_path / f"{b.name}_pics").glob("*.png"))) == 2

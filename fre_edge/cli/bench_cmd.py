@@ -37,10 +37,8 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
 
     det = load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads,
                         batch=batch, backbone_only=backbone_only)
-    if backbone_only:  # the cut model has feature outputs, not score/map: time the raw call
-        pass
     result = {
-        "command": "fre-edge " + " ".join(sys.argv[1:]) if sys.argv and "fre-edge" in sys.argv[0] else None,
+        "command": "fre-edge " + " ".join(sys.argv[1:]),
         "fre_edge_version": __version__,
         "backbone_only": backbone_only,
         "runtime": det.describe(),

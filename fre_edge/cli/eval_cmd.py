@@ -24,7 +24,8 @@ import click
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, quiet):
-    """Evaluate the model in MODEL_DIR on the test images of DATA.
+    """Evaluate MODEL_DIR (a `fre-edge fit` folder, or an exported bundle of any precision, INT8
+    included, run with OpenVINO f32) on the test images of DATA.
 
     Prints image AUROC, pixel AUROC and AUPRO (when masks exist), writes them as JSON and writes
     heatmap pictures (image | mask | heatmap | outline) for a selection of test images.
@@ -33,7 +34,13 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     from ..evaluate import evaluate, write_pictures
     from ..persist import load_model
 
-    fitted = load_model(model_dir)
+    from ..runtime import load_detector
+    from ..runtime.bundle import MANIFEST
+
+    if (Path(model_dir) / MANIFEST).is_file():
+        fitted = load_detector(model_dir)
+    else:
+        fitted = load_model(model_dir)
     ds = read_dataset(data, layout, split)
     metrics, scores, maps = evaluate(fitted, ds.test, batch_size=batch_size, progress=not quiet)
     metrics["model"] = str(model_dir)

@@ -14,7 +14,7 @@ import click
 @click.option("--calib", "calib_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of good images to calibrate on (e.g. the fitting images, or DATA/train/good).")
 @click.option("--calib-size", type=click.IntRange(8, 10_000), default=300, show_default=True,
-              help="At most this many calibration images.")
+              help="At most this many images for NNCF's range statistics (the head refit uses every image).")
 @click.option("--keep-head/--quantize-head", default=True, show_default=True,
               help="Keep the FRE head in floating point (recommended).")
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None,
@@ -34,9 +34,9 @@ def command(bundle, output, calib_dir, calib_size, keep_head, val_dir, max_drop,
     from ..persist import atomic_dir
 
     atomic_dir(output, force)
-    calib = [s.path for s in read_dataset(calib_dir, "folder").train][:calib_size]
+    calib = [s.path for s in read_dataset(calib_dir, "folder").train]
     validation = read_dataset(val_dir).test if val_dir else None
-    meta = quantize_bundle(bundle, output, calib, keep_head=keep_head, validation=validation, max_drop=max_drop,
-                           force=force, progress=not quiet)
+    meta = quantize_bundle(bundle, output, calib, keep_head=keep_head, subset_size=calib_size, validation=validation,
+                           max_drop=max_drop, force=force, progress=not quiet)
     click.echo(json.dumps({"bundle": str(output), "precision": meta["precision"],
                            "quantization": meta["quantization"]}, indent=2))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FreEdgeError
-from ..model import BackboneOnly
 from ..persist import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .onnx_graph import export_onnx
@@ -63,10 +62,8 @@ def _write_ir(onnx_path: Path, xml_path: Path, meta_json: str, fp16: bool) -> No
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
 
 
-def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = False, force: bool = False,
-                  backbone_only: bool = False) -> dict:
-    """Write the bundle; returns its manifest. ``backbone_only`` exports the truncated backbone alone
-    (same pre-processing), for timing the FRE head's share; such a bundle is for benchmarks only."""
+def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = False, force: bool = False) -> dict:
+    """Write the bundle (ONNX and/or OpenVINO IR + manifest) atomically; returns its manifest."""
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -74,15 +71,10 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
     out_dir = Path(out_dir)
     precision = "fp16" if fp16 else "fp32"
     with atomic_dir(out_dir, force) as tmp:
-        module = BackboneOnly(fitted.detector) if backbone_only else fitted.detector
-        names = [f"features{i}" for i in range(len(fitted.detector.heads))] if backbone_only else OUTPUTS
         onnx_path = tmp / "model.onnx"
-        exporter = export_onnx(module, onnx_path, fitted.config.input_size, names)
+        exporter = export_onnx(fitted.detector, onnx_path, fitted.config.input_size, OUTPUTS)
         exporter["openvino_ir"] = "openvino.convert_model(model.onnx)"
         meta = bundle_metadata(fitted, precision, exporter)
-        if backbone_only:
-            meta["model_type"] = "fre-backbone-only"
-            meta["outputs"] = [{"name": n} for n in names]
         meta_json = metadata_json(meta)
         _embed_onnx(onnx_path, meta_json)
         if "openvino" in formats:

@@ -93,10 +93,13 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     size = int(manifest["input_size"])
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(calibration))
-    n_check = min(check_size, len(calibration) // 4)
-    check_idx, calib_idx = order[:n_check], order[n_check:][:subset_size]
-    calib = _prepared([calibration[i] for i in calib_idx], size)  # reads every image: bad files fail here
+    # good images kept out of calibration and refit, to set INT8 thresholds: 10% as at fit time, at least
+    # min(check_size, a quarter)
+    n_check = max(min(check_size, len(calibration) // 4), int(round(0.1 * len(calibration))))
+    check_idx, rest_idx = order[:n_check], order[n_check:]
+    rest = _prepared([calibration[i] for i in rest_idx], size)  # reads every image: bad files fail here
     check = _prepared([calibration[i] for i in check_idx], size)
+    calib = rest[:subset_size]  # NNCF's statistics need a few hundred; the head refit uses them all
 
     core = ov.Core()
     model = core.read_model(str(bundle_dir / "model.xml"))
@@ -141,7 +144,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         from ..fit import PIXEL_QUANTILE, lognormal_quantile
         from .int8_head import refit_int8_model
 
-        quantized, _ = refit_int8_model(quantized, manifest, calib, check)
+        quantized, _ = refit_int8_model(quantized, manifest, rest, check)
         q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     agreement, thresholds = {}, dict(manifest["thresholds"])
     if check:
@@ -171,7 +174,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     meta["quantization"] = {
         "tool": f"nncf {nncf.__version__}", "mode": mode, "keep_head_float": keep_head,
         "head_refit_on_int8_features": refitted,
-        "calibration": {"n_images": len(calib), "source": "good images"},
+        "calibration": {"n_images": len(calib), "source": "good images",
+                        "head_refit_images": len(rest) if refitted else 0, "held_out_check_images": len(check)},
         "thresholds_f32": manifest["thresholds"],
         "check_on_unseen_good_images": agreement, "accuracy_control": val_metric,
     }
