@@ -55,7 +55,7 @@ def main():
             rows.append({
                 "backbone": name, "input_size": det.input_size, "weights": det.metadata.get("backbone_weights"),
                 "backend": c[0], "precision_requested": c[1], "precision_used": det.adapter.precision_used,
-                "hint": c[2], "batch": args.batch,
+                "hint": c[2] if c[0] == "openvino" else "none (sync, then async threads)", "batch": args.batch,
                 "latency_ms_median": statistics.median(x["sync"]["latency_ms"]["median"] for x in rs),
                 "latency_ms_p90": statistics.median(x["sync"]["latency_ms"]["p90"] for x in rs),
                 "latency_ms_p99": statistics.median(x["sync"]["latency_ms"]["p99"] for x in rs),

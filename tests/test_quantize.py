@@ -77,3 +77,17 @@ def test_eval_accepts_bundles_f32_and_int8(sample_bundle, int8_bundle, sample_ro
         m = json.loads(out.read_text())
         assert 0.5 < m["image_auroc"] <= 1.0 and "aupro" in m
         assert len(list((tmp_path / f"{b.name}_pics").glob("*.png"))) == 2
+
+
+def test_accuracy_controlled_mode_records_its_check(sample_bundle, sample_root, tmp_path):
+    r = CliRunner().invoke(cli, ["quantize", str(sample_bundle), "-o", str(tmp_path / "ac"),
+                                 "--calib", str(sample_root / "train" / "good"), "--val", str(sample_root),
+                                 "--max-drop", "0.05", "--quiet"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "ac" / "manifest.json").read_text())
+    q = meta["quantization"]
+    assert q["mode"] == "accuracy-controlled" and q["head_refit_on_int8_features"] is False
+    ac = q["accuracy_control"]
+    assert ac["n_images"] == 10 and ac["max_drop"] == 0.05
+    assert ac["image_auroc_int8"] >= ac["image_auroc_f32"] - 0.05 - 1e-9
+    assert load_detector(tmp_path / "ac").metadata["precision"] == "int8"
