@@ -181,7 +181,9 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "fre_edge_version": __version__,
         "n_components": [h.n_components for h in heads],
         "feature_shapes": [list(s) for s in shapes],
-        "explained_variance": [float(s.explained_variance_ratio.sum()) for s in subspaces],
+        # None where unknown (the autoencoder strategy does not compute eigenvalues)
+        "explained_variance": [None if torch.isnan(s.explained_variance_ratio).any()
+                               else float(s.explained_variance_ratio.sum()) for s in subspaces],
         "strategies": [s.strategy for s in subspaces],
         "thresholds": {
             "image": lognormal_quantile(scores),

@@ -125,3 +125,19 @@ def test_eval_bad_model_dir(tmp_path, sample_root):
     (tmp_path / "half" / "model.json").write_text("{}")
     r = CliRunner().invoke(cli, ["eval", str(tmp_path / "half"), str(sample_root)])
     assert r.exit_code == 2 and "model.safetensors is missing" in r.stderr
+
+
+def test_autoencoder_strategy_end_to_end_writes_strict_json(tmp_path, sample_root):
+    r = CliRunner().invoke(cli, ["fit", str(sample_root), "-o", str(tmp_path / "ae"), "--strategy", "autoencoder",
+                                 "--input-size", "128", "--quiet"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "ae" / "model.json").read_text()
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    settings = json.loads(text, parse_constant=no_nan)
+    assert settings["info"]["strategies"] == ["autoencoder"]
+    assert settings["info"]["explained_variance"] == [None]
+    loaded = load_model(tmp_path / "ae")
+    assert loaded.detector.heads[0].n_components == settings["info"]["n_components"][0]
