@@ -1,0 +1,203 @@
+"""The paper's comparison on this machine: fre-edge FRE vs anomalib's PatchCore, Fre and Dfm (issue: paper table).
+
+    bash benchmarks/peers/setup_anomalib.sh            # once: the peers' pinned venv (.venv-peers)
+    python benchmarks/paper_table.py [--datasets mvtec_bottle,magnetic_tile] [--fre-ae-epochs 10]
+
+One run measures, per dataset: training time (fre-edge FRE-PCA and FRE-AE; anomalib PatchCore with a 10%
+coreset, Fre, Dfm), inference FPS at batch 1 (fre-edge bundles: OpenVINO f32/bf16/INT8 and ONNX Runtime;
+anomalib's own OpenVINO export, f32) and accuracy. The peers run with random backbone weights (timm
+cannot download ImageNet weights here), so their accuracy columns hold the paper's figures instead;
+fre-edge is measured with EfficientNet-Lite0 (real weights) and, for a same-backbone speed comparison
+with the peers, ResNet-50 (random weights, speed only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bundles import bundle, int8_bundle  # noqa: E402
+from _common import DATASETS, REPO, WORK, environment, header_md, write  # noqa: E402
+
+PAPER = {  # from ../shared/docs/fre-method.md
+    "mvtec_bottle": {"note": "paper, MVTec AD average over 15 categories",
+                     "image_auroc": {"PatchCore": 0.991, "FRE (paper)": 0.986}},
+    "magnetic_tile": {"note": "paper, Magnetic Tile Defects",
+                      "image_auroc": {"PatchCore": 0.979, "FRE (paper)": 0.992}},
+}
+PAPER_FPS_RATIO = {"Xeon 8280": 52.6 / 7.11, "i7-1270P": 16.4 / 1.28}
+
+
+def mvtec_layout(dataset: str) -> tuple[Path, str]:
+    """(root, category) in MVTec AD layout with .png files, as anomalib's MVTecAD reader wants."""
+    if dataset == "mvtec_bottle":
+        return DATASETS, "mvtec_bottle"
+    from PIL import Image
+
+    from fre_edge.data import read_dataset
+
+    root = WORK / "mvtec_layout"
+    cat = root / dataset
+    if not (cat / ".done").is_file():
+        ds = read_dataset(DATASETS / dataset)
+        for s in ds.train:
+            p = cat / "train" / "good" / f"{s.path.stem}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(s.path).convert("RGB").save(p)
+        for s in ds.test:
+            p = cat / "test" / s.defect / f"{s.path.stem}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(s.path).convert("RGB").save(p)
+            if s.label:
+                m = cat / "ground_truth" / s.defect / f"{s.path.stem}_mask.png"
+                m.parent.mkdir(parents=True, exist_ok=True)
+                Image.open(s.mask).convert("L").save(m)
+        (cat / ".done").write_text("ok")
+    return root, dataset
+
+
+def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
+    import numpy as np
+
+    from fre_edge.bench import _async, _sync
+    from fre_edge.data import read_dataset
+    from fre_edge.evaluate import evaluate
+    from fre_edge.fit import FitConfig, fit_fre
+    from fre_edge.runtime import load_detector
+
+    ds = read_dataset(DATASETS / dataset)
+    paths = [s.path for s in ds.train]
+    rows = []
+    t0 = time.perf_counter()
+    pca = fit_fre(paths, FitConfig(), progress=False)
+    t_pca = time.perf_counter() - t0
+    metrics, _, _ = evaluate(pca, ds.test, progress=False)
+    import fre_edge.pca as P
+
+    t0 = time.perf_counter()
+    cfg_ae = FitConfig(strategy="autoencoder")
+    orig = P.fit_autoencoder
+    P.fit_autoencoder = lambda X, n, **kw: orig(X, n, **{**kw, "epochs": ae_epochs})
+    try:
+        fit_fre(paths, cfg_ae, progress=False)
+    finally:
+        P.fit_autoencoder = orig
+    t_ae = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_fre(paths, FitConfig(backbone="resnet50", pretrained=False), progress=False)
+    t_r50 = time.perf_counter() - t0
+    x = np.random.default_rng(0).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+
+    def speed(path, backend="openvino", precision="f32"):
+        lat = load_detector(path, backend=backend, precision=precision, hint="latency", batch=1)
+        thr = load_detector(path, backend=backend, precision=precision, hint="throughput", batch=1)
+        for _ in range(10):
+            lat.adapter.infer(x)
+        return {"latency_fps": _sync(lat, x, seconds)["fps"], "throughput_fps": _async(thr, x, seconds)["fps"],
+                "precision_used": lat.adapter.precision_used}
+
+    lite = bundle("efficientnet_lite0", dataset=dataset)
+    base = {"method": "fre-edge FRE", "dataset": dataset}
+    acc = {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+    rows.append({**base, "variant": "Lite0 OpenVINO f32", "backbone": "efficientnet_lite0 (ImageNet)",
+                 "train_s": t_pca, "train_what": "FRE-PCA fit (feature pass + PCA)", **acc, **speed(lite)})
+    rows.append({**base, "variant": "Lite0 OpenVINO bf16", "backbone": "efficientnet_lite0 (ImageNet)", **acc,
+                 **speed(lite, precision="bf16")})
+    rows.append({**base, "variant": "Lite0 OpenVINO INT8", "backbone": "efficientnet_lite0 (ImageNet)",
+                 **speed(int8_bundle("efficientnet_lite0", dataset))})
+    rows.append({**base, "variant": "Lite0 ONNX Runtime f32", "backbone": "efficientnet_lite0 (ImageNet)", **acc,
+                 **speed(lite, backend="onnxruntime")})
+    rows.append({**base, "variant": f"Lite0 FRE-AE ({ae_epochs} epochs)", "backbone": "efficientnet_lite0 (ImageNet)",
+                 "train_s": t_ae, "train_what": "feature pass + tied AE training"})
+    r50 = bundle("resnet50")  # fitted on bottle: same graph size class for any dataset (speed only)
+    rows.append({**base, "variant": "ResNet-50 OpenVINO f32", "backbone": "resnet50 layer3 (random)",
+                 "train_s": t_r50, "train_what": "FRE-PCA fit", **speed(r50)})
+    return rows
+
+
+def _peer_row(r: dict, dataset: str, model: str, fre_epochs: int) -> dict:
+    ov = r["openvino"]
+    return {"method": r["peer"], "dataset": dataset, "variant": "anomalib OpenVINO export, f32",
+            "backbone": f"{r['backbone']} (random)", "train_s": r["train_s"],
+            "train_what": "engine.fit" + (f" ({fre_epochs} epochs)" if model == "fre" else ""),
+            "latency_fps": ov["latency"]["sync_fps"], "throughput_fps": ov["throughput"]["async_fps"],
+            "precision_used": ov["latency"]["precision_used"], "peer_batch": ov["latency"]["batch"],
+            "metrics_random_weights": r["metrics_random_weights"]}
+
+
+def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, reuse: bool) -> list[dict]:
+    root, category = mvtec_layout(dataset)
+    rows = []
+    for model in ("dfm", "fre", "patchcore"):
+        out = WORK / f"peer_{model}_{dataset}.json"
+        if reuse and out.is_file():  # only to re-render after a crash; the JSON keeps its own timings
+            rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
+            continue
+        cmd = [str(venv_python), str(REPO / "benchmarks" / "peers" / "anomalib_run.py"), "--model", model,
+               "--root", str(root), "--category", category, "--json", str(out), "--seconds", str(seconds)]
+        if model == "fre":
+            cmd += ["--epochs", str(fre_epochs)]
+        print("peer:", model, dataset, file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="mvtec_bottle,magnetic_tile")
+    ap.add_argument("--venv", default=str(REPO / ".venv-peers"))
+    ap.add_argument("--fre-ae-epochs", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--reuse-peers", action="store_true", help="reuse peer JSON already measured (re-render only)")
+    args = ap.parse_args()
+    venv_python = Path(args.venv) / "bin" / "python"
+    if not venv_python.is_file():
+        raise SystemExit(f"{venv_python} is missing; run: bash benchmarks/peers/setup_anomalib.sh")
+    env = environment()
+    rows = []
+    for d in args.datasets.split(","):
+        rows += fre_edge_rows(d, args.fre_ae_epochs, args.seconds)
+        rows += peer_rows(d, venv_python, args.fre_ae_epochs, args.seconds, args.reuse_peers)
+    md = ["# The paper's comparison on this machine", "", header_md(env),
+          f"Batch 1 (anomalib's exports are traced with a fixed batch: their FPS is images/s at that batch), "
+          f"input 256 px, {args.seconds:g} s per figure. Peers: anomalib 2.7.0 in its own venv, random backbone "
+          "weights (timm cannot download ImageNet weights here), so their accuracy is taken from the paper. "
+          f"Both FRE-AE implementations run {args.fre_ae_epochs} epochs here (paper: 250).", ""]
+    for d in args.datasets.split(","):
+        md += [f"## {d}", "", "| method | variant | backbone | train s (what) | image AUROC | pixel AUROC | AUPRO "
+               "| latency FPS | throughput FPS | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (x for x in rows if x["dataset"] == d):
+            def f(k, fmt="{:.4f}"):
+                return fmt.format(r[k]) if r.get(k) is not None else ""
+            tr = f"{r['train_s']:.1f} ({r['train_what']})" if "train_s" in r else ""
+            md.append(f"| {r['method']} | {r['variant']} | {r['backbone']} | {tr} | {f('image_auroc')} | "
+                      f"{f('pixel_auroc')} | {f('aupro')} | {f('latency_fps', '{:.1f}')} | "
+                      f"{f('throughput_fps', '{:.1f}')} | {r.get('precision_used', '')} |")
+        p = PAPER[d]
+        md += ["", f"Accuracy from the paper ({p['note']}): " +
+               ", ".join(f"{k} image AUROC {v}" for k, v in p["image_auroc"].items()), ""]
+        pc = next((x for x in rows if x["dataset"] == d and "Patchcore" in x["method"]), None)
+        fr = next((x for x in rows if x["dataset"] == d and x["variant"] == "Lite0 OpenVINO f32"), None)
+        r50 = next((x for x in rows if x["dataset"] == d and x["variant"].startswith("ResNet-50")), None)
+        if pc and fr and r50:
+            md += [f"Ratios: fre-edge FRE (Lite0, f32) FPS / PatchCore FPS = {fr['latency_fps'] / pc['latency_fps']:.1f}x; "
+                   f"same-backbone ResNet-50: {r50['latency_fps'] / pc['latency_fps']:.1f}x "
+                   f"(paper: {PAPER_FPS_RATIO['Xeon 8280']:.1f}x on Xeon 8280, {PAPER_FPS_RATIO['i7-1270P']:.1f}x "
+                   f"on i7-1270P). FRE-PCA training / PatchCore training = {fr['train_s'] / pc['train_s']:.2f}.", ""]
+        for peer in ("Fre", "Dfm"):
+            pr = next((x for x in rows if x["dataset"] == d and peer in x["method"]), None)
+            if pr and r50:
+                md.append(f"fre-edge ResNet-50 FPS / anomalib {peer} (ResNet-50 layer3) FPS = "
+                          f"{r50['latency_fps'] / pr['latency_fps']:.2f}x.")
+        md.append("")
+    write("paper_table", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

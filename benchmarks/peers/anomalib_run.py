@@ -1,0 +1,117 @@
+"""Train, test, export and time one anomalib model (runs inside the peers' venv; see setup_anomalib.sh).
+
+    .venv-peers/bin/python benchmarks/peers/anomalib_run.py --model patchcore --root DIR --category NAME --json OUT
+
+Backbones are built with random weights (``pre_trained=False``): timm's ImageNet weights cannot be
+downloaded on this machine. Training time and inference speed are real; accuracy is not meaningful and
+is reported only as measured, flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build(name: str, backbone: str):
+    from anomalib.models import Dfm, Fre, Patchcore
+
+    if name == "patchcore":
+        return Patchcore(backbone=backbone, layers=("layer2", "layer3"), pre_trained=False, coreset_sampling_ratio=0.1)
+    if name == "fre":
+        return Fre(backbone=backbone, layer="layer3", pre_trained=False)
+    if name == "dfm":
+        return Dfm(backbone=backbone, layer="layer3", pre_trained=False)
+    raise SystemExit(f"unknown model {name}")
+
+
+def time_ir(xml: Path, size: int, seconds: float) -> dict:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    shape = model.input(0).get_partial_shape()
+    if shape.is_dynamic:
+        shape[0] = 1
+        model.reshape({model.input(0).get_any_name(): shape})
+    in_shape = tuple(model.input(0).get_shape())
+    # anomalib's export may bake its tracing batch into the graph: FPS below is images/s for that batch
+    out = {"input_shape": list(in_shape)}
+    for hint in ("LATENCY", "THROUGHPUT"):
+        c = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"})
+        x = np.random.default_rng(0).random(in_shape, dtype=np.float32)
+        req = c.create_infer_request()
+        for _ in range(5):
+            req.infer({0: x})
+        lat = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            req.infer({0: x})
+            lat.append(time.perf_counter() - t0)
+        nreq = int(c.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        q = ov.AsyncInferQueue(c, nreq)
+        n = [0]
+        q.set_callback(lambda *_: n.__setitem__(0, n[0] + 1))
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            q.start_async({0: x})
+        q.wait_all()
+        out[hint.lower()] = {"precision_used": c.get_property("INFERENCE_PRECISION_HINT").to_string(),"batch": in_shape[0],
+                             "sync_fps": in_shape[0] / float(np.mean(lat)),
+                             "latency_ms_median": 1e3 * float(np.median(lat)),
+                             "async_fps": in_shape[0] * n[0] / (time.perf_counter() - t0), "requests_in_flight": nreq}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--category", required=True)
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--work", default="/tmp/fre_edge_peers")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="max_epochs for trained models (anomalib's Fre sets none; Lightning would run 1000)")
+    args = ap.parse_args()
+
+    import anomalib
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    work = Path(args.work) / f"{args.model}_{args.category}"
+    dm = MVTecAD(root=args.root, category=args.category, train_batch_size=16, eval_batch_size=16, num_workers=0)
+    model = build(args.model, args.backbone)
+    extra = {"max_epochs": args.epochs} if args.epochs else {}
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=str(work),
+                    enable_progress_bar=False, **extra)
+    t0 = time.perf_counter()
+    engine.fit(model=model, datamodule=dm)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test = engine.test(model=model, datamodule=dm, verbose=False)
+    test_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    xml = model.to_openvino(export_root=work / "export", input_size=(args.size, args.size))
+    export_s = time.perf_counter() - t0
+    xml = Path(xml)
+    if xml.is_dir():
+        xml = next(xml.rglob("*.xml"))
+    result = {"peer": f"anomalib {anomalib.__version__} {type(model).__name__}", "model": args.model,
+              "backbone": args.backbone, "weights": "random (pre_trained=False)", "input_size": args.size,
+              "category": args.category, "max_epochs": args.epochs, "train_s": train_s, "test_s": test_s, "export_s": export_s,
+              "metrics_random_weights": {k: float(v) for k, v in (test[0] if test else {}).items()},
+              "openvino": time_ir(xml, args.size, args.seconds), "ir": str(xml)}
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
