@@ -125,10 +125,6 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
             max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored,
             advanced_quantization_parameters=advanced)
         mode = "accuracy-controlled"
-        f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
-                      "max_drop": max_drop, "n_images": len(val_items)}
     else:
         quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored,
                                   advanced_parameters=advanced)
@@ -139,6 +135,9 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     except RuntimeError as exc:
         raise FreEdgeError(f"the INT8 model does not compile on this CPU ({str(exc).splitlines()[-1][:120]}); "
                            "keep the FRE head in floating point (--keep-head)") from None
+    if validation is not None:
+        val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
+                      "max_drop": max_drop, "n_images": len(val_items)}
     refitted = refit and mode == "basic" and keep_head and bool(check)
     if refitted:
         from ..fit import PIXEL_QUANTILE, lognormal_quantile
