@@ -57,15 +57,18 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, no_
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(paths), unit="img", disable=quiet or len(paths) < 2, file=sys.stderr)
-    for path, pred in det.iter_predict(paths, batch_size=batch_size):
+    from ..images import load_image
+
+    # each image is read once: the same array feeds the model and the overlay picture
+    images = (load_image(p) for p in paths)
+    for path, (image, pred) in zip(paths, det.iter_predict(images, batch_size=batch_size)):
         row = {"path": str(path), **pred.to_dict()}
         rows.append(row)
         bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
         if out_dir and not no_overlays:
-            from ..images import load_image
             from ..visualize import save_panel
 
-            save_panel(out_dir / f"{len(rows) - 1:04d}_{path.stem}.png", load_image(path), pred.anomaly_map,
+            save_panel(out_dir / f"{len(rows) - 1:04d}_{path.stem}.png", image, pred.anomaly_map,
                        2 * det.pixel_threshold, title=f"{path.name} score={pred.score:.4g} {row['label']}")
         bar.update(1)
     bar.close()
