@@ -124,13 +124,15 @@ def _peer_row(r: dict, dataset: str, model: str, fre_epochs: int) -> dict:
     ov = r["openvino"]
     return {"method": r["peer"], "dataset": dataset, "variant": "anomalib OpenVINO export, f32",
             "backbone": f"{r['backbone']} (random)", "train_s": r["train_s"],
-            "train_what": "engine.fit" + (f" ({fre_epochs} epochs)" if model == "fre" else ""),
+            "train_what": "engine.fit" + (f" ({fre_epochs} epochs)" if model == "fre" else "")
+            + (f" ({r['coreset_sampling_ratio']:.0%} coreset)" if r.get("coreset_sampling_ratio") else ""),
             "latency_fps": ov["latency"]["sync_fps"], "throughput_fps": ov["throughput"]["async_fps"],
             "precision_used": ov["latency"]["precision_used"], "peer_batch": ov["latency"]["batch"],
             "metrics_random_weights": r["metrics_random_weights"]}
 
 
-def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, reuse: bool) -> list[dict]:
+def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, reuse: bool,
+              coreset: float) -> list[dict]:
     root, category = mvtec_layout(dataset)
     rows = []
     for model in ("dfm", "fre", "patchcore"):
@@ -142,10 +144,16 @@ def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, 
                "--root", str(root), "--category", category, "--json", str(out), "--seconds", str(seconds)]
         if model == "fre":
             cmd += ["--epochs", str(fre_epochs)]
+        if model == "patchcore":
+            cmd += ["--coreset", str(coreset)]
         print("peer:", model, dataset, file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
     return rows
+
+
+def parse_coresets(text: str) -> dict[str, float]:
+    return {k: float(v) for k, v in (item.split("=") for item in text.split(",") if item)}
 
 
 def main():
@@ -154,22 +162,48 @@ def main():
     ap.add_argument("--venv", default=str(REPO / ".venv-peers"))
     ap.add_argument("--fre-ae-epochs", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--coreset", default="mvtec_bottle=0.1,magnetic_tile=0.01",
+                    help="PatchCore coreset ratio per dataset (the paper's 10%% on MTD's 780k patches takes hours "
+                         "on 2 cores: anomalib's greedy coreset costs patches x coreset size)")
     ap.add_argument("--reuse-peers", action="store_true", help="reuse peer JSON already measured (re-render only)")
+    ap.add_argument("--render", metavar="JSON", help="only re-draw the table and chart from a results JSON")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        render(data, write_json=False)
+        return
     venv_python = Path(args.venv) / "bin" / "python"
     if not venv_python.is_file():
         raise SystemExit(f"{venv_python} is missing; run: bash benchmarks/peers/setup_anomalib.sh")
+    coresets = parse_coresets(args.coreset)
     env = environment()
     rows = []
-    for d in args.datasets.split(","):
+    datasets = args.datasets.split(",")
+    for d in datasets:
         rows += fre_edge_rows(d, args.fre_ae_epochs, args.seconds)
-        rows += peer_rows(d, venv_python, args.fre_ae_epochs, args.seconds, args.reuse_peers)
+        rows += peer_rows(d, venv_python, args.fre_ae_epochs, args.seconds, args.reuse_peers, coresets.get(d, 0.1))
+    render({"environment": env, "settings": {"datasets": datasets, "seconds": args.seconds,
+                                             "fre_ae_epochs": args.fre_ae_epochs, "coreset": coresets},
+            "rows": rows})
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if a >= b else f"1/{b / a:.0f}"
+
+
+def render(data: dict, write_json: bool = True) -> None:
+    env, rows = data["environment"], data["rows"]
+    st = data.get("settings", {})
+    datasets = st.get("datasets") or sorted({r["dataset"] for r in rows})
+    batches = sorted({r.get("peer_batch", 1) for r in rows})
     md = ["# The paper's comparison on this machine", "", header_md(env),
-          f"Batch 1 (anomalib's exports are traced with a fixed batch: their FPS is images/s at that batch), "
-          f"input 256 px, {args.seconds:g} s per figure. Peers: anomalib 2.7.0 in its own venv, random backbone "
-          "weights (timm cannot download ImageNet weights here), so their accuracy is taken from the paper. "
-          f"Both FRE-AE implementations run {args.fre_ae_epochs} epochs here (paper: 250).", ""]
-    for d in args.datasets.split(","):
+          f"Inference at batch {', '.join(map(str, batches))} for every row (fre-edge and the peers' own OpenVINO "
+          f"exports, traced at batch 1), input 256 px, {st.get('seconds', 3):g} s per figure; latency FPS = one "
+          "synchronous request at a time (latency hint), throughput FPS = asynchronous requests (throughput hint). "
+          "Peers: anomalib 2.7.0 in its own venv, random backbone weights (timm cannot download ImageNet weights "
+          "here), so their accuracy columns are left empty and the paper's figures are given below each table. "
+          f"Both FRE-AE implementations run {st.get('fre_ae_epochs', 10)} epochs here (paper: 250).", ""]
+    for d in datasets:
         md += [f"## {d}", "", "| method | variant | backbone | train s (what) | image AUROC | pixel AUROC | AUPRO "
                "| latency FPS | throughput FPS | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (x for x in rows if x["dataset"] == d):
@@ -181,22 +215,78 @@ def main():
                       f"{f('throughput_fps', '{:.1f}')} | {r.get('precision_used', '')} |")
         p = PAPER[d]
         md += ["", f"Accuracy from the paper ({p['note']}): " +
-               ", ".join(f"{k} image AUROC {v}" for k, v in p["image_auroc"].items()), ""]
+               ", ".join(f"{k} image AUROC {v}" for k, v in p["image_auroc"].items()) +
+               ". fre-edge's ResNet-50 rows use random weights (speed only; accuracy not reported).", ""]
         pc = next((x for x in rows if x["dataset"] == d and "Patchcore" in x["method"]), None)
         fr = next((x for x in rows if x["dataset"] == d and x["variant"] == "Lite0 OpenVINO f32"), None)
         r50 = next((x for x in rows if x["dataset"] == d and x["variant"].startswith("ResNet-50")), None)
         if pc and fr and r50:
-            md += [f"Ratios: fre-edge FRE (Lite0, f32) FPS / PatchCore FPS = {fr['latency_fps'] / pc['latency_fps']:.1f}x; "
-                   f"same-backbone ResNet-50: {r50['latency_fps'] / pc['latency_fps']:.1f}x "
+            md += [f"- FPS, fre-edge FRE / PatchCore: Lite0 f32 {_ratio(fr['latency_fps'], pc['latency_fps'])}; "
+                   f"same ResNet-50 backbone {_ratio(r50['latency_fps'], pc['latency_fps'])} "
                    f"(paper: {PAPER_FPS_RATIO['Xeon 8280']:.1f}x on Xeon 8280, {PAPER_FPS_RATIO['i7-1270P']:.1f}x "
-                   f"on i7-1270P). FRE-PCA training / PatchCore training = {fr['train_s'] / pc['train_s']:.2f}.", ""]
+                   "on i7-1270P).",
+                   f"- Training time, FRE-PCA / PatchCore ({pc['train_what']}): Lite0 "
+                   f"{fr['train_s']:.1f} s / {pc['train_s']:.0f} s = {_ratio(fr['train_s'], pc['train_s'])}; "
+                   f"ResNet-50 {r50['train_s']:.1f} s / {pc['train_s']:.0f} s = {_ratio(r50['train_s'], pc['train_s'])}."]
         for peer in ("Fre", "Dfm"):
             pr = next((x for x in rows if x["dataset"] == d and peer in x["method"]), None)
             if pr and r50:
-                md.append(f"fre-edge ResNet-50 FPS / anomalib {peer} (ResNet-50 layer3) FPS = "
-                          f"{r50['latency_fps'] / pr['latency_fps']:.2f}x.")
+                lat, thr = r50["latency_fps"] / pr["latency_fps"], r50["throughput_fps"] / pr["throughput_fps"]
+                verdict = ("ahead" if min(lat, thr) >= 1.05 else
+                           "NOT ahead (within 5%; see the note below the table)")
+                md.append(f"- Same ResNet-50 layer3 backbone, fre-edge FRE / anomalib {peer}: latency FPS {lat:.2f}x, "
+                          f"throughput FPS {thr:.2f}x: {verdict}. Lite0 f32 / anomalib {peer}: "
+                          f"{fr['latency_fps'] / pr['latency_fps']:.1f}x." if fr else "")
         md.append("")
-    write("paper_table", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
+    md += ["![FPS and training time per method](paper_table.png)", ""]
+    if write_json:
+        write("paper_table", data, "\n".join(md) + "\n")
+    else:
+        from _common import RESULTS
+        (RESULTS / "paper_table.md").write_text("\n".join(md) + "\n")
+    chart(rows, datasets)
+
+
+def chart(rows: list[dict], datasets: list[str]) -> None:
+    """benchmarks/results/paper_table.png: latency FPS and training time per method, one column per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from _common import RESULTS
+
+    fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 8), squeeze=False)
+    for j, d in enumerate(datasets):
+        rs = [r for r in rows if r["dataset"] == d]
+        label = lambda r: (r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["variant"]).replace(
+            "anomalib OpenVINO export, f32", "OpenVINO f32")
+        fps = [r for r in rs if r.get("latency_fps")]
+        ax = axes[0][j]
+        ax.barh([label(r) for r in fps], [r["latency_fps"] for r in fps],
+                color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in fps])
+        ax.set_xscale("log")
+        ax.set_xlabel("latency FPS, batch 1 (log scale; higher is better)")
+        ax.set_title(f"{d}: inference")
+        for i, r in enumerate(fps):
+            ax.text(r["latency_fps"], i, f" {r['latency_fps']:.1f}", va="center", fontsize=8)
+        tr = [r for r in rs if r.get("train_s")]
+        ax = axes[1][j]
+        ax.barh([r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["backbone"].split()[0] + ": "
+                 + r["train_what"] for r in tr], [r["train_s"] for r in tr],
+                color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in tr])
+        ax.set_xscale("log")
+        ax.set_xlabel("training time, s (log scale; lower is better)")
+        ax.set_title(f"{d}: training")
+        for i, r in enumerate(tr):
+            ax.text(r["train_s"], i, f" {r['train_s']:.1f} s", va="center", fontsize=8)
+        for ax in axes[:, j]:
+            ax.tick_params(axis="y", labelsize=7)
+            ax.invert_yaxis()
+    fig.suptitle("fre-edge (blue) vs anomalib peers (orange), one run on this machine", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "paper_table.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 
-def build(name: str, backbone: str):
+def build(name: str, backbone: str, coreset: float):
     from anomalib.models import Dfm, Fre, Patchcore
 
     if name == "patchcore":
-        return Patchcore(backbone=backbone, layers=("layer2", "layer3"), pre_trained=False, coreset_sampling_ratio=0.1)
+        return Patchcore(backbone=backbone, layers=("layer2", "layer3"), pre_trained=False, coreset_sampling_ratio=coreset)
     if name == "fre":
         return Fre(backbone=backbone, layer="layer3", pre_trained=False)
     if name == "dfm":
@@ -39,7 +39,7 @@ def time_ir(xml: Path, size: int, seconds: float) -> dict:
         shape[0] = 1
         model.reshape({model.input(0).get_any_name(): shape})
     in_shape = tuple(model.input(0).get_shape())
-    # anomalib's export may bake its tracing batch into the graph: FPS below is images/s for that batch
+    # the export is traced at batch 1 (see main); FPS is images/s at the graph's batch, recorded below
     out = {"input_shape": list(in_shape)}
     for hint in ("LATENCY", "THROUGHPUT"):
         c = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"})
@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--work", default="/tmp/fre_edge_peers")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--coreset", type=float, default=0.1, help="PatchCore coreset sampling ratio")
     ap.add_argument("--epochs", type=int, default=None,
                     help="max_epochs for trained models (anomalib's Fre sets none; Lightning would run 1000)")
     args = ap.parse_args()
@@ -88,7 +89,7 @@ def main():
 
     work = Path(args.work) / f"{args.model}_{args.category}"
     dm = MVTecAD(root=args.root, category=args.category, train_batch_size=16, eval_batch_size=16, num_workers=0)
-    model = build(args.model, args.backbone)
+    model = build(args.model, args.backbone, args.coreset)
     extra = {"max_epochs": args.epochs} if args.epochs else {}
     engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=str(work),
                     enable_progress_bar=False, **extra)
@@ -99,14 +100,18 @@ def main():
     test = engine.test(model=model, datamodule=dm, verbose=False)
     test_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    xml = model.to_openvino(export_root=work / "export", input_size=(args.size, args.size))
+    # anomalib traces with a symbolic batch (example batch 2) that its graphs then bake in; dynamic_shapes=None
+    # traces a static batch-1 graph instead, so that peers and fre-edge are timed at the same batch
+    xml = model.to_openvino(export_root=work / "export", input_size=(args.size, args.size),
+                            onnx_kwargs={"dynamic_shapes": None})
     export_s = time.perf_counter() - t0
     xml = Path(xml)
     if xml.is_dir():
         xml = next(xml.rglob("*.xml"))
     result = {"peer": f"anomalib {anomalib.__version__} {type(model).__name__}", "model": args.model,
               "backbone": args.backbone, "weights": "random (pre_trained=False)", "input_size": args.size,
-              "category": args.category, "max_epochs": args.epochs, "train_s": train_s, "test_s": test_s, "export_s": export_s,
+              "category": args.category, "max_epochs": args.epochs,
+              "coreset_sampling_ratio": args.coreset if args.model == "patchcore" else None, "train_s": train_s, "test_s": test_s, "export_s": export_s,
               "metrics_random_weights": {k: float(v) for k, v in (test[0] if test else {}).items()},
               "openvino": time_ir(xml, args.size, args.seconds), "ir": str(xml)}
     Path(args.json).write_text(json.dumps(result, indent=2))
