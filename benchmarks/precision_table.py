@@ -33,16 +33,12 @@ def variant_path(backbone, dataset, variant):
     return bundle(backbone, dataset=dataset)
 
 
-def accuracy(det, batch, labels, masks):
+def accuracy(det, samples, masks):
+    from fre_edge.evaluate import BundleScorer, score_images
     from fre_edge.metrics import auroc
 
-    scores, maps = [], []
-    for i in range(0, len(batch), 8):
-        s, m = det.infer_prepared(batch[i : i + 8])
-        scores.append(s)
-        maps.append(m)
-    scores, maps = np.concatenate(scores), np.concatenate(maps)
-    return {"image_auroc": auroc(labels, scores), "pixel_auroc": auroc(masks, maps)}
+    scores, maps = score_images(BundleScorer(det), [s.path for s in samples], batch_size=8, progress=False)
+    return {"image_auroc": auroc([s.label for s in samples], scores), "pixel_auroc": auroc(masks, maps)}
 
 
 def main():
@@ -52,7 +48,7 @@ def main():
     args = ap.parse_args()
     from fre_edge.bench import _async, _sync
     from fre_edge.data import read_dataset
-    from fre_edge.images import load_mask, prepare
+    from fre_edge.images import load_mask
     from fre_edge.runtime import load_detector
 
     env = environment()
@@ -66,12 +62,10 @@ def main():
         if with_acc:
             ds = read_dataset(DATASETS / dataset)
             size = 256
-            batch = np.stack([prepare(s.path, size) for s in ds.test])
-            labels = [s.label for s in ds.test]
             masks = np.stack([load_mask(s.mask, size, size) for s in ds.test])
             for v in VARIANTS:
                 det = load_detector(paths[v], precision=hint_precision[v])
-                acc[v] = accuracy(det, batch, labels, masks)
+                acc[v] = accuracy(det, ds.test, masks)
                 print(backbone, dataset, v, acc[v], file=sys.stderr, flush=True)
         lat = {v: load_detector(paths[v], precision=hint_precision[v], hint="latency", batch=1) for v in VARIANTS}
         thr = {v: load_detector(paths[v], precision=hint_precision[v], hint="throughput", batch=1) for v in VARIANTS}

@@ -103,13 +103,17 @@ class FittedFRE:
         return self.info["thresholds"]["pixel"]
 
 
-def build_detector(cfg: FitConfig, subspaces, shapes, fusion=None) -> FREDetector:
+def assemble_detector(cfg: FitConfig, backbone, heads, fusion=None) -> FREDetector:
+    """The whole detector from a built backbone and its FRE heads, with cfg's pre-processing and pooling."""
     spec = get_spec(cfg.backbone)
-    backbone = create_backbone(cfg.backbone, cfg.layers, input_size=cfg.input_size,
-                               pretrained=cfg.pretrained, weights=cfg.weights)
-    heads = [FREHead(s, shape) for s, shape in zip(subspaces, shapes)]
     return FREDetector(backbone, heads, input_size=cfg.input_size, mean=spec.mean, std=spec.std,
                        pool=cfg.pool, blur_sigma=cfg.blur_sigma, fusion=fusion).eval()
+
+
+def build_detector(cfg: FitConfig, subspaces, shapes, fusion=None) -> FREDetector:
+    backbone = create_backbone(cfg.backbone, cfg.layers, input_size=cfg.input_size,
+                               pretrained=cfg.pretrained, weights=cfg.weights)
+    return assemble_detector(cfg, backbone, [FREHead(s, shape) for s, shape in zip(subspaces, shapes)], fusion)
 
 
 def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
@@ -163,9 +167,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         s, m = head(f[:n_fit])
         rows.append([s.mean(), s.std().clamp_min(1e-12), m.mean(), m.std().clamp_min(1e-12)])
     fusion = torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32)
-    detector = FREDetector(shell.backbone, heads, input_size=cfg.input_size, mean=get_spec(cfg.backbone).mean,
-                           std=get_spec(cfg.backbone).std, pool=cfg.pool, blur_sigma=cfg.blur_sigma,
-                           fusion=fusion).eval()
+    detector = assemble_detector(cfg, shell.backbone, heads, fusion)
     sel = slice(n_fit, None) if hold_paths else slice(0, n_fit)
     scores, maps = [], []
     for i in range(0, (len(hold_paths) or n_fit), 64):

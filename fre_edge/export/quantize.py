@@ -130,15 +130,16 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
                                   advanced_parameters=advanced)
 
     f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    try:
-        q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    except RuntimeError as exc:
-        raise FreEdgeError(f"the INT8 model does not compile on this CPU ({str(exc).splitlines()[-1][:120]}); "
-                           "keep the FRE head in floating point (--keep-head)") from None
+    refitted = refit and mode == "basic" and keep_head and bool(check)
+    if validation is not None or not refitted:  # a refitted model is compiled once its head is rebuilt
+        try:
+            q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        except RuntimeError as exc:
+            raise FreEdgeError(f"the INT8 model does not compile on this CPU ({str(exc).splitlines()[-1][:120]}); "
+                               "keep the FRE head in floating point (--keep-head)") from None
     if validation is not None:
         val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
                       "max_drop": max_drop, "n_images": len(val_items)}
-    refitted = refit and mode == "basic" and keep_head and bool(check)
     if refitted:
         from ..fit import PIXEL_QUANTILE, lognormal_quantile
         from .int8_head import refit_int8_model
