@@ -148,7 +148,8 @@ def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, 
             rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
             continue
         cmd = [str(venv_python), str(REPO / "benchmarks" / "peers" / "anomalib_run.py"), "--model", model,
-               "--root", str(root), "--category", category, "--json", str(out), "--seconds", str(seconds)]
+               "--root", str(root), "--category", category, "--json", str(out), "--seconds", str(seconds),
+               "--work", str(WORK / "peers")]
         if model == "fre":
             cmd += ["--epochs", str(fre_epochs)]
         if model == "patchcore":
@@ -352,8 +353,9 @@ def render(data: dict, write_json: bool = True) -> None:
                           f"{fr['latency_fps'] / pr['latency_fps']:.1f}x." if fr else "")
         md.append("")
     md += ["![FPS and training time per method](paper_table.png)", ""]
-    if write_json:
-        write("paper_table", data, "\n".join(md) + "\n")
+    if write_json:  # the peers' IR paths are this machine's: kept out of the committed JSON
+        write("paper_table", {**data, "rows": [{k: v for k, v in r.items() if k != "ir"} for r in rows]},
+              "\n".join(md) + "\n")
     else:
         from _common import RESULTS
         (RESULTS / "paper_table.md").write_text("\n".join(md) + "\n")

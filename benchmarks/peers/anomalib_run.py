@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def main():
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--work", default="/tmp/fre_edge_peers")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fre_edge_peers"))
     ap.add_argument("--json", required=True)
     ap.add_argument("--coreset", type=float, default=0.1, help="PatchCore coreset sampling ratio")
     ap.add_argument("--epochs", type=int, default=None,
