@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import bundle, int8_bundle  # noqa: E402
 from _common import DATASETS, REPO, WORK, environment, header_md, write  # noqa: E402
+from peers.ov_timing import IRTimer  # noqa: E402
 
 PAPER = {  # from ../shared/docs/fre-method.md
     "mvtec_bottle": {"note": "paper, MVTec AD average over 15 categories",
@@ -160,52 +161,15 @@ def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, 
     return rows
 
 
-def _raw_ov_fps(xml: Path, hint: str, seconds: float):
-    """A compiled OpenVINO model at batch 1 and a function timing it: the same loop for fre-edge and the peers."""
-    import numpy as np
-    import openvino as ov
+def _fps_timer(xml: Path, hint: str, seconds: float):
+    """One figure of the interleaved timing: latency FPS or throughput FPS of one IR (see peers/ov_timing.py)."""
+    t = IRTimer(xml, hint)
 
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    shape = model.input(0).get_partial_shape()
-    if shape.is_dynamic:
-        shape[0] = 1
-        model.reshape({model.input(0).get_any_name(): shape})
-    c = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"})
-    shp = tuple(model.input(0).get_shape())
-    rng = np.random.default_rng(0)
-    x = (rng.integers(0, 256, shp, dtype=np.uint8) if model.input(0).get_element_type() == ov.Type.u8
-         else rng.random(shp, dtype=np.float32))
-    assert shp[0] == 1, f"{xml} is not a batch-1 graph: {shp}"
+    def latency_fps() -> float:
+        lat = t.latencies(seconds)
+        return len(lat) / sum(lat)
 
-    def latency() -> float:
-        req = c.create_infer_request()
-        req.infer({0: x})
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            req.infer({0: x})
-            n += 1
-        return n / (time.perf_counter() - t0)
-
-    reqs = [c.create_infer_request() for _ in range(int(c.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
-
-    def throughput() -> float:
-        # round-robin over the optimal number of requests; no callbacks (an AsyncInferQueue's callback thread
-        # can deadlock against the GIL when its compiled model is released)
-        n, t0 = 0, time.perf_counter()
-        for r in reqs:
-            r.start_async({0: x})
-        while time.perf_counter() - t0 < seconds:
-            for r in reqs:
-                r.wait()
-                n += 1
-                r.start_async({0: x})
-        for r in reqs:
-            r.wait()
-            n += 1
-        return n / (time.perf_counter() - t0)
-
-    return {"latency": latency, "throughput": throughput}[hint.lower()]
+    return latency_fps if hint == "LATENCY" else lambda: t.throughput(seconds)
 
 
 def retime(rows: list[dict], datasets: list[str], rounds: int, seconds: float) -> None:
@@ -226,7 +190,7 @@ def retime(rows: list[dict], datasets: list[str], rounds: int, seconds: float) -
             elif r.get("ir"):
                 todo[id(r)] = (r, Path(r["ir"]))
         for hint in ("LATENCY", "THROUGHPUT"):
-            timers = {k: _raw_ov_fps(xml, hint, seconds) for k, (_, xml) in todo.items()}
+            timers = {k: _fps_timer(xml, hint, seconds) for k, (_, xml) in todo.items()}
             for t in timers.values():  # warm-up
                 t()
             fps = {k: [] for k in timers}
@@ -362,6 +326,17 @@ def render(data: dict, write_json: bool = True) -> None:
     chart(rows, datasets)
 
 
+def _bars(ax, rows: list[dict], labels: list[str], key: str, fmt: str, xlabel: str, title: str) -> None:
+    """Horizontal log-scale bars of rows[key], fre-edge blue and peers orange, each bar labelled with its value."""
+    ax.barh(labels, [r[key] for r in rows],
+            color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in rows])
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    for i, r in enumerate(rows):
+        ax.text(r[key], i, " " + fmt.format(r[key]), va="center", fontsize=8)
+
+
 def chart(rows: list[dict], datasets: list[str]) -> None:
     """benchmarks/results/paper_table.png: latency FPS and training time per method, one column per dataset."""
     import matplotlib
@@ -377,24 +352,12 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
         label = lambda r: (r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["variant"]).replace(
             "anomalib OpenVINO export, f32", "OpenVINO f32")
         fps = [r for r in rs if r.get("latency_fps")]
-        ax = axes[0][j]
-        ax.barh([label(r) for r in fps], [r["latency_fps"] for r in fps],
-                color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in fps])
-        ax.set_xscale("log")
-        ax.set_xlabel("latency FPS, batch 1 (log scale; higher is better)")
-        ax.set_title(f"{d}: inference")
-        for i, r in enumerate(fps):
-            ax.text(r["latency_fps"], i, f" {r['latency_fps']:.1f}", va="center", fontsize=8)
+        _bars(axes[0][j], fps, [label(r) for r in fps], "latency_fps", "{:.1f}",
+              "latency FPS, batch 1 (log scale; higher is better)", f"{d}: inference")
         tr = [r for r in rs if r.get("train_s")]
-        ax = axes[1][j]
-        ax.barh([r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["backbone"].split()[0] + ": "
-                 + r["train_what"] for r in tr], [r["train_s"] for r in tr],
-                color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in tr])
-        ax.set_xscale("log")
-        ax.set_xlabel("training time, s (log scale; lower is better)")
-        ax.set_title(f"{d}: training")
-        for i, r in enumerate(tr):
-            ax.text(r["train_s"], i, f" {r['train_s']:.1f} s", va="center", fontsize=8)
+        _bars(axes[1][j], tr, [r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["backbone"].split()[0]
+                               + ": " + r["train_what"] for r in tr], "train_s", "{:.1f} s",
+              "training time, s (log scale; lower is better)", f"{d}: training")
         for ax in axes[:, j]:
             ax.tick_params(axis="y", labelsize=7)
             ax.invert_yaxis()

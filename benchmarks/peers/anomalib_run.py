@@ -30,42 +30,19 @@ def build(name: str, backbone: str, coreset: float):
     raise SystemExit(f"unknown model {name}")
 
 
-def time_ir(xml: Path, size: int, seconds: float) -> dict:
-    import openvino as ov
+def time_ir(xml: Path, seconds: float) -> dict:
+    from ov_timing import IRTimer  # beside this script: the same timing loop as benchmarks/paper_table.py
 
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    shape = model.input(0).get_partial_shape()
-    if shape.is_dynamic:
-        shape[0] = 1
-        model.reshape({model.input(0).get_any_name(): shape})
-    in_shape = tuple(model.input(0).get_shape())
-    # the export is traced at batch 1 (see main); FPS is images/s at the graph's batch, recorded below
-    out = {"input_shape": list(in_shape)}
+    out = {}
     for hint in ("LATENCY", "THROUGHPUT"):
-        c = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"})
-        x = np.random.default_rng(0).random(in_shape, dtype=np.float32)
-        req = c.create_infer_request()
-        for _ in range(5):
-            req.infer({0: x})
-        lat = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            req.infer({0: x})
-            lat.append(time.perf_counter() - t0)
-        nreq = int(c.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        q = ov.AsyncInferQueue(c, nreq)
-        n = [0]
-        q.set_callback(lambda *_: n.__setitem__(0, n[0] + 1))
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            q.start_async({0: x})
-        q.wait_all()
-        out[hint.lower()] = {"precision_used": c.get_property("INFERENCE_PRECISION_HINT").to_string(),"batch": in_shape[0],
-                             "sync_fps": in_shape[0] / float(np.mean(lat)),
+        t = IRTimer(xml, hint)
+        lat = t.latencies(seconds)
+        out["input_shape"] = list(t.input_shape)
+        out[hint.lower()] = {"precision_used": t.precision_used, "batch": t.input_shape[0],
+                             "sync_fps": t.input_shape[0] / float(np.mean(lat)),
                              "latency_ms_median": 1e3 * float(np.median(lat)),
-                             "async_fps": in_shape[0] * n[0] / (time.perf_counter() - t0), "requests_in_flight": nreq}
+                             "async_fps": t.input_shape[0] * t.throughput(seconds),
+                             "requests_in_flight": len(t.requests)}
     return out
 
 
@@ -114,7 +91,7 @@ def main():
               "category": args.category, "max_epochs": args.epochs,
               "coreset_sampling_ratio": args.coreset if args.model == "patchcore" else None, "train_s": train_s, "test_s": test_s, "export_s": export_s,
               "metrics_random_weights": {k: float(v) for k, v in (test[0] if test else {}).items()},
-              "openvino": time_ir(xml, args.size, args.seconds), "ir": str(xml)}
+              "openvino": time_ir(xml, args.seconds), "ir": str(xml)}
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
