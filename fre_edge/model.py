@@ -3,12 +3,27 @@
 This module is both what fitting uses to score images and what ``fre_edge.export`` traces, so the
 exported graph and the fitting-side reference are the same code.
 
-Per layer, the FRE head is two thin matmuls (never a D x D matrix)::
+Per layer, the FRE head never forms a D x D matrix. With d = x - mu (pooled features, flattened,
+D = C x h x w) and V the k x D components, it comes in one of two forms, chosen by ``head_form``:
 
-    x = pooled features, flattened          [N, D]
-    z = x @ V - b,  with b = mu @ V          [N, k]   (V: D x k, mean folded into the bias)
-    e = x - mu - z @ V^T                     [N, D]
-    score = sum(e^2),  map = mean_c(e^2)     [N], [N, h, w]
+``reconstruct`` -- two thin matmuls::
+
+    z = x @ V^T - b,  b = mu @ V^T            [N, k]
+    e = d - z @ V                              [N, D]
+    score = sum(e^2),  map = mean_c(e^2)       [N], [N, h, w]
+
+``one_pass`` -- reads V once. Per grid position s, with V_s the k x C block of V at s::
+
+    u_s = V_s d_s   (one grouped 1x1 convolution, groups = h x w)       [N, h*w, k]
+    z = sum_s u_s
+    |e_s|^2 = |d_s|^2 - 2 u_s . z + z^T G_s z,   G_s = V_s V_s^T        [N, h*w]
+
+G_s is k x k and symmetric, so its upper triangle (k(k+1)/2 values per position) is stored. At batch 1
+a matrix-vector product is bound by memory traffic, not arithmetic, so the head costs what it reads:
+4 D k bytes twice for ``reconstruct``; 4 D k + 4 h w k(k+1)/2 once for ``one_pass``. ``one_pass`` is
+chosen when its Gram triangles are at most half the reconstruction matrix, i.e. k + 1 <= C (ResNet
+layer3: C = 256 or 1024, k <= N images); EfficientNet-Lite0's blocks.10 has C = 112, so with more than
+111 components it keeps ``reconstruct`` (measured in benchmarks/export_head_cost.py).
 """
 
 from __future__ import annotations
@@ -20,31 +35,81 @@ from torch import nn
 from .pca import Subspace
 
 
+def head_form(n_components: int, channels: int) -> str:
+    """``one_pass`` when its k(k+1)/2 Gram values per position are at most half of the C x k it saves."""
+    return "one_pass" if n_components + 1 <= channels else "reconstruct"
+
+
+def one_pass_constants(mean: torch.Tensor, components: torch.Tensor, shape: tuple[int, int, int]) -> dict:
+    """Constants of the ``one_pass`` head, computed in float64 and stored as float32.
+
+    ``mean_hwc`` [h, w, C]; ``weight`` [h*w*k, C, 1, 1] (grouped conv: group s holds V_s);
+    ``gram`` [k(k+1)/2, h*w] (upper triangles of G_s, off-diagonal entries doubled);
+    ``triu`` [k(k+1)/2] flat indices of the upper triangle of a k x k matrix.
+    """
+    C, h, w = shape
+    S = h * w
+    V = components.double()  # [k, D], D ordered (c, h, w)
+    k = V.shape[0]
+    Vs = V.reshape(k, C, S).permute(2, 0, 1)  # [S, k, C]
+    G = Vs @ Vs.transpose(1, 2)  # [S, k, k]
+    iu = torch.triu_indices(k, k)
+    weight = torch.where(iu[0] == iu[1], 1.0, 2.0).double()
+    return {
+        "mean_hwc": mean.double().reshape(C, h, w).permute(1, 2, 0).float().contiguous(),
+        "weight": Vs.reshape(S * k, C, 1, 1).float().contiguous(),
+        "gram": (G[:, iu[0], iu[1]] * weight).T.float().contiguous(),
+        "triu": (iu[0] * k + iu[1]).long(),
+    }
+
+
 class FREHead(nn.Module):
-    def __init__(self, subspace: Subspace, shape: tuple[int, int, int]):
+    def __init__(self, subspace: Subspace, shape: tuple[int, int, int], form: str | None = None):
         super().__init__()
         C, h, w = shape
         comps = subspace.components.float()  # [k, D]
         if comps.shape[1] != C * h * w:
             raise ValueError(f"components have {comps.shape[1]} features, layer gives {C}x{h}x{w}")
         self.shape = (C, h, w)
+        self.form = form or head_form(comps.shape[0], C)
+        if self.form not in ("reconstruct", "one_pass"):
+            raise ValueError(f"unknown head form {self.form!r}")
         self.register_buffer("mean", subspace.mean.float().clone())
         self.register_buffer("components", comps.clone())  # [k, D]
-        self.register_buffer("proj", comps.T.contiguous())  # [D, k]
-        self.register_buffer("bias", self.mean @ self.proj)  # [k]
+        if self.form == "reconstruct":
+            self.register_buffer("proj", comps.T.contiguous(), persistent=False)  # [D, k]
+            self.register_buffer("bias", self.mean @ self.proj, persistent=False)  # [k]
+        else:
+            for name, value in one_pass_constants(self.mean, comps, self.shape).items():
+                self.register_buffer(f"op_{name}", value, persistent=False)
 
     @property
     def n_components(self) -> int:
         return self.components.shape[0]
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = feat.shape[0]
-        x = feat.reshape(n, -1)
+        e2 = self._reconstruct(feat) if self.form == "reconstruct" else self._one_pass(feat)
+        C, h, w = self.shape
+        return e2.sum(1), e2.reshape(feat.shape[0], -1, h, w).sum(1) / C
+
+    def _reconstruct(self, feat: torch.Tensor) -> torch.Tensor:
+        """e^2 per feature, [N, D]."""
+        x = feat.reshape(feat.shape[0], -1)
         z = x @ self.proj - self.bias
         e = (x - self.mean) - z @ self.components
-        e2 = e * e
+        return e * e
+
+    def _one_pass(self, feat: torch.Tensor) -> torch.Tensor:
+        """|e_s|^2 per grid position, [N, h*w]."""
+        n = feat.shape[0]
         C, h, w = self.shape
-        return e2.sum(1), e2.reshape(n, C, h, w).mean(1)
+        k = self.n_components
+        d = feat.permute(0, 2, 3, 1) - self.op_mean_hwc  # [N, h, w, C]
+        u = F.conv2d(d.reshape(n, h * w * C, 1, 1), self.op_weight, groups=h * w).reshape(n, h * w, k)
+        z = u.sum(1)  # [N, k]
+        zz = (z[:, :, None] * z[:, None, :]).reshape(n, k * k).index_select(1, self.op_triu)
+        e2 = (d * d).sum(3).reshape(n, h * w) - 2.0 * (u * z[:, None, :]).sum(2) + zz @ self.op_gram
+        return torch.clamp(e2, min=0.0)
 
 
 def linear_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:

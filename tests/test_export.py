@@ -113,14 +113,65 @@ def test_export_refuses_existing_output_and_bad_format(sample_model, tmp_path):
         export_bundle(sample_model[1], tmp_path / "c", formats=("tflite",))
 
 
-def test_head_is_two_thin_matmuls(sample_bundle):
+def _initializer_sizes(bundle) -> list[int]:
     import onnx
 
-    model = onnx.load(str(sample_bundle / "model.onnx"))
-    inits = {i.name: list(i.dims) for i in model.graph.initializer}
-    d = 112 * 7 * 7  # lite0 blocks.10 at 224 px, pooled 2x2
-    big = [dims for dims in inits.values() if np.prod(dims) >= d * d]
-    assert not big, "a D x D matrix made it into the graph"
+    model = onnx.load(str(bundle / "model.onnx"))
+    return [int(np.prod(i.dims)) for i in model.graph.initializer]
+
+
+def test_one_pass_head_holds_the_components_once(sample_bundle):
+    # the demo sample fits k < C components (one_pass head): V once, plus the packed Gram triangles
+    sizes = _initializer_sizes(sample_bundle)
+    C, S = 112, 7 * 7  # lite0 blocks.10 at 224 px, pooled 2x2
+    D = C * S
     k = json.loads((sample_bundle / "manifest.json").read_text())["n_components"][0]
-    thin = [dims for dims in inits.values() if sorted(dims) == sorted([d, k])]
-    assert len(thin) in (1, 2), inits  # V (and V^T, unless the exporter shares one constant)
+    assert k + 1 <= C
+    assert not [n for n in sizes if n >= D * D], "a D x D matrix made it into the graph"
+    assert sizes.count(D * k) == 1
+    assert sizes.count(S * k * (k + 1) // 2) == 1
+
+
+@pytest.mark.slow
+def test_reconstruct_head_is_two_thin_matmuls(bottle_fit, bottle_bundle):
+    # the default fit on MVTec bottle keeps more components than lite0 has channels: two thin matmuls
+    head = bottle_fit[1].detector.heads[0]
+    C, h, w = head.shape
+    D, k = C * h * w, head.n_components
+    assert head.form == "reconstruct" and k + 1 > C
+    sizes = _initializer_sizes(bottle_bundle)
+    assert not [n for n in sizes if n >= D * D], "a D x D matrix made it into the graph"
+    assert sizes.count(D * k) in (1, 2)  # V (and V^T, unless the exporter shares one constant)
+
+
+def test_head_forms_agree_on_real_features(sample_model, sample_root):
+    from fre_edge.model import FREHead
+    from fre_edge.pca import Subspace
+
+    fitted = sample_model[1]
+    ref = fitted.detector.heads[0]
+    sub = Subspace(ref.mean, ref.components, torch.full((1,), float("nan")), "test")
+    heads = {form: FREHead(sub, ref.shape, form=form) for form in ("reconstruct", "one_pass")}
+    paths = sorted((sample_root / "test").rglob("*.png"))[:6] + sorted((sample_root / "train").rglob("*.png"))[:2]
+    with torch.inference_mode():
+        feats = fitted.detector.features(load_batch(paths, fitted.config.input_size))[0]
+        (s1, m1), (s2, m2) = [heads[f](feats) for f in ("reconstruct", "one_pass")]
+    assert s1.shape == s2.shape == (8,) and m1.shape == m2.shape == (8, *ref.shape[1:])
+    np.testing.assert_allclose(s2.numpy(), s1.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(m2.numpy(), m1.numpy(), rtol=1e-4, atol=1e-4 * float(m1.abs().max()))
+    with pytest.raises(ValueError, match="unknown head form"):
+        FREHead(sub, ref.shape, form="dense")
+
+
+def test_backbone_only_cut_ends_at_the_pooled_features(sample_model, sample_bundle, sample_root):
+    fitted = sample_model[1]
+    paths = sorted((sample_root / "test").rglob("*.png"))[:2]
+    x = load_batch(paths, fitted.config.input_size)
+    with torch.inference_mode():
+        ref = fitted.detector.features(x)[0].numpy()
+    det = load_detector(sample_bundle, precision="f32", backbone_only=True)
+    out = det.adapter.infer(x.numpy())
+    assert len(out) == 1
+    feats = next(iter(out.values()))
+    assert feats.shape == ref.shape
+    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

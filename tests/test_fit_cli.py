@@ -16,7 +16,9 @@ def test_save_load_bit_for_bit(sample_model, tmp_path, sample_root):
     loaded = load_model(out)
     for a, b in zip(fitted.detector.heads, loaded.detector.heads):
         assert torch.equal(a.mean, b.mean) and torch.equal(a.components, b.components)
-        assert torch.equal(a.proj, b.proj) and torch.equal(a.bias, b.bias)
+        assert a.form == b.form
+        bufs_a, bufs_b = dict(a.named_buffers()), dict(b.named_buffers())
+        assert bufs_a.keys() == bufs_b.keys() and all(torch.equal(bufs_a[n], bufs_b[n]) for n in bufs_a)
     assert loaded.info == json.loads(json.dumps(fitted.info))
     x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)))
                                    for p in sorted((sample_root / "test" / "good").glob("*.png"))]))

@@ -91,3 +91,30 @@ def test_accuracy_controlled_mode_records_its_check(sample_bundle, sample_root, 
     assert ac["n_images"] == 10 and ac["max_drop"] == 0.05
     assert ac["image_auroc_int8"] >= ac["image_auroc_f32"] - 0.05 - 1e-9
     assert load_detector(tmp_path / "ac").metadata["precision"] == "int8"
+
+
+def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample_root, tmp_path):
+    """The head that the INT8 refit builds with OpenVINO ops (one_pass form here: k < C) scores the
+    backbone's features as the plain numpy formula does."""
+    import openvino as ov
+
+    from fre_edge.export.int8_head import backbone_features, build_model, head_outputs, refit_heads
+    from fre_edge.features import load_batch
+    from fre_edge.runtime.adapters import cut_to_backbone
+
+    core = ov.Core()
+    ov.save_model(cut_to_backbone(core.read_model(str(sample_bundle / "model.xml"))), str(tmp_path / "bb.xml"))
+    backbone = core.read_model(str(tmp_path / "bb.xml"))
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    train = sorted((sample_root / "train" / "good").glob("*.png"))
+    test = sorted((sample_root / "test").rglob("*.png"))
+    fit_feats = backbone_features(core.compile_model(backbone, "CPU", f32), [load_batch(train, 224).numpy()])
+    heads = refit_heads(fit_feats, [8])
+    shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
+    x = load_batch(test, 224).numpy()
+    ref_s, _ = head_outputs(heads, backbone_features(core.compile_model(backbone, "CPU", f32), [x]))
+    model = build_model(backbone, shapes, heads, 224, None)
+    out = core.compile_model(model, "CPU", f32).create_infer_request().infer({0: x})
+    score = np.asarray(out["score"])
+    assert score.shape == (len(test),) and out["anomaly_map"].shape == (len(test), 224, 224)
+    np.testing.assert_allclose(score, ref_s[0], rtol=1e-4)

@@ -7,7 +7,8 @@ INT8 features of good images puts the systematic part of that change back into "
 are then set from INT8 scores of good images the refit did not see.
 
 The new head is built with OpenVINO operations on top of the quantized backbone, mirroring
-``fre_edge.model.FREDetector.score_features`` (same math, float32, two thin matmuls per layer).
+``fre_edge.model.FREDetector.score_features`` (same math, float32, the same head form per layer:
+``fre_edge.model.head_form``).
 """
 
 from __future__ import annotations
@@ -58,25 +59,46 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
     """OpenVINO model: the backbone's feature outputs followed by FRE heads -> score, anomaly_map."""
     import openvino as ov
     import openvino.opset13 as ops
+    import torch
 
-    from ..model import linear_resize_matrix
+    from ..model import head_form, linear_resize_matrix, one_pass_constants
 
     def const(a):
         return ops.constant(np.ascontiguousarray(a, dtype=np.float32))
 
+    def i64(*v):
+        return ops.constant(np.array(v, dtype=np.int64))
+
     score, amap = None, None
     features = [r.input_value(0) for r in backbone_model.get_results()]  # the tensors, not the Result nodes
     for i, (feat, (C, h, w), hd) in enumerate(zip(features, shapes, heads)):
-        D = C * h * w
+        D, S = C * h * w, h * w
         V = hd["components"].astype(np.float32)  # [k, D]
         mu = hd["mean"].astype(np.float32)
-        x = ops.reshape(feat, ops.constant(np.array([-1, D], dtype=np.int64)), special_zero=False)
-        z = ops.subtract(ops.matmul(x, const(V), False, True), const(mu @ V.T))
-        e = ops.subtract(ops.subtract(x, const(mu)), ops.matmul(z, const(V), False, False))
-        e2 = ops.multiply(e, e)
-        s = ops.reduce_sum(e2, ops.constant(np.array([1], dtype=np.int64)), keep_dims=False)
-        m = ops.reduce_mean(ops.reshape(e2, ops.constant(np.array([-1, C, h, w], dtype=np.int64)), False),
-                            ops.constant(np.array([1], dtype=np.int64)), keep_dims=False)
+        k = V.shape[0]
+        if head_form(k, C) == "reconstruct":
+            x = ops.reshape(feat, i64(-1, D), special_zero=False)
+            z = ops.subtract(ops.matmul(x, const(V), False, True), const(mu @ V.T))
+            e = ops.subtract(ops.subtract(x, const(mu)), ops.matmul(z, const(V), False, False))
+            e2 = ops.multiply(e, e)
+            s = ops.reduce_sum(e2, i64(1), keep_dims=False)
+            m = ops.reduce_mean(ops.reshape(e2, i64(-1, C, h, w), False), i64(1), keep_dims=False)
+        else:  # one_pass, as FREHead._one_pass
+            c = {n: t.numpy() for n, t in one_pass_constants(torch.from_numpy(mu), torch.from_numpy(V), (C, h, w)).items()}
+            d = ops.subtract(ops.transpose(feat, i64(0, 2, 3, 1)), const(c["mean_hwc"]))
+            u = ops.group_convolution(ops.reshape(d, i64(-1, S * C, 1, 1), False),
+                                      const(c["weight"].reshape(S, k, C, 1, 1)), [1, 1], [0, 0], [0, 0], [1, 1])
+            u = ops.reshape(u, i64(-1, S, k), False)
+            z = ops.reduce_sum(u, i64(1), keep_dims=True)  # [N, 1, k]
+            t2 = ops.reduce_sum(ops.multiply(u, z), i64(2), keep_dims=False)
+            zz = ops.multiply(ops.reshape(z, i64(-1, k, 1), False), z)  # [N, k, k]
+            zz = ops.gather(ops.reshape(zz, i64(-1, k * k), False), ops.constant(c["triu"]), i64(1))
+            n2 = ops.reshape(ops.reduce_sum(ops.multiply(d, d), i64(3), keep_dims=False), i64(-1, S), False)
+            e2 = ops.add(ops.subtract(n2, ops.multiply(t2, const(np.float32(2.0)))),
+                         ops.matmul(zz, const(c["gram"]), False, False))
+            e2 = ops.maximum(e2, const(np.float32(0.0)))
+            s = ops.reduce_sum(e2, i64(1), keep_dims=False)
+            m = ops.divide(ops.reshape(e2, i64(-1, h, w), False), const(np.float32(C)))
         rows = linear_resize_matrix(h, input_size).numpy()
         cols_t = linear_resize_matrix(w, input_size).numpy().T
         m = ops.matmul(ops.matmul(const(rows), m, False, False), const(cols_t), False, False)

@@ -27,20 +27,38 @@ def _need(module: str, pip_name: str):
         raise FreEdgeError(f"the {pip_name} runtime is not installed; run: pip install {pip_name}") from None
 
 
-def cut_to_backbone(model):
-    """The same OpenVINO model ending at the pooled features that enter each FRE head.
+def _head_input(op):
+    """The pooled-feature tensor a head's first big op reads, or None if ``op`` does not start a head.
 
-    Each head starts with ``MatMul(Reshape(features), V)``; the new outputs are those features.
+    A head starts with ``MatMul(Reshape(features), V)`` (``reconstruct``) or with
+    ``GroupConvolution(Reshape(Transpose(features) - mean), V)`` (``one_pass``; the converter may
+    turn the subtraction into an Add of the negated mean).
     """
+    if op.get_type_name() not in ("MatMul", "GroupConvolution"):
+        return None
+    reshape = op.input(0).get_source_output().get_node()
+    if reshape.get_type_name() != "Reshape":
+        return None
+    x = reshape.input(0).get_source_output()
+    node = x.get_node()
+    if (op.get_type_name() == "GroupConvolution" and node.get_type_name() in ("Add", "Subtract")
+            and node.input(1).get_source_output().get_node().get_type_name() == "Constant"):
+        transpose = node.input(0).get_source_output().get_node()
+        if transpose.get_type_name() != "Transpose":
+            return None
+        x = transpose.input(0).get_source_output()
+    return x if x.get_partial_shape().rank.get_length() == 4 else None
+
+
+def cut_to_backbone(model):
+    """The same OpenVINO model ending at the pooled features that enter each FRE head."""
     import openvino as ov
 
     outs = []
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        src = op.input(0).get_source_output().get_node()
-        if src.get_type_name() == "Reshape" and src.input(0).get_partial_shape().rank.get_length() == 4:
-            outs.append(src.input(0).get_source_output())
+        x = _head_input(op)
+        if x is not None and all(x != o for o in outs):
+            outs.append(x)
     if not outs:
         raise FreEdgeError("cannot find the FRE head in this model; --backbone-only needs an fre-edge bundle")
     return ov.Model(outs, model.get_parameters(), "fre_backbone_only")
