@@ -43,7 +43,7 @@ def head_form(n_components: int, channels: int) -> str:
 def one_pass_constants(mean: torch.Tensor, components: torch.Tensor, shape: tuple[int, int, int]) -> dict:
     """Constants of the ``one_pass`` head, computed in float64 and stored as float32.
 
-    ``mean_hwc`` [h, w, C]; ``weight`` [h*w*k, C, 1, 1] (grouped conv: group s holds V_s);
+    ``mean_sc`` [h*w, C]; ``weight`` [h*w*k, C, 1, 1] (grouped conv: group s holds V_s);
     ``gram`` [k(k+1)/2, h*w] (upper triangles of G_s, off-diagonal entries doubled);
     ``triu`` [k(k+1)/2] flat indices of the upper triangle of a k x k matrix.
     """
@@ -56,7 +56,7 @@ def one_pass_constants(mean: torch.Tensor, components: torch.Tensor, shape: tupl
     iu = torch.triu_indices(k, k)
     weight = torch.where(iu[0] == iu[1], 1.0, 2.0).double()
     return {
-        "mean_hwc": mean.double().reshape(C, h, w).permute(1, 2, 0).float().contiguous(),
+        "mean_sc": mean.double().reshape(C, S).T.float().contiguous(),
         "weight": Vs.reshape(S * k, C, 1, 1).float().contiguous(),
         "gram": (G[:, iu[0], iu[1]] * weight).T.float().contiguous(),
         "triu": (iu[0] * k + iu[1]).long(),
@@ -104,11 +104,13 @@ class FREHead(nn.Module):
         n = feat.shape[0]
         C, h, w = self.shape
         k = self.n_components
-        d = feat.permute(0, 2, 3, 1) - self.op_mean_hwc  # [N, h, w, C]
+        # [N, C, h*w] -> [N, h*w, C] as a 3-d transpose: OpenVINO folds it into its channels-last layout
+        # (profiled on resnet50: a 4-d permute to [N, h, w, C] cost 50 µs plus a 14 µs reorder)
+        d = feat.reshape(n, C, h * w).transpose(1, 2) - self.op_mean_sc
         u = F.conv2d(d.reshape(n, h * w * C, 1, 1), self.op_weight, groups=h * w).reshape(n, h * w, k)
         z = u.sum(1)  # [N, k]
         zz = (z[:, :, None] * z[:, None, :]).reshape(n, k * k).index_select(1, self.op_triu)
-        e2 = (d * d).sum(3).reshape(n, h * w) - 2.0 * (u * z[:, None, :]).sum(2) + zz @ self.op_gram
+        e2 = (d * d).sum(2) - 2.0 * (u * z[:, None, :]).sum(2) + zz @ self.op_gram
         return torch.clamp(e2, min=0.0)
 
 

@@ -91,6 +91,15 @@ def test_accuracy_controlled_mode_records_its_check(sample_bundle, sample_root, 
     assert ac["n_images"] == 10 and ac["max_drop"] == 0.05
     assert ac["image_auroc_int8"] >= ac["image_auroc_f32"] - 0.05 - 1e-9
     assert load_detector(tmp_path / "ac").metadata["precision"] == "int8"
+    # the head was not refitted, so it is the exported one: it must have stayed in floating point
+    import openvino as ov
+
+    from fre_edge.runtime.adapters import head_starts
+
+    starts = head_starts(ov.Core().read_model(str(tmp_path / "ac" / "model.xml")))
+    assert starts
+    for op, _ in starts:
+        assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for i in op.inputs()), op
 
 
 def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample_root, tmp_path):

@@ -33,6 +33,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict) -> dict:
                   "resize": "lanczos", "shape": [-1, cfg.input_size, cfg.input_size, 3]},
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "inside_graph": True},
         "n_components": info["n_components"],
+        "head_forms": [head.form for head in fitted.detector.heads],  # fre_edge.model.head_form
         "blur_sigma": cfg.blur_sigma,
         "thresholds": info["thresholds"],
         "data": info.get("data", {}),

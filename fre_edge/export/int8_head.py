@@ -85,7 +85,8 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
             m = ops.reduce_mean(ops.reshape(e2, i64(-1, C, h, w), False), i64(1), keep_dims=False)
         else:  # one_pass, as FREHead._one_pass
             c = {n: t.numpy() for n, t in one_pass_constants(torch.from_numpy(mu), torch.from_numpy(V), (C, h, w)).items()}
-            d = ops.subtract(ops.transpose(feat, i64(0, 2, 3, 1)), const(c["mean_hwc"]))
+            d = ops.transpose(ops.reshape(feat, i64(-1, C, S), False), i64(0, 2, 1))
+            d = ops.subtract(d, const(c["mean_sc"]))
             u = ops.group_convolution(ops.reshape(d, i64(-1, S * C, 1, 1), False),
                                       const(c["weight"].reshape(S, k, C, 1, 1)), [1, 1], [0, 0], [0, 0], [1, 1])
             u = ops.reshape(u, i64(-1, S, k), False)
@@ -93,7 +94,7 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
             t2 = ops.reduce_sum(ops.multiply(u, z), i64(2), keep_dims=False)
             zz = ops.multiply(ops.reshape(z, i64(-1, k, 1), False), z)  # [N, k, k]
             zz = ops.gather(ops.reshape(zz, i64(-1, k * k), False), ops.constant(c["triu"]), i64(1))
-            n2 = ops.reshape(ops.reduce_sum(ops.multiply(d, d), i64(3), keep_dims=False), i64(-1, S), False)
+            n2 = ops.reduce_sum(ops.multiply(d, d), i64(2), keep_dims=False)
             e2 = ops.add(ops.subtract(n2, ops.multiply(t2, const(np.float32(2.0)))),
                          ops.matmul(zz, const(c["gram"]), False, False))
             e2 = ops.maximum(e2, const(np.float32(0.0)))

@@ -2,8 +2,8 @@
 
 - Calibration uses good images only (the fitting images or any folder of good images), prepared by the
   same host code as inference.
-- ``keep_head=True`` (default) keeps the FRE head in floating point: its two thin matmuls (and the
-  map upsampling matmuls) go to NNCF's ignored scope. The head is cheap and it is where a squared
+- ``keep_head=True`` (default) keeps the FRE head in floating point: its matmuls and projecting
+  grouped convolution (and the map upsampling matmuls) go to NNCF's ignored scope. The head is cheap and it is where a squared
   residual turns small activation errors into score errors; the backbone's convolutions get INT8.
 - Activation ranges are the min/max seen on the calibration images (NNCF's MINMAX estimator), not the
   default averaged/quantile ranges: calibration sees good images only, and anomalies are precisely the
@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import FreEdgeError
 from ..images import prepare
 from ..persist import atomic_dir
+from ..runtime.adapters import head_starts
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
 
 MIN_CALIBRATION = 8
@@ -106,7 +107,10 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    ignored = nncf.IgnoredScope(types=["MatMul"]) if keep_head else None
+    # the head: its matmuls (projection, reconstruction, Gram term, map upsampling) and, in the one_pass
+    # form, the grouped convolution that projects (not every GroupConvolution: Lite0's depthwise convs are)
+    head_convs = [op.get_friendly_name() for op, _ in head_starts(model) if op.get_type_name() == "GroupConvolution"]
+    ignored = nncf.IgnoredScope(types=["MatMul"], names=head_convs) if keep_head else None
     advanced = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     mode = "basic"
     val_metric = {}

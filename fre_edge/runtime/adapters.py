@@ -31,8 +31,8 @@ def _head_input(op):
     """The pooled-feature tensor a head's first big op reads, or None if ``op`` does not start a head.
 
     A head starts with ``MatMul(Reshape(features), V)`` (``reconstruct``) or with
-    ``GroupConvolution(Reshape(Transpose(features) - mean), V)`` (``one_pass``; the converter may
-    turn the subtraction into an Add of the negated mean).
+    ``GroupConvolution(Reshape(Transpose(Reshape(features)) - mean), V)`` (``one_pass``; the converter
+    may turn the subtraction into an Add of the negated mean).
     """
     if op.get_type_name() not in ("MatMul", "GroupConvolution"):
         return None
@@ -47,7 +47,19 @@ def _head_input(op):
         if transpose.get_type_name() != "Transpose":
             return None
         x = transpose.input(0).get_source_output()
+        if x.get_node().get_type_name() == "Reshape":
+            x = x.get_node().input(0).get_source_output()
     return x if x.get_partial_shape().rank.get_length() == 4 else None
+
+
+def head_starts(model) -> list:
+    """(first big op, pooled-feature tensor) of each FRE head in an OpenVINO model, in graph order."""
+    found = []
+    for op in model.get_ordered_ops():
+        x = _head_input(op)
+        if x is not None:
+            found.append((op, x))
+    return found
 
 
 def cut_to_backbone(model):
@@ -55,9 +67,8 @@ def cut_to_backbone(model):
     import openvino as ov
 
     outs = []
-    for op in model.get_ordered_ops():
-        x = _head_input(op)
-        if x is not None and all(x != o for o in outs):
+    for _, x in head_starts(model):
+        if all(x != o for o in outs):
             outs.append(x)
     if not outs:
         raise FreEdgeError("cannot find the FRE head in this model; --backbone-only needs an fre-edge bundle")
