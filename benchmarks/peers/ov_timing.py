@@ -1,15 +1,20 @@
 """Timing of one OpenVINO IR at batch 1, the same loop for fre-edge's bundles and the peers' exports.
 
 Needs only numpy and openvino, so that both the main environment (benchmarks/paper_table.py) and the peers'
-venv (benchmarks/peers/anomalib_run.py) import it.
+venv (benchmarks/peers/anomalib_run.py) import it. The throughput loop is ``fre_edge.bench``'s (numpy only),
+imported from this checkout's source tree, which the peers' venv does not install.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fre_edge.bench import openvino_round_robin  # noqa: E402
 
 
 class IRTimer:
@@ -33,12 +38,11 @@ class IRTimer:
         self.x = (rng.integers(0, 256, self.input_shape, dtype=np.uint8)
                   if model.input(0).get_element_type() == ov.Type.u8 else rng.random(self.input_shape, dtype=np.float32))
         self.precision_used = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        self.requests = [self.compiled.create_infer_request()
-                         for _ in range(int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))]
+        self.request = self.compiled.create_infer_request()
 
     def latencies(self, seconds: float) -> list[float]:
         """Seconds per call, one synchronous request at a time."""
-        req = self.requests[0]
+        req = self.request
         req.infer({0: self.x})
         lat = []
         end = time.perf_counter() + seconds
@@ -49,17 +53,6 @@ class IRTimer:
         return lat
 
     def throughput(self, seconds: float) -> float:
-        """Images/s with the optimal number of requests in flight, round-robin. No callbacks: an AsyncInferQueue's
-        callback thread can deadlock against the GIL when its compiled model is released."""
-        n, t0 = 0, time.perf_counter()
-        for r in self.requests:
-            r.start_async({0: self.x})
-        while time.perf_counter() - t0 < seconds:
-            for r in self.requests:
-                r.wait()
-                n += 1
-                r.start_async({0: self.x})
-        for r in self.requests:
-            r.wait()
-            n += 1
-        return n / (time.perf_counter() - t0)
+        """Images/s with the optimal number of requests in flight, round-robin (as ``fre-edge bench``)."""
+        _, done, wall = openvino_round_robin(self.compiled, {0: self.x}, seconds)
+        return done / wall
