@@ -186,7 +186,7 @@ def main():
            "backbone's nodes ran 100-115 µs slower inside the full graph than alone (1,922-1,939 µs alone, "
            "2,023-2,052 µs in the full graph): between calls the head's 9 MB of weights push the backbone's "
            "working set out of the cache this machine shares with other tenants. How much of the cache is left "
-           "varies from run to run, and the Lite0 batch-1 ratio with it (1.05-1.12 in runs of this script)."]
+           "varies from run to run, and the Lite0 batch-1 ratio with it (1.05-1.14 in runs of this script)."]
     write("export_head_cost", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
 
 
