@@ -52,10 +52,20 @@ def _alternate(requests: dict, x, rounds: int, block: float, warmup: int = 3, mi
     return lat, per_round
 
 
+def latency_request(model, batch: int):
+    """An infer request for an OpenVINO model at ``batch``, CPU, f32 (checked), latency hint."""
+    import openvino as ov
+
+    shape = model.input(0).get_partial_shape()
+    shape[0] = batch
+    model.reshape({model.input(0): shape})
+    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    return compiled.create_infer_request()
+
+
 def floor_request(bundle_dir: Path, backbone: str, batch: int):
     """A compiled infer request for the floor graph (see the module docstring), f32, latency hint."""
-    import tempfile
-
     import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
@@ -63,11 +73,7 @@ def floor_request(bundle_dir: Path, backbone: str, batch: int):
     from _bundles import fitted_model
     from fre_edge.runtime.adapters import cut_to_backbone
 
-    core = ov.Core()
-    with tempfile.TemporaryDirectory() as tmp:  # an independent copy of the backbone graph to build on
-        ov.save_model(cut_to_backbone(core.read_model(str(bundle_dir / "model.xml"))), f"{tmp}/b.xml",
-                      compress_to_fp16=False)
-        model = core.read_model(f"{tmp}/b.xml")
+    model = cut_to_backbone(ov.Core().read_model(str(bundle_dir / "model.xml"))).clone()  # independent copy
     score = None
     for feat, head in zip([r.input_value(0) for r in model.get_results()], fitted_model(backbone).detector.heads):
         V, mu = head.components.numpy(), head.mean.numpy()
@@ -76,18 +82,11 @@ def floor_request(bundle_dir: Path, backbone: str, batch: int):
         axis = ops.constant(np.array([1], np.int64))
         s = ops.subtract(ops.reduce_sum(ops.multiply(d, d), axis, False), ops.reduce_sum(ops.multiply(z, z), axis, False))
         score = s if score is None else ops.add(score, s)
-    floor = ov.Model([score.output(0)], model.get_parameters(), "fre_floor")
-    shape = floor.input(0).get_partial_shape()
-    shape[0] = batch
-    floor.reshape({floor.input(0): shape})
-    compiled = core.compile_model(floor, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
-    return compiled.create_infer_request()
+    return latency_request(ov.Model([score.output(0)], model.get_parameters(), "fre_floor"), batch)
 
 
 def other_form_request(backbone: str, batch: int):
     """(form, compiled infer request) of the bundle's detector with each head in the other form, f32, latency hint."""
-    import copy
     import tempfile
 
     import openvino as ov
@@ -98,23 +97,17 @@ def other_form_request(backbone: str, batch: int):
     from fre_edge.model import FREHead
     from fre_edge.pca import Subspace
 
-    det = copy.deepcopy(fitted_model(backbone).detector)
+    det = fitted_model(backbone).detector  # a fresh load: its heads can be replaced
     forms = []
     for i, head in enumerate(det.heads):
         form = "one_pass" if head.form == "reconstruct" else "reconstruct"
         sub = Subspace(head.mean, head.components, torch.full((1,), float("nan")), "as fitted")
         det.heads[i] = FREHead(sub, head.shape, form=form)
         forms.append(form)
-    core = ov.Core()
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(det.eval(), Path(tmp) / "m.onnx", det.input_size, ["score", "anomaly_map"])
-        model = core.read_model(str(Path(tmp) / "m.onnx"))
-    shape = model.input(0).get_partial_shape()
-    shape[0] = batch
-    model.reshape({model.input(0): shape})
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
-    return ",".join(forms), compiled.create_infer_request()
+        model = ov.Core().read_model(str(Path(tmp) / "m.onnx"))
+    return ",".join(forms), latency_request(model, batch)
 
 
 def main():
@@ -124,6 +117,8 @@ def main():
     ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--batches", default="1,8", help="batch sizes to measure")
     args = ap.parse_args()
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2: the spread is taken over per-round ratios")
     import numpy as np
 
     from fre_edge.runtime import load_detector

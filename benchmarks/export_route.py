@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bundles import BACKBONES, fitted_model  # noqa: E402
 from _common import environment, header_md, write  # noqa: E402
-from export_head_cost import _alternate  # noqa: E402
+from export_head_cost import _alternate, latency_request  # noqa: E402
 
 
 def convert(det, size: int, route: str, out: Path):
@@ -66,12 +66,7 @@ def main():
             for route in ("onnx", "direct"):
                 (Path(tmp) / route).mkdir()
                 facts[route] = convert(det, size, route, Path(tmp) / route)
-                model = core.read_model(str(Path(tmp) / route / "model.xml"))
-                model.reshape({model.input(0): [1, size, size, 3]})
-                compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                             "INFERENCE_PRECISION_HINT": "f32"})
-                assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
-                reqs[route] = compiled.create_infer_request()
+                reqs[route] = latency_request(core.read_model(str(Path(tmp) / route / "model.xml")), 1)
             scores = {r: np.array(q.infer({0: x})[0]).copy() for r, q in reqs.items()}
             lat, _ = _alternate(reqs, x, args.rounds, args.block)
         med = {r: statistics.median(v) * 1e3 for r, v in lat.items()}

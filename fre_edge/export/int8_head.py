@@ -13,8 +13,6 @@ The new head is built with OpenVINO operations on top of the quantized backbone,
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 
 from ..errors import FreEdgeError
@@ -123,11 +121,9 @@ def refit_int8_model(quantized_full, manifest: dict, refit_batches, check_batche
     if float(manifest.get("blur_sigma", 0)) > 0:
         raise FreEdgeError("INT8 refit does not support a blurred map yet; quantize with --no-refit")
     core = ov.Core()
-    # a cut shares nodes with the full graph (the old head still hangs off the features); a save/read
-    # round trip gives an independent backbone graph to build the new head on
-    with tempfile.TemporaryDirectory() as tmp:
-        ov.save_model(cut_to_backbone(quantized_full), f"{tmp}/backbone.xml", compress_to_fp16=False)
-        backbone = core.read_model(f"{tmp}/backbone.xml")
+    # a cut shares nodes with the full graph (the old head still hangs off the features); a clone is an
+    # independent backbone graph to build the new head on
+    backbone = cut_to_backbone(quantized_full).clone()
     compiled = core.compile_model(backbone, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
     feats = backbone_features(compiled, refit_batches)

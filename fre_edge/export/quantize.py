@@ -3,8 +3,9 @@
 - Calibration uses good images only (the fitting images or any folder of good images), prepared by the
   same host code as inference.
 - ``keep_head=True`` (default) keeps the FRE head in floating point: its matmuls and projecting
-  grouped convolution (and the map upsampling matmuls) go to NNCF's ignored scope. The head is cheap and it is where a squared
-  residual turns small activation errors into score errors; the backbone's convolutions get INT8.
+  grouped convolution (and the map upsampling matmuls) go to NNCF's ignored scope. The head is cheap
+  and it is where a squared residual turns small activation errors into score errors; the backbone's
+  convolutions get INT8.
 - Activation ranges are the min/max seen on the calibration images (NNCF's MINMAX estimator), not the
   default averaged/quantile ranges: calibration sees good images only, and anomalies are precisely the
   activations outside the good images' usual range; clipping them to it squashed defect scores (measured
