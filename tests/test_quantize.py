@@ -116,11 +116,12 @@ def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample
     f32 = {"INFERENCE_PRECISION_HINT": "f32"}
     train = sorted((sample_root / "train" / "good").glob("*.png"))
     test = sorted((sample_root / "test").rglob("*.png"))
-    fit_feats = backbone_features(core.compile_model(backbone, "CPU", f32), [load_batch(train, 224).numpy()])
+    compiled_backbone = core.compile_model(backbone, "CPU", f32)
+    fit_feats = backbone_features(compiled_backbone, [load_batch(train, 224).numpy()])
     heads = refit_heads(fit_feats, [8])
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
     x = load_batch(test, 224).numpy()
-    ref_s, _ = head_outputs(heads, backbone_features(core.compile_model(backbone, "CPU", f32), [x]))
+    ref_s, _ = head_outputs(heads, backbone_features(compiled_backbone, [x]))
     model = build_model(backbone, shapes, heads, 224, None)
     out = core.compile_model(model, "CPU", f32).create_infer_request().infer({0: x})
     score = np.asarray(out["score"])
