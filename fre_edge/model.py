@@ -23,11 +23,11 @@ a matrix-vector product is bound by memory traffic, not arithmetic, so the head 
 4 D k bytes twice for ``reconstruct``; 4 D k + 4 h w k(k+1)/2 once for ``one_pass``. ``one_pass`` is
 chosen when its Gram triangles are at most half the reconstruction matrix, i.e. k + 1 <= C (ResNet
 layer3: C = 256 or 1024, k <= N images); EfficientNet-Lite0's blocks.10 has C = 112, so with more than
-111 components it keeps ``reconstruct``. benchmarks/export_head_cost.py times both forms at batch 1 and 8:
-at batch 1 the rule picked the faster form for Lite0, resnet18 and resnet50 (e.g. resnet50 1.042 vs 1.072
-of the backbone's latency); at batch 8 ``reconstruct`` was ahead for the ResNets (resnet50 1.019 vs 1.042:
-a batched matrix product runs more efficiently than the grouped convolution), both within 1.05. The
-rule optimises the latency case, batch 1.
+111 components it keeps ``reconstruct``. benchmarks/export_head_cost.py times both forms at batch 1 and 8
+in the same rounds. In its runs the rule picked the faster form at batch 1 for Lite0, resnet18 and
+resnet50 (e.g. resnet50 1.042 vs 1.072 and 1.063 vs 1.101 of the backbone's latency), while at batch 8
+``reconstruct`` was ahead for the ResNets (resnet50 1.019 vs 1.042 and 1.012 vs 1.053): a batched matrix
+product runs more efficiently than the grouped convolution. The rule optimises the latency case, batch 1.
 
 Precision: ``one_pass`` gets |e_s|^2 as a difference of larger terms. Measured with Lite0 on MVTec bottle
 (the head forced to ``one_pass``, OpenVINO): f32 scores within 1e-5 relative of ``reconstruct`` on good

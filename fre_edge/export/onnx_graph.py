@@ -7,10 +7,10 @@ based) folds the FRE constants (bias = mu @ V, normalisation scale and shift) at
 ``benchmarks/export_head_cost.py`` measures the result against the bare backbone.
 
 Measured against OpenVINO's direct conversion of the same module (``benchmarks/export_route.py``, Lite0,
-resnet18, resnet50): the same IR .bin size, 1-5 more operations for the direct route, batch-1 f32 latency
-equal within 1.5% (direct 1.000-1.015x), identical scores. The direct route converts faster (1-2 s vs
-3-6 s), which matters only at export time, so the ONNX route stays: it gives the same graph and also the
-ONNX file for ONNX Runtime.
+resnet18, resnet50; two runs): the same IR .bin size, 1-5 more operations for the direct route, batch-1
+f32 latency equal within 1.5% (direct / ONNX route 0.992-1.015), identical scores. The direct route
+converts faster (1-2 s vs 2-6 s), which matters only at export time, so the ONNX route stays: it gives
+the same graph and also the ONNX file for ONNX Runtime.
 """
 
 from __future__ import annotations
