@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fre_edge.cli import cli
+from fre_edge.errors import FreEdgeError
 from fre_edge.evaluate import score_images
 from fre_edge.runtime import load_detector
 
@@ -163,3 +164,15 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
 def test_every_help(cmd):
     r = _run([cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_backbone_only_refuses_a_graph_without_an_fre_head():
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from fre_edge.runtime.adapters import cut_to_backbone
+
+    x = ops.parameter([1, 3, 8, 8], np.float32)
+    plain = ov.Model([ops.relu(x)], [x], "not_fre")
+    with pytest.raises(FreEdgeError, match="cannot find the FRE head.*fre-edge bundle"):
+        cut_to_backbone(plain)
