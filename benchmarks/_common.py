@@ -39,7 +39,8 @@ def header_md(env: dict) -> str:
     m, v = env["machine"], env["versions"]
     return (f"Command: `{env['command']}`  \n"
             f"Date (UTC): {env['date_utc']}  \n"
-            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}  \n"
+            f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}"
+            + (f", caches {' '.join(f'{k} {v}' for k, v in m['caches'].items())}" if m.get("caches") else "") + "  \n"
             f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + "\n")
 
 

@@ -13,6 +13,7 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -39,8 +40,21 @@ def cpu_info() -> dict:
         pass
     isa = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
                                             "amx_bf16", "amx_int8", "amx_tile"})
-    return {"cpu": name, "logical_cores": os.cpu_count(), "isa": isa, "python": platform.python_version(),
-            "os": f"{platform.system()} {platform.release()}"}
+    return {"cpu": name, "logical_cores": os.cpu_count(), "isa": isa, "caches": _caches(),
+            "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}"}
+
+
+def _caches() -> dict:
+    """{"L2": "2048K", "L3": "32768K", ...} as cpu 0 sees them (Linux sysfs; empty elsewhere)."""
+    out = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((d / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            out[f"L{level}"] = size
+    return out
 
 
 def _stats(lat_s: list[float], batch: int) -> dict:

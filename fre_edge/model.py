@@ -27,7 +27,8 @@ layer3: C = 256 or 1024, k <= N images); EfficientNet-Lite0's blocks.10 has C = 
 in the same rounds. In its runs the rule picked the faster form at batch 1 for Lite0, resnet18 and
 resnet50 (e.g. resnet50 1.042 vs 1.072 and 1.063 vs 1.101 of the backbone's latency), while at batch 8
 ``reconstruct`` was ahead for the ResNets (resnet50 1.019 vs 1.042 and 1.012 vs 1.053): a batched matrix
-product runs more efficiently than the grouped convolution. The rule optimises the latency case, batch 1.
+product runs more efficiently than the grouped convolution. The rule (``auto``) optimises the latency
+case, batch 1; ``fre-edge export --head-form reconstruct`` suits a line that always runs large batches.
 
 Precision: ``one_pass`` gets |e_s|^2 as a difference of larger terms. Measured with Lite0 on MVTec bottle
 (the head forced to ``one_pass``, OpenVINO): f32 scores within 1e-5 relative of ``reconstruct`` on good
@@ -37,11 +38,16 @@ both forms show the same error (it comes from the backbone).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .pca import Subspace
+
+
+HEAD_FORMS = ("auto", "reconstruct", "one_pass")
 
 
 def head_form(n_components: int, channels: int) -> str:
@@ -95,6 +101,16 @@ class FREHead(nn.Module):
     @property
     def n_components(self) -> int:
         return self.components.shape[0]
+
+    def in_form(self, form: str) -> "FREHead":
+        """This head (same mean and components) in ``form``; ``auto`` picks it by ``head_form``."""
+        if form not in HEAD_FORMS:
+            raise ValueError(f"unknown head form {form!r}")
+        form = head_form(self.n_components, self.shape[0]) if form == "auto" else form
+        if form == self.form:
+            return self
+        sub = Subspace(self.mean, self.components, torch.full((1,), float("nan")), "as fitted")
+        return FREHead(sub, self.shape, form=form)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e2 = self._reconstruct(feat) if self.form == "reconstruct" else self._one_pass(feat)
@@ -174,6 +190,19 @@ class FREDetector(nn.Module):
             self.register_buffer(f"up_rows{i}", linear_resize_matrix(h, self.input_size), persistent=False)
             self.register_buffer(f"up_cols_t{i}", linear_resize_matrix(w, self.input_size).T.contiguous(),
                                  persistent=False)
+
+    def with_head_form(self, form: str) -> "FREDetector":
+        """A detector sharing this one's backbone and buffers, each head in ``form`` (see ``FREHead.in_form``).
+
+        ``self`` is left as it is; with nothing to change, ``self`` is returned.
+        """
+        heads = [h.in_form(form) for h in self.heads]
+        if all(a is b for a, b in zip(heads, self.heads)):
+            return self
+        other = copy.copy(self)
+        other._modules = dict(self._modules)  # a shallow copy shares the module dict; give it its own
+        other.heads = nn.ModuleList(heads)
+        return other
 
     # --- pieces -----------------------------------------------------------------------------------
     def normalize(self, images_u8_nhwc: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,28 @@ def test_export_cli_from_model_and_one_step(sample_model, sample_root, tmp_path)
     assert r.exit_code == 2 and "no such model or image folder" in r.stderr
 
 
+def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_path):
+    """--head-form reconstruct overrides the rule (one_pass for this model); scores stay the same."""
+    from fre_edge.features import load_batch
+    from fre_edge.runtime import load_detector
+
+    runner = CliRunner()
+    out = tmp_path / "rec"
+    r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(out), "--head-form", "reconstruct"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["head_forms"] == ["reconstruct"]
+    assert json.loads((sample_bundle / "manifest.json").read_text())["head_forms"] == ["one_pass"]
+    assert sample_model[1].detector.heads[0].form == "one_pass"  # the fitted model is left as it was
+    x = load_batch(sorted((sample_root / "test").rglob("*.png"))[:4], sample_model[1].config.input_size).numpy()
+    scores = {}
+    for name, path in (("auto", sample_bundle), ("reconstruct", out)):
+        det = load_detector(path, backend="onnxruntime")
+        scores[name] = det.adapter.infer(x)["score"]
+    np.testing.assert_allclose(scores["reconstruct"], scores["auto"], rtol=1e-4)
+    r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(tmp_path / "bad"), "--head-form", "dense"])
+    assert r.exit_code == 2 and "--head-form" in r.stderr and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("scores, expected_low", [
     ([1.0, 1.0, 1.0], 1.0),  # no spread: the maximum itself
     ([1.0, 2.0, 4.0], 4.0),  # never below the empirical 99th percentile

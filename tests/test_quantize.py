@@ -102,14 +102,15 @@ def test_accuracy_controlled_mode_records_its_check(sample_bundle, sample_root, 
         assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for i in op.inputs()), op
 
 
-def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample_root):
-    """The head that the INT8 refit builds with OpenVINO ops (one_pass form here: k < C) scores the
-    backbone's features as the plain numpy formula does."""
+@pytest.mark.parametrize("forms, first_op", [(None, "GroupConvolution"), (["reconstruct"], "MatMul")])
+def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample_root, forms, first_op):
+    """The head that the INT8 refit builds with OpenVINO ops scores the backbone's features as the plain
+    numpy formula does, in the form the rule picks (one_pass here: k < C) and in the form a manifest names."""
     import openvino as ov
 
     from fre_edge.export.int8_head import backbone_features, build_model, head_outputs, refit_heads
     from fre_edge.features import load_batch
-    from fre_edge.runtime.adapters import cut_to_backbone
+    from fre_edge.runtime.adapters import cut_to_backbone, head_starts
 
     core = ov.Core()
     backbone = cut_to_backbone(core.read_model(str(sample_bundle / "model.xml"))).clone()
@@ -122,7 +123,8 @@ def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
     x = load_batch(test, 224).numpy()
     ref_s, _ = head_outputs(heads, backbone_features(compiled_backbone, [x]))
-    model = build_model(backbone, shapes, heads, 224, None)
+    model = build_model(backbone, shapes, heads, 224, None, forms)
+    assert [op.get_type_name() for op, _ in head_starts(model)] == [first_op]
     out = core.compile_model(model, "CPU", f32).create_infer_request().infer({0: x})
     score = np.asarray(out["score"])
     assert score.shape == (len(test),) and out["anomaly_map"].shape == (len(test), 224, 224)

@@ -16,12 +16,15 @@ from ..backbones import DEFAULT_BACKBONE, REGISTRY
 @click.option("--format", "formats", default="openvino,onnx", show_default=True,
               help="Comma-separated: openvino, onnx.")
 @click.option("--fp16", is_flag=True, help="Store the OpenVINO IR weights as FP16 (half the size).")
+@click.option("--head-form", type=click.Choice(["auto", "reconstruct", "one_pass"]), default="auto", show_default=True,
+              help="How the graph computes the FRE head; same results, different speed. auto: fastest at batch 1; "
+                   "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
               help="One-step form only: backbone to fit with.")
 @click.option("--input-size", type=int, default=None, help="One-step form only: input size.")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(source, output, formats, fp16, backbone, input_size, force, quiet):
+def command(source, output, formats, fp16, head_form, backbone, input_size, force, quiet):
     """Export SOURCE as one OpenVINO IR + ONNX graph with its manifest.
 
     SOURCE is a model folder written by `fre-edge fit`, or (one-step form) a folder of good images,
@@ -45,6 +48,7 @@ def command(source, output, formats, fp16, backbone, input_size, force, quiet):
                          progress=not quiet, data_summary=ds.summary())
     else:
         raise FreEdgeError(f"{source}: no such model or image folder; pass a `fre-edge fit` output or good images")
-    manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, force=force)
+    manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, head_form=head_form, force=force)
     click.echo(json.dumps({"bundle": str(output), "files": manifest["files"], "precision": manifest["precision"],
+                           "head_forms": manifest["head_forms"],
                            "thresholds": {k: manifest["thresholds"][k] for k in ("image", "pixel")}}, indent=2))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FreEdgeError
+from ..model import HEAD_FORMS
 from ..persist import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .onnx_graph import export_onnx
@@ -15,7 +16,7 @@ FORMATS = ("openvino", "onnx")
 OUTPUTS = ["score", "anomaly_map"]
 
 
-def bundle_metadata(fitted, precision: str, exporter: dict) -> dict:
+def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str]) -> dict:
     from ..backbones import get_spec
 
     cfg, info = fitted.config, fitted.info
@@ -33,7 +34,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict) -> dict:
                   "resize": "lanczos", "shape": [-1, cfg.input_size, cfg.input_size, 3]},
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "inside_graph": True},
         "n_components": info["n_components"],
-        "head_forms": [head.form for head in fitted.detector.heads],  # fre_edge.model.head_form
+        "head_forms": head_forms,  # fre_edge.model.head_form
         "blur_sigma": cfg.blur_sigma,
         "thresholds": info["thresholds"],
         "data": info.get("data", {}),
@@ -63,19 +64,27 @@ def _write_ir(onnx_path: Path, xml_path: Path, meta_json: str, fp16: bool) -> No
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
 
 
-def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = False, force: bool = False) -> dict:
-    """Write the bundle (ONNX and/or OpenVINO IR + manifest) atomically; returns its manifest."""
+def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = False, head_form: str = "auto",
+                  force: bool = False) -> dict:
+    """Write the bundle (ONNX and/or OpenVINO IR + manifest) atomically; returns its manifest.
+
+    ``head_form``: ``auto`` (the batch-1 rule of ``fre_edge.model.head_form``), ``reconstruct`` or
+    ``one_pass``; all give the same scores and maps up to float rounding, only the speed differs.
+    """
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise FreEdgeError(f"unknown format(s) {','.join(bad) or '(none)'}; use openvino, onnx or both")
+    if head_form not in HEAD_FORMS:
+        raise FreEdgeError(f"unknown head form {head_form!r}; use {', '.join(HEAD_FORMS)}")
+    detector = fitted.detector.with_head_form(head_form)
     out_dir = Path(out_dir)
     precision = "fp16" if fp16 else "fp32"
     with atomic_dir(out_dir, force) as tmp:
         onnx_path = tmp / "model.onnx"
-        exporter = export_onnx(fitted.detector, onnx_path, fitted.config.input_size, OUTPUTS)
+        exporter = export_onnx(detector, onnx_path, fitted.config.input_size, OUTPUTS)
         exporter["openvino_ir"] = "openvino.convert_model(model.onnx)"
-        meta = bundle_metadata(fitted, precision, exporter)
+        meta = bundle_metadata(fitted, precision, exporter, [h.form for h in detector.heads])
         meta_json = metadata_json(meta)
         _embed_onnx(onnx_path, meta_json)
         if "openvino" in formats:

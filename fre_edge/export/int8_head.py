@@ -8,7 +8,7 @@ are then set from INT8 scores of good images the refit did not see.
 
 The new head is built with OpenVINO operations on top of the quantized backbone, mirroring
 ``fre_edge.model.FREDetector.score_features`` (same math, float32, the same head form per layer:
-``fre_edge.model.head_form``).
+as recorded in the bundle's manifest).
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def head_outputs(heads: list[dict], features: list[np.ndarray]) -> tuple[list[np
 
 
 def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[dict], input_size: int,
-                fusion: np.ndarray | None):
-    """OpenVINO model: the backbone's feature outputs followed by FRE heads -> score, anomaly_map."""
+                fusion: np.ndarray | None, forms: list[str] | None = None):
+    """OpenVINO model: the backbone's feature outputs followed by FRE heads -> score, anomaly_map.
+
+    ``forms``: the head form per layer (default: ``fre_edge.model.head_form``'s rule).
+    """
     import openvino as ov
     import openvino.opset13 as ops
     import torch
@@ -70,11 +73,12 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
     score, amap = None, None
     features = [r.input_value(0) for r in backbone_model.get_results()]  # the tensors, not the Result nodes
     for i, (feat, (C, h, w), hd) in enumerate(zip(features, shapes, heads)):
+        form = forms[i] if forms else None
         D, S = C * h * w, h * w
         V = hd["components"].astype(np.float32)  # [k, D]
         mu = hd["mean"].astype(np.float32)
         k = V.shape[0]
-        if head_form(k, C) == "reconstruct":
+        if (form or head_form(k, C)) == "reconstruct":
             x = ops.reshape(feat, i64(-1, D), special_zero=False)
             z = ops.subtract(ops.matmul(x, const(V), False, True), const(mu @ V.T))
             e = ops.subtract(ops.subtract(x, const(mu)), ops.matmul(z, const(V), False, False))
@@ -136,4 +140,4 @@ def refit_int8_model(quantized_full, manifest: dict, refit_batches, check_batche
             mp = e.reshape(len(e), C, h, w).mean(1)
             rows.append([s.mean(), max(s.std(ddof=1), 1e-12), mp.mean(), max(mp.std(ddof=1), 1e-12)])
         fusion = np.array(rows, dtype=np.float32)
-    return build_model(backbone, shapes, heads, int(manifest["input_size"]), fusion), heads
+    return build_model(backbone, shapes, heads, int(manifest["input_size"]), fusion, manifest.get("head_forms")), heads
