@@ -23,7 +23,7 @@ def score_images(detector, images: Sequence, *, batch_size: int = 16, progress: 
     from tqdm.auto import tqdm
 
     scores, maps = [], []
-    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar:
         for i in range(0, len(images), batch_size):
             batch = load_batch(images[i : i + batch_size], detector.input_size)
             s, m = detector(batch)

@@ -23,7 +23,7 @@ def extract_features(detector, paths: Sequence, *, batch_size: int = 16, progres
 
     out: list[torch.Tensor] | None = None
     n = len(paths)
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
     for i in range(0, n, batch_size):
         batch = load_batch(paths[i : i + batch_size], detector.input_size)
         feats = detector.features(batch)

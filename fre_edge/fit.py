@@ -1,9 +1,13 @@
 """Fit FRE on good images: one feature pass, a subspace per layer, statistics and thresholds.
 
 Thresholds come from good images only: a fraction (``holdout``, default 10%) of the good images is
-kept out of the PCA. Image threshold: the 99th percentile of a log-normal fitted to their scores
-(scores are positive and right-skewed; the fit extrapolates sensibly from a handful of held-out images,
-where an empirical 99th percentile would just be their maximum). Pixel threshold: the empirical 99.9th
+kept out of the PCA. Image threshold: a 99% upper prediction limit for the next good image's score
+under a log-normal fitted to their scores (scores are positive and right-skewed). The prediction limit,
+exp(m + t(0.99, n-1) s sqrt(1 + 1/n)) with m, s the mean and std of the n log-scores, allows for m and s
+being estimated from few images; the plain 99th percentile of the fitted log-normal, exp(m + 2.33 s),
+passes fewer than 99% of new good images when n is small (it is what the limit tends to for large n).
+An empirical 99th percentile would just be the maximum of a handful of held-out images. Pixel
+threshold: the empirical 99.9th
 percentile of their map values (there are many pixels). With ``holdout=0`` the fitting images are used
 instead, which gives thresholds biased low (recorded as such in the model).
 """
@@ -26,9 +30,11 @@ from .model import FREDetector, FREHead
 from .pca import STRATEGIES, fit_subspace
 
 IMAGE_QUANTILE = 0.99
-Z_99 = 2.3263478740408408  # standard normal 99% quantile
 PIXEL_QUANTILE = 0.999
 MIN_FIT_IMAGES = 2
+# below this many threshold images the prediction limit is much wider than the 99th percentile it
+# estimates (t(0.99, 19) sqrt(1 + 1/20) = 2.61 vs 2.33 standard deviations), so fitting says so
+FEW_THRESHOLD_IMAGES = 20
 
 
 @dataclass
@@ -80,10 +86,16 @@ def peak_rss_mb() -> float | None:
 
 
 def lognormal_quantile(scores: np.ndarray) -> float:
-    """99th percentile of a log-normal fitted to positive scores, and never below the empirical one."""
+    """99% upper prediction limit of a log-normal fitted to positive scores (see the module docstring), and
+    never below their empirical 99th percentile. One score: that score."""
     logs = np.log(np.clip(scores, 1e-12, None))
-    sd = logs.std(ddof=1) if logs.size > 1 else 0.0
-    return float(max(np.exp(logs.mean() + Z_99 * sd), np.quantile(scores, IMAGE_QUANTILE)))
+    n = logs.size
+    if n < 2:
+        return float(np.max(scores))
+    from scipy.special import stdtrit  # Student's t quantile; scipy.stats costs 0.4 s to import
+
+    factor = float(stdtrit(n - 1, IMAGE_QUANTILE)) * np.sqrt(1.0 + 1.0 / n)
+    return float(max(np.exp(logs.mean() + factor * logs.std(ddof=1)), np.quantile(scores, IMAGE_QUANTILE)))
 
 
 @dataclass
@@ -190,13 +202,16 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "thresholds": {
             "image": lognormal_quantile(scores),
             "pixel": float(np.quantile(maps, PIXEL_QUANTILE)),
-            "rule": f"image: {IMAGE_QUANTILE:.0%} quantile of a log-normal fitted to good-image scores; "
+            "rule": f"image: {IMAGE_QUANTILE:.0%} upper prediction limit of a log-normal fitted to good-image scores; "
                     f"pixel: {PIXEL_QUANTILE:.1%} quantile of good-image map values",
             "source": "holdout" if hold_paths else "fit images (biased low: no holdout)",
             "n_images": int(len(scores)),
             "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()),
                             "min": float(scores.min()), "max": float(scores.max())},
         },
+        "warnings": ([f"the image threshold comes from only {len(scores)} good image(s), so it is set wide to allow "
+                      f"for that; with {FEW_THRESHOLD_IMAGES} or more held-out good images (--holdout, or more "
+                      "images) it is tighter"] if len(scores) < FEW_THRESHOLD_IMAGES else []),
         "data": {**(data_summary or {}), "fit_images": n_fit, "holdout_images": len(hold_paths)},
         "timings_s": {"build": t_build, "feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr},
         "peak_rss_mb": {"after_feature_pass": rss_feat, "after_fit": peak_rss_mb()},

@@ -127,7 +127,7 @@ def fit_autoencoder(
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="FRE-AE epochs", unit="epoch")
+        it = tqdm(it, desc="FRE-AE epochs", unit="epoch", disable=None)  # None: only on a terminal
     for _ in it:
         perm = torch.randperm(N, generator=gen)
         for i in range(0, N, batch_size):

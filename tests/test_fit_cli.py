@@ -43,6 +43,9 @@ def test_cli_fit_then_eval(tmp_path, sample_root):
     r = runner.invoke(cli, ["fit", str(sample_root), "-o", str(out), "--input-size", "224", "--quiet"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_components"][0] >= 1
+    # 30 good images, 10% held out: a threshold from 3 images is wide, and fitting says so
+    assert "warning: the image threshold comes from only 3 good image(s)" in r.stderr
+    assert json.loads((out / "model.json").read_text())["info"]["warnings"]
     r = runner.invoke(cli, ["eval", str(out), str(sample_root), "-n", "3", "--quiet"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "eval.json").read_text())

@@ -46,6 +46,8 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
         ds = read_dataset(source)
         fitted = fit_fre([s.path for s in ds.train], FitConfig(backbone=backbone, input_size=input_size),
                          progress=not quiet, data_summary=ds.summary())
+        for w in fitted.info.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
     else:
         raise FreEdgeError(f"{source}: no such model or image folder; pass a `fre-edge fit` output or good images")
     manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, head_form=head_form, force=force)

@@ -56,7 +56,8 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, no_
     rows = []
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(paths), unit="img", disable=quiet or len(paths) < 2, file=sys.stderr)
+    # disable=None: a bar only on a terminal, not in logs or pipes
+    bar = tqdm(total=len(paths), unit="img", disable=True if quiet or len(paths) < 2 else None, file=sys.stderr)
     from ..images import load_image
 
     # each image is read once: the same array feeds the model and the overlay picture
