@@ -31,8 +31,10 @@ from _bundles import BACKBONES, bundle  # noqa: E402
 from _common import environment, header_md, write  # noqa: E402
 
 
-def _alternate(requests: dict, x, rounds: int, block: float, warmup: int = 3, min_calls: int = 3):
-    """{name: all latencies in s}, [per-round {name: median}] from alternating timed blocks."""
+def _alternate(requests: dict, x, rounds: int, block: float, warmup: int = 3, min_calls: int = 3, after_call=None):
+    """{name: all latencies in s}, [per-round {name: median}] from alternating timed blocks.
+
+    ``after_call(name, request)``, if given, runs after each timed call, outside its timing."""
     lat = {name: [] for name in requests}
     per_round = []
     for r in range(rounds):
@@ -46,20 +48,23 @@ def _alternate(requests: dict, x, rounds: int, block: float, warmup: int = 3, mi
                 t0 = time.perf_counter()
                 req.infer({0: x})
                 ts.append(time.perf_counter() - t0)
+                if after_call is not None:
+                    after_call(name, req)
             lat[name] += ts
             medians[name] = statistics.median(ts)
         per_round.append(medians)
     return lat, per_round
 
 
-def latency_request(model, batch: int):
-    """An infer request for an OpenVINO model at ``batch``, CPU, f32 (checked), latency hint."""
+def latency_request(model, batch: int, extra: dict | None = None):
+    """An infer request for an OpenVINO model at ``batch``, CPU, f32 (checked), latency hint (+ ``extra`` config)."""
     import openvino as ov
 
     shape = model.input(0).get_partial_shape()
     shape[0] = batch
     model.reshape({model.input(0): shape})
-    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **(extra or {})}
+    compiled = ov.Core().compile_model(model, "CPU", config)
     assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
     return compiled.create_infer_request()
 
@@ -191,12 +196,9 @@ def main():
            "reads the matrices once for all its images, so the share falls with the batch size, as the batch-8 "
            "rows show; there a batched matrix product also beats the grouped convolution, so `reconstruct` can "
            "be the faster form even where it reads more (`fre-edge export --head-form`).", "",
-           "The head also slows the backbone: profiled with OpenVINO's per-node counters in the same alternation "
-           "(Lite0, batch 1, a run where the ratio was 1.15-1.18), the head's own nodes took 165-200 µs, and the "
-           "backbone's nodes ran 100-115 µs slower inside the full graph than alone (1,922-1,939 µs alone, "
-           "2,023-2,052 µs in the full graph): between calls the head's 9 MB of weights push the backbone's "
-           "working set out of the cache this machine shares with other tenants. How much of the cache is left "
-           "varies from run to run, and the Lite0 batch-1 ratio with it (1.05-1.14 in runs of this script)."]
+           "Where the time goes, node by node: `export_head_profile.md` (benchmarks/export_head_profile.py, the same "
+           "alternation with OpenVINO's per-node counters): the head's own nodes, and how much slower the backbone's "
+           "nodes run inside the full graph than alone."]
     write("export_head_cost", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
 
 

@@ -1,0 +1,84 @@
+"""Where the FRE head's time goes at batch 1: OpenVINO's per-node counters, full graph vs backbone alone.
+
+    python benchmarks/export_head_profile.py [--backbones efficientnet_lite0,resnet18,resnet50] [--rounds 20]
+
+The same alternation as export_head_cost.py (f32, latency hint, raw infer calls, short alternating blocks),
+with PERF_COUNT on. Per node, the median of its time over all timed calls. Reported: the head's own
+nodes (those the backbone-only graph does not have) one by one, and the backbone's nodes summed, alone
+and inside the full graph; their difference is what running next to the head costs the backbone (most
+likely through the cache: the head's weights pass through it between the backbone's calls). Node times do not add up to the wall-clock latency exactly (scheduling and copies are not nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bundles import BACKBONES, bundle  # noqa: E402
+from _common import environment, header_md, write  # noqa: E402
+from export_head_cost import _alternate, latency_request  # noqa: E402
+
+
+def profile(backbone: str, rounds: int, block: float) -> dict:
+    import numpy as np
+    import openvino as ov
+
+    from fre_edge.runtime.adapters import cut_to_backbone
+
+    xml = str(bundle(backbone) / "model.xml")
+    core = ov.Core()
+    perf = {"PERF_COUNT": True}
+    reqs = {"full": latency_request(core.read_model(xml), 1, perf),
+            "backbone": latency_request(cut_to_backbone(core.read_model(xml)).clone(), 1, perf)}
+    size = BACKBONES[backbone]["input_size"]
+    x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    nodes = {k: {} for k in reqs}
+
+    def collect(name, req):
+        for p in req.profiling_info:
+            nodes[name].setdefault(f"{p.node_name} [{p.node_type}, {p.exec_type}]", []).append(
+                p.real_time.total_seconds() * 1e6)
+
+    lat, _ = _alternate(reqs, x, rounds, block, after_call=collect)
+    med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in nodes.items()}
+    in_bb = set(med["backbone"])
+    head = sorted(((t, n) for n, t in med["full"].items() if n not in in_bb), reverse=True)
+    row = {"backbone": backbone, "batch": 1, "input_size": size, "precision_used": "f32",
+           "latency_median_ms": {k: statistics.median(v) * 1e3 for k, v in lat.items()},
+           "calls": {k: len(v) for k, v in lat.items()},
+           "backbone_nodes_us": {"alone": sum(med["backbone"].values()),
+                                 "in_full_graph": sum(t for n, t in med["full"].items() if n in in_bb)},
+           "head_nodes_us": {n: t for t, n in head}}
+    row["ratio"] = row["latency_median_ms"]["full"] / row["latency_median_ms"]["backbone"]
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--block", type=float, default=0.25, help="seconds per timed block")
+    args = ap.parse_args()
+    env = environment()
+    rows = [profile(b, args.rounds, args.block) for b in args.backbones.split(",")]
+    md = ["# Where the FRE head's time goes (per-node profile)", "", header_md(env),
+          f"Batch 1, OpenVINO CPU f32, latency hint, PERF_COUNT on; {args.rounds} rounds of alternating "
+          f"{args.block:g} s blocks; per node, the median over all timed calls. Backbone nodes: summed, alone and "
+          "inside the full graph; a positive difference is what running next to the head costs the backbone "
+          "(most likely through the cache: the head's weights pass through it between the backbone's calls).", "",
+          "| backbone | full / backbone latency | backbone nodes alone µs | in full graph µs | head nodes µs "
+          "| largest head nodes (µs) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        b, h = r["backbone_nodes_us"], r["head_nodes_us"]
+        top = "; ".join(f"{n} {t:.0f}" for n, t in list(h.items())[:3])
+        md.append(f"| {r['backbone']} @ {r['input_size']} | {r['latency_median_ms']['full']:.3f} / "
+                  f"{r['latency_median_ms']['backbone']:.3f} ms = {r['ratio']:.3f} | {b['alone']:.0f} | "
+                  f"{b['in_full_graph']:.0f} ({b['in_full_graph'] - b['alone']:+.0f}) | {sum(h.values()):.0f} | {top} |")
+    write("export_head_profile", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
