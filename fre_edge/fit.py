@@ -139,6 +139,18 @@ def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
     return [paths[i] for i in fit], [paths[i] for i in hold]
 
 
+def _threshold_warnings(n_images: int, held_out: bool) -> list[str]:
+    out = []
+    if not held_out:
+        out.append("the thresholds come from the fitting images themselves, which score lower than new good "
+                   "images; use --holdout 0.1 (the default) so that new good images are not rejected")
+    elif n_images < FEW_THRESHOLD_IMAGES:
+        out.append(f"the image threshold comes from only {n_images} good image(s), so it is set wide to allow for "
+                   f"that; with {FEW_THRESHOLD_IMAGES} or more held-out good images (--holdout, or more images) it "
+                   "is tighter")
+    return out
+
+
 @torch.inference_mode()
 def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = True,
             data_summary: dict | None = None) -> FittedFRE:
@@ -209,9 +221,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()),
                             "min": float(scores.min()), "max": float(scores.max())},
         },
-        "warnings": ([f"the image threshold comes from only {len(scores)} good image(s), so it is set wide to allow "
-                      f"for that; with {FEW_THRESHOLD_IMAGES} or more held-out good images (--holdout, or more "
-                      "images) it is tighter"] if len(scores) < FEW_THRESHOLD_IMAGES else []),
+        "warnings": _threshold_warnings(len(scores), bool(hold_paths)),
         "data": {**(data_summary or {}), "fit_images": n_fit, "holdout_images": len(hold_paths)},
         "timings_s": {"build": t_build, "feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr},
         "peak_rss_mb": {"after_feature_pass": rss_feat, "after_fit": peak_rss_mb()},

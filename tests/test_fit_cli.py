@@ -146,3 +146,16 @@ def test_autoencoder_strategy_end_to_end_writes_strict_json(tmp_path, sample_roo
     assert settings["info"]["explained_variance"] == [None]
     loaded = load_model(tmp_path / "ae")
     assert loaded.detector.heads[0].n_components == settings["info"]["n_components"][0]
+
+
+@pytest.mark.parametrize("n_images, held_out, expected", [
+    (3, True, "only 3 good image(s)"),
+    (19, True, "only 19 good image(s)"),
+    (20, True, None),
+    (500, False, "come from the fitting images themselves"),
+])
+def test_threshold_warnings(n_images, held_out, expected):
+    from fre_edge.fit import _threshold_warnings
+
+    got = _threshold_warnings(n_images, held_out)
+    assert (got == []) if expected is None else (len(got) == 1 and expected in got[0])
