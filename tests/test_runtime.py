@@ -119,6 +119,21 @@ def test_predict_cli_outputs_and_exit_status(sample_bundle, sample_root, tmp_pat
     assert (tmp_path / "o" / "scores.csv").read_text().startswith("path,score,label")
 
 
+def test_predict_cli_threshold_override(sample_bundle, sample_root, tmp_path):
+    """--threshold replaces the bundle's image threshold: set above every score, nothing is anomalous."""
+    images = str(sample_root / "test" / "broken_large")
+    r = CliRunner().invoke(cli, ["predict", str(sample_bundle), images, "--out", str(tmp_path / "a"), "--quiet",
+                                 "--no-overlays"])
+    assert r.exit_code == 1, r.output
+    top = max(i["score"] for i in json.loads((tmp_path / "a" / "scores.json").read_text())["images"])
+    r = CliRunner().invoke(cli, ["predict", str(sample_bundle), images, "--out", str(tmp_path / "b"), "--quiet",
+                                 "--no-overlays", "--threshold", str(2 * top), "--pixel-threshold", "1e30"])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "b" / "scores.json").read_text())
+    assert data["image_threshold"] == 2 * top and data["thresholds_from"] == "command line"
+    assert all(i["label"] == "good" for i in data["images"])
+
+
 def test_bench_cli_json(sample_bundle, tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.3", "--json", str(out)])
@@ -152,6 +167,9 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
         (["bench", str(sample_bundle), "--device", "NPU9"], "device 'NPU9' is not available"),
         (["bench", str(tmp_path / "nobundle")], "no such bundle"),
         (["bench", str(sample_bundle), "--backend", "onnxruntime", "--precision", "bf16"], "runs f32"),
+        (["predict", str(sample_bundle), str(not_image), "--threshold", "0"], "Invalid value for '--threshold'"),
+        (["predict", str(sample_bundle)], "Missing argument 'IMAGES...'"),
+        (["bench", str(sample_bundle), "--mode", "fast"], "see: fre-edge bench --help"),
     ]
     for args, message in cases:
         r = _run(args)

@@ -1,8 +1,8 @@
 """The ``fre-edge`` command line: a click group whose subcommands load lazily.
 
 ``fre-edge bench --help`` and ``fre-edge predict`` never import torch: each command lives in its own
-module, imported only when that command runs. Any :class:`~fre_edge.errors.FreEdgeError` becomes one
-line on stderr and exit status 2.
+module, imported only when that command runs. Any :class:`~fre_edge.errors.FreEdgeError`, and any bad
+option or argument of a subcommand, becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except FreEdgeError as exc:
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:  # a bad option or argument of a subcommand: one line, not click's usage block
+            where = f"fre-edge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx is not ctx else "fre-edge"
+            click.echo(f"Error: {exc.format_message()} (see: {where} --help)", err=True)
             ctx.exit(2)
         except ImportError as exc:
             if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "nncf", "onnx", "onnxscript",

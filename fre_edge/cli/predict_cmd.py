@@ -39,9 +39,14 @@ def _collect(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Image threshold to use instead of the bundle's (a score above it is anomalous).")
+@click.option("--pixel-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixel threshold for the masks instead of the bundle's.")
 @click.option("--no-overlays", is_flag=True, help="Scores only, no pictures.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, images, out_dir, backend, device, precision, batch_size, no_overlays, quiet):
+def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, no_overlays,
+            quiet):
     """Score IMAGES (files or folders) with BUNDLE.
 
     Prints one line per image (score, good/anomalous). Exit status: 0 when every image is good, 1 when
@@ -52,6 +57,10 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, no_
     from ..runtime import load_detector
 
     det = load_detector(bundle, backend=backend, device=device, precision=precision)
+    if threshold is not None:
+        det.image_threshold = threshold
+    if pixel_threshold is not None:
+        det.pixel_threshold = pixel_threshold
     paths = _collect(images)
     rows = []
     if out_dir:
@@ -75,7 +84,9 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, no_
     bar.close()
     if out_dir:
         summary = {"bundle": str(bundle), "image_threshold": det.image_threshold,
-                   "pixel_threshold": det.pixel_threshold, "runtime": det.describe(), "images": rows}
+                   "pixel_threshold": det.pixel_threshold,
+                   "thresholds_from": "command line" if threshold is not None or pixel_threshold is not None else "bundle",
+                   "runtime": det.describe(), "images": rows}
         (out_dir / "scores.json").write_text(json.dumps(summary, indent=2))
         with open(out_dir / "scores.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
