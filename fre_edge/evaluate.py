@@ -44,12 +44,27 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
             "false_reject_rate": float(pred[labels == 0].mean()),
             "miss_rate": float((~pred[labels == 1]).mean()),
         }
+    out["operating_points"] = operating_points(scores[labels == 0], scores[labels == 1])
     if any(s.mask is not None for s in samples if s.label):
         size = maps.shape[1]
         masks = np.stack([load_mask(s.mask, size, size) for s in samples])
         out["pixel_auroc"] = auroc(masks, maps)
         out["aupro"] = aupro(masks, maps)
     return out
+
+
+def operating_points(good: np.ndarray, bad: np.ndarray) -> dict:
+    """The two thresholds a line engineer asks about, measured on a labelled test set (a score above the
+    threshold is anomalous): the highest one that still catches every defect, with the good images it
+    rejects, and the lowest one that rejects no good image, with the defects it misses."""
+    if good.size == 0 or bad.size == 0:
+        return {}
+    catch_all = float(np.nextafter(bad.min(), -np.inf))  # just below the weakest defect
+    no_reject = float(good.max())
+    return {
+        "catch_every_defect": {"threshold": catch_all, "false_reject_rate": float((good > catch_all).mean())},
+        "reject_no_good_image": {"threshold": no_reject, "miss_rate": float((bad <= no_reject).mean())},
+    }
 
 
 class BundleScorer:
@@ -93,11 +108,17 @@ def pick_for_pictures(samples: Sequence[Sample], scores: np.ndarray, n: int) -> 
 
 
 def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Path, n: int) -> list[Path]:
+    """``scores.png`` (every test image's score by kind, with the threshold) and n heatmap panels."""
     from .images import prepare
-    from .visualize import save_panel
+    from .visualize import save_panel, score_chart
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    kinds: dict[str, list[float]] = {}
+    for smp, sc in sorted(zip(samples, scores), key=lambda t: (t[0].label, t[0].defect)):
+        kinds.setdefault(smp.defect, []).append(float(sc))
+    chart = out_dir / "scores.png"
+    score_chart(kinds, fitted.image_threshold).save(chart)
     size = maps.shape[1]
     vmax = 2.0 * fitted.pixel_threshold
     written = []
@@ -108,4 +129,4 @@ def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Pat
         path = out_dir / f"{rank:02d}_{s.defect}_{s.path.stem}.png"
         save_panel(path, prepare(s.path, size), maps[i], vmax, mask=mask, title=title)
         written.append(path)
-    return written
+    return [chart, *written]

@@ -50,3 +50,38 @@ def panel(image: np.ndarray, amap: np.ndarray, vmax: float, *, mask: np.ndarray 
 
 def save_panel(path: str | Path, *args, **kwargs) -> None:
     panel(*args, **kwargs).save(path)
+
+
+def score_chart(kinds: dict[str, list[float]], threshold: float, width: int = 720) -> Image.Image:
+    """One row of dots per kind of test image (``good`` first, then each defect) on a log score axis, with
+    the image threshold as a red line: where the kinds overlap, and what moving the threshold would do."""
+    values = np.array([v for vs in kinds.values() for v in vs] + [threshold], dtype=np.float64)
+    lo, hi = np.log10(max(values.min(), 1e-12)), np.log10(max(values.max(), 1e-12))
+    lo, hi = (lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9))
+    left, right, row_h, top = 130, 20, 26, 24
+    canvas = Image.new("RGB", (width, top + row_h * len(kinds) + 30), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+
+    def x_of(v: float) -> int:
+        return int(left + (np.log10(max(v, 1e-12)) - lo) / (hi - lo) * (width - left - right))
+
+    draw.text((4, 4), "image score by kind (log scale); red line: threshold", fill=(0, 0, 0))
+    for r, (kind, vs) in enumerate(kinds.items()):
+        y = top + r * row_h + row_h // 2
+        draw.text((4, y - 6), f"{kind} ({len(vs)})"[:20], fill=(0, 0, 0))
+        draw.line([(left, y), (width - right, y)], fill=(225, 225, 225))
+        colour = (0, 110, 220) if kind == "good" else (230, 120, 0)
+        for i, v in enumerate(vs):
+            x, dy = x_of(v), ((i * 7) % 11 - 5) if len(vs) > 10 else 0  # spread crowded rows a little
+            draw.ellipse([x - 3, y + dy - 3, x + 3, y + dy + 3], outline=colour, width=2)
+    tx = x_of(threshold)
+    bottom = top + row_h * len(kinds)
+    draw.line([(tx, top - 4), (tx, bottom)], fill=(220, 0, 0), width=2)
+    for d in range(int(np.floor(lo)), int(np.ceil(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0 ** d
+            if lo <= np.log10(v) <= hi:
+                x = x_of(v)
+                draw.line([(x, bottom), (x, bottom + 4)], fill=(0, 0, 0))
+                draw.text((x - 10, bottom + 8), f"{v:g}", fill=(0, 0, 0))
+    return canvas

@@ -51,8 +51,13 @@ def test_cli_fit_then_eval(tmp_path, sample_root):
     metrics = json.loads((out / "eval.json").read_text())
     assert metrics["image_auroc"] >= 0.9  # 6 defects against 4 good images, from 27 fitting images
     assert 0.9 < metrics["pixel_auroc"] <= 1.0 and 0.0 < metrics["aupro"] <= 1.0
+    ops = metrics["operating_points"]
+    assert 0.0 <= ops["catch_every_defect"]["false_reject_rate"] <= 1.0
+    assert 0.0 <= ops["reject_no_good_image"]["miss_rate"] <= 1.0
+    assert "to catch every defect:" in r.stdout
     pics = sorted((out / "eval_pictures").glob("*.png"))
-    assert len(pics) == 3
+    assert [p.name for p in pics][-1] == "scores.png" and len(pics) == 4
+    assert Image.open(out / "eval_pictures" / "scores.png").size[1] == 24 + 26 * 4 + 30  # good + 3 defect kinds
     w, h = Image.open(pics[0]).size
     assert w == 4 * 224 and h == 224 + 18  # image | mask | heatmap | outline
 
@@ -159,3 +164,18 @@ def test_threshold_warnings(n_images, held_out, expected):
 
     got = _threshold_warnings(n_images, held_out)
     assert (got == []) if expected is None else (len(got) == 1 and expected in got[0])
+
+
+@pytest.mark.parametrize("good, bad, catch, frr, no_reject, miss", [
+    ([1, 2, 3], [4, 5], 4, 0.0, 3, 0.0),  # separable: both thresholds are free
+    ([1, 2, 6], [4, 5], 4, 1 / 3, 6, 1.0),  # one high good image: catching all costs it, rejecting none misses all
+    ([1, 4, 4], [4, 9], 4, 2 / 3, 4, 0.5),  # ties: "above the threshold" is anomalous
+])
+def test_operating_points(good, bad, catch, frr, no_reject, miss):
+    from fre_edge.evaluate import operating_points
+
+    ops = operating_points(np.array(good, float), np.array(bad, float))
+    assert ops["catch_every_defect"]["threshold"] == pytest.approx(catch) and ops["catch_every_defect"]["threshold"] < catch
+    assert ops["catch_every_defect"]["false_reject_rate"] == pytest.approx(frr)
+    assert ops["reject_no_good_image"] == {"threshold": no_reject, "miss_rate": pytest.approx(miss)}
+    assert operating_points(np.array([]), np.array([1.0])) == {}

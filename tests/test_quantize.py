@@ -76,7 +76,7 @@ def test_eval_accepts_bundles_f32_and_int8(sample_bundle, int8_bundle, sample_ro
         assert r.exit_code == 0, r.output
         m = json.loads(out.read_text())
         assert 0.5 < m["image_auroc"] <= 1.0 and "aupro" in m
-        assert len(list((tmp_path / f"{b.name}_pics").glob("*.png"))) == 2
+        assert len(list((tmp_path / f"{b.name}_pics").glob("*.png"))) == 2 + 1  # + scores.png
 
 
 def test_accuracy_controlled_mode_records_its_check(sample_bundle, sample_root, tmp_path):

@@ -27,8 +27,11 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     """Evaluate MODEL_DIR (a `fre-edge fit` folder, or an exported bundle of any precision, INT8
     included, run with OpenVINO f32) on the test images of DATA.
 
-    Prints image AUROC, pixel AUROC and AUPRO (when masks exist), writes them as JSON and writes
-    heatmap pictures (image | mask | heatmap | outline) for a selection of test images.
+    Prints image AUROC, pixel AUROC and AUPRO (when masks exist) and what the image threshold does on
+    these images (with the thresholds that would catch every defect or reject no good image; use one
+    with `fre-edge predict --threshold`), writes them as JSON, and draws scores.png (every score by
+    kind, with the threshold) and heatmap pictures (image | mask | heatmap | outline) for a selection
+    of test images.
     """
     from ..data import read_dataset
     from ..evaluate import evaluate, write_pictures
@@ -56,4 +59,12 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     tmp.replace(json_path)
     show = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in metrics}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in show.items()))
+    at, ops = metrics.get("at_threshold"), metrics.get("operating_points")
+    if at and ops:
+        c, r = ops["catch_every_defect"], ops["reject_no_good_image"]
+        chart = f"; chart: {pictures_dir / 'scores.png'}" if num_pictures > 0 else ""
+        click.echo(f"threshold {at['threshold']:.6g}: {at['false_reject_rate']:.1%} of good images rejected, "
+                   f"{at['miss_rate']:.1%} of defects missed; to catch every defect: {c['threshold']:.6g} "
+                   f"({c['false_reject_rate']:.1%} rejected); to reject no good image: {r['threshold']:.6g} "
+                   f"({r['miss_rate']:.1%} missed){chart}")
     click.echo(f"metrics: {json_path}")
