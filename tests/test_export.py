@@ -67,7 +67,8 @@ def test_metadata_round_trip_ir_and_onnx(sample_model, sample_bundle, tmp_path):
     for path, backend in ((lone / "model.xml", "openvino"), (lone / "model.onnx", "onnxruntime"),
                           (lone / "model.onnx", "openvino")):
         det = load_detector(path, backend=backend)
-        for key in ("backbone", "layers", "input_size", "n_components", "thresholds", "normalization", "precision"):
+        for key in ("backbone", "layers", "input_size", "n_components", "thresholds", "normalization", "precision",
+                    "head_forms"):
             assert det.metadata[key] == manifest[key], (path, key)
 
 
