@@ -200,7 +200,10 @@ class FREDetector(nn.Module):
         if all(a is b for a, b in zip(heads, self.heads)):
             return self
         other = copy.copy(self)
-        other._modules = dict(self._modules)  # a shallow copy shares the module dict; give it its own
+        # a shallow copy shares the registries; its own dicts keep changes to it (heads, .to(), ...) off self
+        other._modules, other._buffers = dict(self._modules), dict(self._buffers)
+        other._parameters = dict(self._parameters)
+        other._non_persistent_buffers_set = set(self._non_persistent_buffers_set)
         other.heads = nn.ModuleList(heads)
         return other
 
