@@ -33,7 +33,7 @@ IMAGE_QUANTILE = 0.99
 PIXEL_QUANTILE = 0.999
 MIN_FIT_IMAGES = 2
 # below this many threshold images the prediction limit is much wider than the 99th percentile it
-# estimates (t(0.99, 19) sqrt(1 + 1/20) = 2.61 vs 2.33 standard deviations), so fitting says so
+# estimates (t(0.99, 19) sqrt(1 + 1/20) = 2.60 vs 2.33 standard deviations), so fitting says so
 FEW_THRESHOLD_IMAGES = 20
 
 
