@@ -39,7 +39,8 @@ def test_runtime_and_cli_run_without_torch(sample_bundle, sample_root, tmp_path)
         from fre_edge.cli import main
         import sys
         for args in (["predict", {str(sample_bundle)!r}, {str(sample_root / "test")!r}, "--out", {str(tmp_path / "o")!r}, "--quiet"],
-                     ["bench", {str(sample_bundle)!r}, "--duration", "0.2"], ["bench", "--help"], ["predict", "--help"]):
+                     ["bench", {str(sample_bundle)!r}, "--duration", "0.2"], ["bench", "--help"], ["predict", "--help"],
+                     ["info", {str(sample_bundle)!r}]):
             try:
                 main(args)
             except SystemExit as e:
@@ -134,6 +135,22 @@ def test_predict_cli_threshold_override(sample_bundle, sample_root, tmp_path):
     assert all(i["label"] == "good" for i in data["images"])
 
 
+def test_info_cli(sample_bundle, tmp_path):
+    """info reports an intact bundle (exit 0, text and JSON) and refuses a damaged one (exit 2, one line)."""
+    r = CliRunner().invoke(cli, ["info", str(sample_bundle)])
+    assert r.exit_code == 0, r.output
+    assert "checksums ok" in r.stdout and "efficientnet_lite0 blocks.10" in r.stdout and "head one_pass" in r.stdout
+    r = CliRunner().invoke(cli, ["info", str(sample_bundle), "--json"])
+    report = json.loads(r.stdout)
+    assert report["checksums"] == "ok" and report["manifest"]["input_size"] == 224
+    assert report["runtimes"]["openvino"] and report["machine"]["logical_cores"] >= 1
+    bad = tmp_path / "bad"
+    shutil.copytree(sample_bundle, bad)
+    (bad / "model.onnx").write_bytes(b"not a model")
+    r = CliRunner().invoke(cli, ["info", str(bad)])
+    assert r.exit_code == 2 and "model.onnx: checksum mismatch" in r.stderr and r.stdout == ""
+
+
 def test_bench_cli_json(sample_bundle, tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.3", "--json", str(out)])
@@ -170,6 +187,8 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
         (["predict", str(sample_bundle), str(not_image), "--threshold", "0"], "Invalid value for '--threshold'"),
         (["predict", str(sample_bundle)], "Missing argument 'IMAGES...'"),
         (["bench", str(sample_bundle), "--mode", "fast"], "see: fre-edge bench --help"),
+        (["info", str(tmp_path / "nobundle")], "no manifest.json"),
+        (["info", str(old)], "re-export the bundle"),
     ]
     for args, message in cases:
         r = _run(args)
@@ -178,7 +197,7 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@pytest.mark.parametrize("cmd", ["fit", "eval", "export", "predict", "bench"])
+@pytest.mark.parametrize("cmd", ["fit", "eval", "export", "quantize", "predict", "bench", "info"])
 def test_every_help(cmd):
     r = _run([cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output

@@ -22,6 +22,7 @@ COMMANDS = {
     "quantize": ("fre_edge.cli.quantize_cmd", "Quantize a bundle to INT8 with NNCF on good images (needs the fit extra)."),
     "predict": ("fre_edge.cli.predict_cmd", "Score images with a bundle (torch-free)."),
     "bench": ("fre_edge.cli.bench_cmd", "Measure a bundle's latency and FPS (torch-free)."),
+    "info": ("fre_edge.cli.info_cmd", "Check a bundle and show what it holds and what this machine runs (torch-free)."),
 }
 
 

@@ -1,0 +1,60 @@
+"""``fre-edge info`` (torch-free): what a bundle is, whether it is intact, and what this machine can run."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+from pathlib import Path
+
+import click
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+@click.command("info")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def command(bundle, as_json):
+    """Check BUNDLE's checksums and schema, and show what it holds (backbone, input, thresholds, the data it
+    was fitted on, precision, head form) next to this machine's CPU and installed runtimes.
+
+    Exit status 0 when the bundle is intact, 2 (with one line saying what is wrong) when it is not.
+    """
+    from ..bench import cpu_info
+    from ..runtime.bundle import read_manifest
+
+    manifest = read_manifest(bundle, verify=True)  # FreEdgeError -> one line, exit 2
+    report = {
+        "bundle": str(bundle),
+        "checksums": "ok",
+        "manifest": manifest,
+        "machine": cpu_info(),
+        "runtimes": {"openvino": _installed("openvino"), "onnxruntime": _installed("onnxruntime")},
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    m, th, cpu = manifest, manifest["thresholds"], report["machine"]
+    data = m.get("data", {})
+    lines = [
+        f"bundle       {bundle} (schema {m['schema_version']}, fre-edge {m['fre_edge_version']}; checksums ok: "
+        f"{', '.join(sorted(m['files']))})",
+        f"model        FRE on {m['backbone']} {','.join(m['layers'])} ({m.get('backbone_weights', '?')} weights), "
+        f"{m['input_size']} px, pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
+        f"head {','.join(m.get('head_forms') or ['?'])}",
+        f"weights      {m['precision']}",
+        f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "
+        f"source: {th.get('source', '?')})",
+        f"fitted on    {data.get('name', '?')}: {data.get('fit_images', '?')} good images"
+        + (f" (+ {data['holdout_images']} held out)" if data.get("holdout_images") else ""),
+        f"this machine {cpu['cpu']}, {cpu['logical_cores']} logical cores, ISA {' '.join(cpu['isa']) or '-'}",
+        "runtimes     " + ", ".join(f"{k} {v or 'not installed'}" for k, v in report["runtimes"].items()),
+    ]
+    if "model.xml" in m["files"] and not report["runtimes"]["openvino"]:
+        lines.append("note         pip install openvino to run the IR (or onnxruntime for model.onnx)")
+    click.echo("\n".join(lines))
