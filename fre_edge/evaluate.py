@@ -56,14 +56,18 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
 def operating_points(good: np.ndarray, bad: np.ndarray) -> dict:
     """The two thresholds a line engineer asks about, measured on a labelled test set (a score above the
     threshold is anomalous): the highest one that still catches every defect, with the good images it
-    rejects, and the lowest one that rejects no good image, with the defects it misses."""
+    rejects, and the lowest one that rejects no good image, with the defects it misses. Each sits halfway
+    between the two scores that bound it, so a rounded copy of it (as printed) still does the same."""
     if good.size == 0 or bad.size == 0:
         return {}
-    catch_all = float(np.nextafter(bad.min(), -np.inf))  # just below the weakest defect
-    no_reject = float(good.max())
+    good, bad = np.asarray(good, np.float64), np.asarray(bad, np.float64)
+    weakest, below = bad.min(), good[good < bad.min()]
+    catch = (below.max() + weakest) / 2 if below.size else 0.99 * weakest
+    worst, above = good.max(), bad[bad > good.max()]
+    no_reject = (worst + above.min()) / 2 if above.size else 1.01 * worst
     return {
-        "catch_every_defect": {"threshold": catch_all, "false_reject_rate": float((good > catch_all).mean())},
-        "reject_no_good_image": {"threshold": no_reject, "miss_rate": float((bad <= no_reject).mean())},
+        "catch_every_defect": {"threshold": float(catch), "false_reject_rate": float((good > catch).mean())},
+        "reject_no_good_image": {"threshold": float(no_reject), "miss_rate": float((bad <= no_reject).mean())},
     }
 
 

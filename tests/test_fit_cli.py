@@ -167,15 +167,18 @@ def test_threshold_warnings(n_images, held_out, expected):
 
 
 @pytest.mark.parametrize("good, bad, catch, frr, no_reject, miss", [
-    ([1, 2, 3], [4, 5], 4, 0.0, 3, 0.0),  # separable: both thresholds are free
-    ([1, 2, 6], [4, 5], 4, 1 / 3, 6, 1.0),  # one high good image: catching all costs it, rejecting none misses all
-    ([1, 4, 4], [4, 9], 4, 2 / 3, 4, 0.5),  # ties: "above the threshold" is anomalous
+    ([1, 2, 3], [4, 5], 3.5, 0.0, 3.5, 0.0),  # separable: halfway between the classes either way
+    ([1, 2, 6], [4, 5], 3.0, 1 / 3, 6.06, 1.0),  # one high good image: catching all costs it, rejecting none misses all
+    ([1, 4, 4], [4, 9], 2.5, 2 / 3, 6.5, 0.5),  # ties: "above the threshold" is anomalous
+    ([5, 6], [4, 9], 3.96, 1.0, 7.5, 0.5),  # the weakest defect below every good image
 ])
 def test_operating_points(good, bad, catch, frr, no_reject, miss):
     from fre_edge.evaluate import operating_points
 
     ops = operating_points(np.array(good, float), np.array(bad, float))
-    assert ops["catch_every_defect"]["threshold"] == pytest.approx(catch) and ops["catch_every_defect"]["threshold"] < catch
-    assert ops["catch_every_defect"]["false_reject_rate"] == pytest.approx(frr)
-    assert ops["reject_no_good_image"] == {"threshold": no_reject, "miss_rate": pytest.approx(miss)}
+    assert ops["catch_every_defect"] == {"threshold": pytest.approx(catch), "false_reject_rate": pytest.approx(frr)}
+    assert ops["reject_no_good_image"] == {"threshold": pytest.approx(no_reject), "miss_rate": pytest.approx(miss)}
+    # the promise: at the first threshold no defect is missed, at the second no good image is rejected
+    assert (np.array(bad) > ops["catch_every_defect"]["threshold"]).all()
+    assert not (np.array(good) > ops["reject_no_good_image"]["threshold"]).any()
     assert operating_points(np.array([]), np.array([1.0])) == {}
