@@ -177,7 +177,7 @@ def main():
                   f"{r['backbone_median_ms']:.2f} | {r['full_median_ms']:.2f} | {r['ratio']:.3f} | "
                   f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f} | {r['floor_ratio']:.3f} | "
                   f"{r['other_form']} ({r['other_form_weights_mb']:.1f}): {r['other_form_ratio']:.3f} |")
-    md += ["", "Best measured form per row (the one `fre-edge export --head-form` would pick for that batch):", ""]
+    md += ["", "Best measured form per row (choose it with `fre-edge export --head-form`):", ""]
     for r in rows:
         best = min([(r["ratio"], r["head_forms"][0]), (r["other_form_ratio"], r["other_form"])])
         md.append(f"- {r['backbone']}, batch {r['batch']}: {best[1]}, {best[0]:.3f}"
