@@ -118,6 +118,20 @@ def test_predict_cli_outputs_and_exit_status(sample_bundle, sample_root, tmp_pat
     assert data["runtime"]["precision_used"] == "f32"
     assert len(list((tmp_path / "o").glob("*.png"))) == 2
     assert (tmp_path / "o" / "scores.csv").read_text().startswith("path,score,label")
+    for item in data["images"]:  # the box holds the mask's pixels, inside the image
+        x0, y0, x1, y1 = item["bbox"]
+        assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256 and item["anomalous_pixels"] <= (x1 - x0) * (y1 - y0)
+        assert item["peak"] > data["pixel_threshold"]
+
+
+def test_prediction_bbox():
+    from fre_edge.runtime.detector import Prediction
+
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 1] = mask[3, 5] = True
+    p = Prediction(1.0, True, mask.astype(np.float32), mask)
+    assert p.bbox == (1, 2, 6, 4) and p.to_dict()["bbox"] == [1, 2, 6, 4]
+    assert Prediction(0.0, False, np.zeros((6, 8), np.float32), np.zeros((6, 8), bool)).to_dict()["bbox"] is None
 
 
 def test_predict_cli_threshold_override(sample_bundle, sample_root, tmp_path):

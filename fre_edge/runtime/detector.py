@@ -21,9 +21,19 @@ class Prediction:
     anomaly_map: np.ndarray  # float32, the original image's height x width
     mask: np.ndarray  # bool, anomaly_map above the pixel threshold
 
+    @property
+    def bbox(self) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1), the smallest box around every mask pixel (x1, y1 exclusive); None if none."""
+        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
+        if rows.size == 0:
+            return None
+        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
     def to_dict(self) -> dict:
+        box = self.bbox
         return {"score": self.score, "label": "anomalous" if self.label else "good",
-                "anomalous_pixels": int(self.mask.sum())}
+                "anomalous_pixels": int(self.mask.sum()), "peak": float(self.anomaly_map.max()),
+                "bbox": None if box is None else list(box)}  # [x0, y0, x1, y1] at the image's own size
 
 
 def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
