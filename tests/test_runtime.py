@@ -200,6 +200,7 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
         (["bench", str(sample_bundle), "--backend", "onnxruntime", "--precision", "bf16"], "runs f32"),
         (["predict", str(sample_bundle), str(not_image), "--threshold", "0"], "Invalid value for '--threshold'"),
         (["predict", str(sample_bundle)], "Missing argument 'IMAGES...'"),
+        (["predict", str(sample_bundle), str(not_image), "--batch-size", "0"], "'--batch-size': 0 is not in the range"),
         (["bench", str(sample_bundle), "--mode", "fast"], "see: fre-edge bench --help"),
         (["info", str(tmp_path / "nobundle")], "no manifest.json"),
         (["info", str(old)], "re-export the bundle"),

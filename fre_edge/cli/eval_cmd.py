@@ -19,9 +19,9 @@ import click
               help="Write the metrics as JSON here (default MODEL_DIR/eval.json).")
 @click.option("--pictures", "pictures_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for heatmap pictures (default MODEL_DIR/eval_pictures).")
-@click.option("-n", "--num-pictures", type=int, default=8, show_default=True,
+@click.option("-n", "--num-pictures", type=click.IntRange(min=0), default=8, show_default=True,
               help="Heatmap pictures to write: the highest- and lowest-scored test images of each kind.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, quiet):
     """Evaluate MODEL_DIR (a `fre-edge fit` folder, or an exported bundle of any precision, INT8

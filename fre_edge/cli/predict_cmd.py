@@ -38,7 +38,7 @@ def _collect(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Image threshold to use instead of the bundle's (a score above it is anomalous).")
 @click.option("--pixel-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
