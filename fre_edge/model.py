@@ -87,7 +87,7 @@ class FREHead(nn.Module):
             raise ValueError(f"components have {comps.shape[1]} features, layer gives {C}x{h}x{w}")
         self.shape = (C, h, w)
         self.form = form or head_form(comps.shape[0], C)
-        if self.form not in ("reconstruct", "one_pass"):
+        if self.form not in HEAD_FORMS[1:]:  # the concrete forms; in_form resolves "auto"
             raise ValueError(f"unknown head form {self.form!r}")
         self.register_buffer("mean", subspace.mean.float().clone())
         self.register_buffer("components", comps.clone())  # [k, D]

@@ -26,6 +26,12 @@ COMMANDS = {
 }
 
 
+def echo_warnings(info: dict) -> None:
+    """A fitted model's warnings (``info["warnings"]``), one line each on stderr."""
+    for w in info.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return list(COMMANDS)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..backbones import DEFAULT_BACKBONE, REGISTRY
+from ..model import HEAD_FORMS
 
 
 @click.command("export")
@@ -16,7 +17,7 @@ from ..backbones import DEFAULT_BACKBONE, REGISTRY
 @click.option("--format", "formats", default="openvino,onnx", show_default=True,
               help="Comma-separated: openvino, onnx.")
 @click.option("--fp16", is_flag=True, help="Store the OpenVINO IR weights as FP16 (half the size).")
-@click.option("--head-form", type=click.Choice(["auto", "reconstruct", "one_pass"]), default="auto", show_default=True,
+@click.option("--head-form", type=click.Choice(HEAD_FORMS), default="auto", show_default=True,
               help="How the graph computes the FRE head; same results, different speed. auto: fastest at batch 1; "
                    "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
@@ -32,6 +33,7 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
     returns `score` [N] and `anomaly_map` [N, S, S].
     """
     from ..errors import FreEdgeError
+    from . import echo_warnings
     from ..export import export_bundle
     from ..persist import SETTINGS, atomic_dir, load_model
 
@@ -46,8 +48,7 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
         ds = read_dataset(source)
         fitted = fit_fre([s.path for s in ds.train], FitConfig(backbone=backbone, input_size=input_size),
                          progress=not quiet, data_summary=ds.summary())
-        for w in fitted.info.get("warnings", []):
-            click.echo(f"warning: {w}", err=True)
+        echo_warnings(fitted.info)
     else:
         raise FreEdgeError(f"{source}: no such model or image folder; pass a `fre-edge fit` output or good images")
     manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, head_form=head_form, force=force)

@@ -50,6 +50,7 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     """
     from ..data import read_dataset
     from ..errors import FreEdgeError
+    from . import echo_warnings
     from ..fit import FitConfig, fit_fre
     from ..persist import atomic_dir, save_model
 
@@ -65,8 +66,7 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     fitted = fit_fre([s.path for s in ds.train], cfg, progress=not quiet, data_summary=ds.summary())
     save_model(fitted, output, force=force)
     info = fitted.info
-    for w in info.get("warnings", []):
-        click.echo(f"warning: {w}", err=True)
+    echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
                            "input_size": cfg.input_size, "n_components": info["n_components"],
                            "thresholds": {k: info["thresholds"][k] for k in ("image", "pixel", "source")},
