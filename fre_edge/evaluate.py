@@ -61,9 +61,9 @@ def operating_points(good: np.ndarray, bad: np.ndarray) -> dict:
     if good.size == 0 or bad.size == 0:
         return {}
     good, bad = np.asarray(good, np.float64), np.asarray(bad, np.float64)
-    weakest, below = bad.min(), good[good < bad.min()]
+    weakest, worst = bad.min(), good.max()
+    below, above = good[good < weakest], bad[bad > worst]
     catch = (below.max() + weakest) / 2 if below.size else 0.99 * weakest
-    worst, above = good.max(), bad[bad > good.max()]
     no_reject = (worst + above.min()) / 2 if above.size else 1.01 * worst
     return {
         "catch_every_defect": {"threshold": float(catch), "false_reject_rate": float((good > catch).mean())},
