@@ -203,6 +203,8 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
         (["predict", str(sample_bundle), str(not_image), "--batch-size", "0"], "'--batch-size': 0 is not in the range"),
         (["bench", str(sample_bundle), "--mode", "fast"], "see: fre-edge bench --help"),
         (["info", str(tmp_path / "nobundle")], "no manifest.json"),
+        (["eval", str(sample_bundle), str(tmp_path / "empty"), "-n", "-1"], "'-n' / '--num-pictures': -1 is not in"),
+        (["eval", str(sample_bundle), str(tmp_path / "empty"), "--batch-size", "0"], "'--batch-size': 0 is not in"),
         (["info", str(old)], "re-export the bundle"),
     ]
     for args, message in cases:
