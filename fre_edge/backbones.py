@@ -12,6 +12,7 @@ hub cache, and download only with ``allow_download=True`` (or FRE_EDGE_ALLOW_DOW
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -90,10 +91,27 @@ def _torchvision_state_dict(weights_enum, weights: str | Path | None, allow_down
                     f"or pass --weights PATH (downloading is off; set FRE_EDGE_ALLOW_DOWNLOAD=1 to allow it)"
                 )
             return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
+    return load_state_dict(path)
+
+
+def load_state_dict(path: Path) -> dict:
+    """A file of tensors: ``.safetensors``, or a ``torch.save``d state dict read with torch's weights-only
+    loader, which refuses any other pickled object (and never runs it)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
-        raise FreEdgeError(f"{path}: cannot load weights ({exc.__class__.__name__}); replace the file") from None
+        why = ("it holds pickled Python objects other than tensors, which fre-edge never loads"
+               if isinstance(exc, pickle.UnpicklingError) else f"{exc.__class__.__name__}")
+        raise FreEdgeError(f"{path}: not a weights file fre-edge can read ({why}); pass a state dict of tensors "
+                           f"(.safetensors, or torch.save(model.state_dict()))") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FreEdgeError(f"{path}: not a state dict of tensors; pass a state dict of tensors "
+                           f"(.safetensors, or torch.save(model.state_dict()))")
+    return state
 
 
 def _resnet(arch: str):
@@ -168,7 +186,7 @@ def _efficientnet_lite(variant: str):
             path = Path(weights) if weights else _lite_weights_path(variant)
             if not path.is_file():
                 raise FreEdgeError(f"{path}: weights file not found; pass the path of the .pth file")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_state_dict(path)
             missing, unexpected = model.load_state_dict(state, strict=False)
             if [k for k in missing if not k.startswith("_fc")]:
                 raise FreEdgeError(f"{path}: not efficientnet-{variant} weights (missing {missing[:3]}...)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FreEdgeError
-from .images import IMAGE_SUFFIXES, is_image_file
+from .images import IMAGE_SUFFIXES, find_images, is_image_file
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,11 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def read_folder(root: str | Path) -> Dataset:
-    """A folder of good images (searched recursively); nothing to test on."""
+    """A folder of good images (searched recursively, skipping hidden folders and fre-edge outputs); nothing
+    to test on."""
     root = Path(root)
     _check_dir(root)
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    paths = find_images(root)
     if not paths:
         raise FreEdgeError(
             f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}); point to a folder of good images"

@@ -14,6 +14,7 @@ instead, which gives thresholds biased low (recorded as such in the model).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .backbones import DEFAULT_BACKBONE, create_backbone, get_spec, resolve_laye
 from .errors import FreEdgeError
 from .features import extract_features
 from .model import FREDetector, FREHead
-from .pca import STRATEGIES, fit_subspace
+from .pca import STRATEGIES, check_n_components, fit_subspace
 
 IMAGE_QUANTILE = 0.99
 PIXEL_QUANTILE = 0.999
@@ -66,8 +67,9 @@ class FitConfig:
             raise FreEdgeError(f"holdout={self.holdout}; use a fraction in [0, 0.9), e.g. 0.1")
         if self.strategy not in STRATEGIES:
             raise FreEdgeError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        if self.blur_sigma < 0:
-            raise FreEdgeError(f"blur sigma {self.blur_sigma} is negative; use 0 (no blur) or more")
+        if not (isinstance(self.blur_sigma, (int, float)) and math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
+            raise FreEdgeError(f"blur sigma {self.blur_sigma!r}; use a finite number, 0 (no blur) or more")
+        self.n_components = check_n_components(self.n_components)
         if self.batch_size < 1:
             raise FreEdgeError(f"batch size {self.batch_size}; use 1 or more")
         return self

@@ -7,10 +7,12 @@ models cannot happen here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FreEdgeError
 
@@ -53,27 +55,46 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (grey, palette, RGBA and 16-bit are converted)."""
+    """Read an image file as HxWx3 uint8 RGB (grey, palette, RGBA and 16-bit are converted), upright as a
+    viewer shows it (the EXIF orientation a camera or phone records is applied)."""
     path = Path(path)
     if not path.is_file():
         raise FreEdgeError(f"{path}: no such image file; check the path")
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.int64)
                 arr = np.clip(arr, 0, 65535).astype(np.uint16)
             elif im.mode in ("RGB", "L"):
                 arr = np.asarray(im)
-            elif im.mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "F"):
+            else:  # RGBA, LA, P, PA, CMYK, YCbCr, 1, F, ...
                 arr = np.asarray(im.convert("RGB"))
-            else:
-                arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise FreEdgeError(f"{path}: {exc.__class__.__name__}: the image is too large to decode safely ({exc}); "
+                           f"downscale it or replace the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise FreEdgeError(
             f"{path}: cannot read image ({exc.__class__.__name__}: {exc}); replace or remove the file"
         ) from None
     return to_rgb_uint8(arr)
+
+
+def find_images(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """Image files under ``root`` (recursively, sorted), never inside a hidden folder, a folder in
+    ``skip``, or a folder fre-edge wrote (a model, bundle or predictions folder with its marker file):
+    fre-edge never reads its own outputs back as images."""
+    from .outputs import output_kind
+
+    skip = {Path(p).resolve() for p in skip}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip
+                             and output_kind(here / d) is None)
+        found += [here / f for f in filenames if is_image_file(here / f) and (here / f).is_file()]
+    return sorted(found)
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:

@@ -34,21 +34,30 @@ class Subspace:
     strategy: str
 
 
+def check_n_components(n_components) -> float | int:
+    """A count (int >= 1) or a variance ratio (float strictly in (0, 1)); anything else is refused."""
+    if isinstance(n_components, (bool, np.bool_)):
+        raise FreEdgeError("n_components must be a float in (0, 1) or a positive int, not a bool")
+    if isinstance(n_components, (int, np.integer)):
+        if n_components < 1:
+            raise FreEdgeError(f"n_components={n_components}; a count must be at least 1")
+        return int(n_components)
+    level = float(n_components)
+    if not 0.0 < level < 1.0:  # NaN fails this too
+        raise FreEdgeError(f"n_components={level}; a variance ratio must lie strictly between 0 and 1")
+    return level
+
+
 def n_components_for(ratio_cumsum: np.ndarray, n_components: float | int, max_rank: int) -> int:
     """Resolve ``n_components`` (float in (0, 1): variance ratio; int: count) to a count.
 
     For a ratio, the smallest k whose first k components explain at least that ratio; never 0 and never
     more than the rank of the data.
     """
-    if isinstance(n_components, (bool, np.bool_)):
-        raise FreEdgeError("n_components must be a float in (0, 1) or a positive int, not a bool")
-    if isinstance(n_components, (int, np.integer)):
-        if n_components < 1:
-            raise FreEdgeError(f"n_components={n_components}; a count must be at least 1")
-        return int(min(n_components, max_rank))
-    level = float(n_components)
-    if not 0.0 < level < 1.0:
-        raise FreEdgeError(f"n_components={level}; a variance ratio must lie strictly between 0 and 1")
+    n_components = check_n_components(n_components)
+    if isinstance(n_components, int):
+        return min(n_components, max_rank)
+    level = n_components
     # first index whose cumulative ratio reaches the level, +1 to turn an index into a count
     k = int(np.searchsorted(ratio_cumsum, level - 1e-12, side="left")) + 1
     return max(1, min(k, max_rank))

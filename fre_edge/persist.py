@@ -7,10 +7,8 @@ they are rebuilt from the backbone name (and the weights file, whose sha256 is r
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict
+import math
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -18,43 +16,13 @@ import torch
 from . import __version__
 from .errors import FreEdgeError
 from .fit import FitConfig, FittedFRE, build_detector
+from .outputs import atomic_dir
 from .pca import Subspace
-from .runtime.bundle import sha256_file as file_sha256
+from .runtime.bundle import check_thresholds, sha256_file as file_sha256
 
 MODEL_SCHEMA = 1
 TENSORS = "model.safetensors"
 SETTINGS = "model.json"
-
-
-def atomic_dir(final: Path, force: bool):
-    """Context: yields a temporary folder beside ``final``, renamed into place on success only."""
-    final = Path(final)
-    if final.exists():
-        if not force:
-            raise FreEdgeError(f"{final} already exists; choose another output folder or pass --force")
-        if not final.is_dir():
-            raise FreEdgeError(f"{final} exists and is not a folder; remove it or choose another output")
-
-    class _Ctx:
-        def __enter__(self):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return False
-            if final.exists():
-                old = final.with_name(f".{final.name}.old-{os.getpid()}")
-                final.rename(old)
-                self.tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                self.tmp.rename(final)
-            return False
-
-    return _Ctx()
 
 
 def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -> Path:
@@ -75,10 +43,54 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
     }
     if cfg.weights:
         settings["weights_sha256"] = file_sha256(cfg.weights)
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, "model") as tmp:
         save_file(tensors, str(tmp / TENSORS), metadata={"fre_edge_version": __version__})
         (tmp / SETTINGS).write_text(json.dumps(settings, indent=2))
     return out_dir
+
+
+# FitConfig field -> the JSON types its value may have
+_CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int,), "pool": (int,),
+                 "n_components": (int, float), "strategy": (str,), "holdout": (int, float),
+                 "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
+                 "weights": (str, type(None)), "memory_budget_gb": (int, float)}
+
+
+def _config(settings: dict, where: Path) -> FitConfig:
+    """model.json's "config", checked key by key, as a validated FitConfig."""
+    c = settings.get("config")
+    if not isinstance(c, dict):
+        raise FreEdgeError(f"{where}: no \"config\" object; fit the model again")
+    names = {f.name for f in fields(FitConfig)}
+    assert names == set(_CONFIG_TYPES), "keep _CONFIG_TYPES in step with FitConfig"
+    unknown, missing = sorted(set(c) - names), sorted(names - set(c))
+    if unknown or missing:
+        what = f"unknown key {unknown[0]!r}" if unknown else f"key {missing[0]!r} is missing"
+        raise FreEdgeError(f"{where}: config: {what}; fit the model again with this fre-edge")
+    for name, types in _CONFIG_TYPES.items():
+        v = c[name]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) or (
+                isinstance(v, float) and not math.isfinite(v)):
+            raise FreEdgeError(f"{where}: config: {name} = {v!r} has the wrong type or value; fit the model again")
+    cfg = FitConfig(**{**c, "layers": tuple(c["layers"])})
+    return cfg.validate()
+
+
+def _info(settings: dict, where: Path) -> dict:
+    """model.json's "info": the per-layer lists the detector is rebuilt from, and finite thresholds."""
+    info = settings.get("info")
+    if not isinstance(info, dict):
+        raise FreEdgeError(f"{where}: no \"info\" object; fit the model again")
+    for key in ("feature_shapes", "strategies", "n_components"):
+        if not isinstance(info.get(key), list) or not info[key]:
+            raise FreEdgeError(f"{where}: info: {key!r} is missing or empty; fit the model again")
+    if not all(isinstance(s, list) and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s)
+               for s in info["feature_shapes"]):
+        raise FreEdgeError(f"{where}: info: feature_shapes is not a list of [C, H, W]; fit the model again")
+    if not len(info["strategies"]) == len(info["feature_shapes"]) == len(settings["config"]["layers"]):
+        raise FreEdgeError(f"{where}: info: one entry per layer is needed; fit the model again")
+    check_thresholds(info.get("thresholds"), str(where), "fit the model again")
+    return info
 
 
 def load_model(model_dir: str | Path) -> FittedFRE:
@@ -94,26 +106,31 @@ def load_model(model_dir: str | Path) -> FittedFRE:
             raise FreEdgeError(f"{p} is missing; {model_dir} is not a complete fre-edge model folder, fit again")
     try:
         settings = json.loads(sp.read_text())
+    except OSError as exc:
+        raise FreEdgeError(f"{sp}: cannot read it ({exc.strerror or exc}); check its permissions") from None
     except ValueError as exc:
         raise FreEdgeError(f"{sp}: not valid JSON ({exc}); fit the model again") from None
-    if settings.get("schema") != MODEL_SCHEMA:
+    if not isinstance(settings, dict) or settings.get("schema") != MODEL_SCHEMA:
+        found = settings.get("schema") if isinstance(settings, dict) else None
         raise FreEdgeError(
-            f"{sp}: model schema {settings.get('schema')!r}, this fre-edge {__version__} reads {MODEL_SCHEMA}; "
+            f"{sp}: model schema {found!r}, this fre-edge {__version__} reads {MODEL_SCHEMA}; "
             f"refit with this version"
         )
+    cfg = _config(settings, sp)
+    info = _info(settings, sp)
     try:
         tensors = load_file(str(tp))
     except (SafetensorError, OSError, ValueError) as exc:
         raise FreEdgeError(f"{tp}: cannot read ({exc}); the file is damaged, fit again") from None
-    c = dict(settings["config"])
-    c["layers"] = tuple(c["layers"])
-    cfg = FitConfig(**c)
+    expected = [f"layer{i}.{t}" for i in range(len(info["feature_shapes"])) for t in ("mean", "components")]
+    missing = [k for k in expected + ["fusion"] if k not in tensors]
+    if missing:
+        raise FreEdgeError(f"{tp}: tensor {missing[0]!r} is missing; the file is damaged, fit again")
     if cfg.weights:
         if not Path(cfg.weights).is_file():
             raise FreEdgeError(f"{cfg.weights}: the backbone weights this model was fitted with are missing; put them back")
         if file_sha256(cfg.weights) != settings.get("weights_sha256"):
             raise FreEdgeError(f"{cfg.weights}: the backbone weights changed since fitting; refit the model")
-    info = settings["info"]
     subspaces, shapes = [], []
     for i, shape in enumerate(info["feature_shapes"]):
         nan = torch.full((1,), float("nan"))

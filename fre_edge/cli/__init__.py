@@ -8,12 +8,19 @@ option or argument of a subcommand, becomes one line on stderr and exit status 2
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
+import warnings
 
 import click
 
 from .. import __version__
 from ..errors import FreEdgeError
+from ..outputs import FreEdgeWarning
+
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+FIT_MODULES = {"torch", "torchvision", "nncf", "onnx", "onnxscript", "safetensors", "sklearn", "scipy"}
 
 COMMANDS = {
     "fit": ("fre_edge.cli.fit_cmd", "Fit FRE on a folder of good images (needs the fit extra)."),
@@ -48,21 +55,50 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FreEdgeWarning)
+            shown = warnings.showwarning
+
+            def show(message, category, *args, **kwargs):
+                if issubclass(category, FreEdgeWarning):
+                    click.echo(f"warning: {message}", err=True)
+                else:
+                    shown(message, category, *args, **kwargs)
+
+            warnings.showwarning = show
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FreEdgeError as exc:
             click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
+            ctx.exit(EXIT_ERROR)
         except click.UsageError as exc:  # a bad option or argument of a subcommand: one line, not click's usage block
             where = f"fre-edge {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx is not ctx else "fre-edge"
             click.echo(f"Error: {exc.format_message()} (see: {where} --help)", err=True)
-            ctx.exit(2)
-        except ImportError as exc:
-            if exc.name and exc.name.split(".")[0] in {"torch", "torchvision", "nncf", "onnx", "onnxscript",
-                                                        "safetensors", "sklearn", "scipy"}:
-                click.echo(f'Error: this command needs {exc.name}; run: pip install "fre-edge[fit]"', err=True)
-                ctx.exit(2)
+            ctx.exit(EXIT_ERROR)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing was written for the output in progress", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except ImportError as exc:
+            if exc.name and exc.name.split(".")[0] in FIT_MODULES:
+                click.echo(f'Error: this command needs {exc.name}; run: pip install "fre-edge[fit]"', err=True)
+                ctx.exit(EXIT_ERROR)
+            self._internal(ctx, exc)
+        except Exception as exc:  # noqa: BLE001 - anything else is a bug: one line, its own status
+            self._internal(ctx, exc)
+
+    @staticmethod
+    def _internal(ctx, exc: BaseException):
+        if os.environ.get("FRE_EDGE_DEBUG") == "1":
+            traceback.print_exception(exc, file=sys.stderr)
+        reason = " ".join(str(exc).split())[:300]
+        click.echo(f"Internal error: {exc.__class__.__name__}: {reason} (an fre-edge bug; FRE_EDGE_DEBUG=1 shows "
+                   f"the traceback to report)", err=True)
+        ctx.exit(EXIT_INTERNAL)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,4 +108,13 @@ def cli():
 
 
 def main(argv=None):
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="fre-edge")
+    try:
+        code = cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="fre-edge",
+                        standalone_mode=False)
+    except click.ClickException as exc:  # before a subcommand runs: an unknown command, say
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C outside a subcommand
+        click.echo("Interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    sys.exit(code if isinstance(code, int) else 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..runtime.adapters import BACKENDS, HINTS, PRECISIONS
+from .params import FiniteFloat
 
 
 @click.command("bench")
@@ -20,7 +21,7 @@ from ..runtime.adapters import BACKENDS, HINTS, PRECISIONS
 @click.option("--mode", type=click.Choice(HINTS), default="latency", show_default=True,
               help="OpenVINO performance hint.")
 @click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+@click.option("--duration", type=FiniteFloat(0.1, 3600), default=10.0, show_default=True,
               help="Seconds per measurement (sync and async each).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Inference threads (default: all).")
 @click.option("--backbone-only", is_flag=True, help="Time the truncated backbone alone (no FRE head).")
@@ -47,5 +48,6 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
     }
     click.echo(format_table(result))
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        from ..outputs import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result, indent=2))

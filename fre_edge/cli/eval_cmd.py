@@ -35,6 +35,7 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     """
     from ..data import read_dataset
     from ..evaluate import evaluate, write_pictures
+    from ..outputs import write_text_atomic
     from ..persist import load_model
 
     from ..runtime import load_detector
@@ -53,10 +54,7 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     if num_pictures > 0:
         metrics["pictures"] = [str(p) for p in write_pictures(fitted, ds.test, scores, maps, pictures_dir,
                                                               num_pictures)]
-    tmp = json_path.with_name(json_path.name + ".partial")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(json_path)
+    write_text_atomic(json_path, json.dumps(metrics, indent=2))
     show = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in metrics}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in show.items()))
     at, ops = metrics.get("at_threshold"), metrics.get("operating_points")

@@ -32,12 +32,13 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
     which is fitted with default settings first. The graph takes uint8 RGB images [N, S, S, 3] and
     returns `score` [N] and `anomaly_map` [N, S, S].
     """
-    from ..errors import FreEdgeError
     from . import echo_warnings
+    from ..errors import FreEdgeError
     from ..export import export_bundle
-    from ..persist import SETTINGS, atomic_dir, load_model
+    from ..outputs import check_output
+    from ..persist import SETTINGS, load_model
 
-    atomic_dir(output, force)  # refuse an existing output before any work
+    check_output(output, kind="bundle", force=force, inputs=[source])  # before any work
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     if (source / SETTINGS).is_file():
         fitted = load_model(source)

@@ -7,13 +7,18 @@ import json
 import click
 
 from ..backbones import DEFAULT_BACKBONE, REGISTRY
+from .params import FiniteFloat
 
 
-def _n_components(value: str) -> float | int:
+def _n_components(ctx, param, value: str) -> float | int:
     try:
-        return int(value) if value.isdigit() else float(value)
+        number = int(value) if value.isdigit() else float(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a variance ratio in (0, 1) nor a component count") from None
+        number = None
+    if number is None or isinstance(number, float) and not 0 < number < 1 or number == 0:
+        raise click.BadParameter(f"{value!r}: a variance ratio must lie strictly between 0 and 1, a component "
+                                 f"count must be a whole number of 1 or more")
+    return number
 
 
 @click.command("fit")
@@ -28,13 +33,13 @@ def _n_components(value: str) -> float | int:
 @click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
 @click.option("--input-size", type=int, default=None, help="Square input size in pixels (default: the backbone's).")
 @click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
-@click.option("--variance", "n_components", default="0.97", show_default=True,
+@click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
 @click.option("--strategy", type=click.Choice(["auto", "gram", "covariance", "autoencoder"]), default="auto",
               show_default=True, help="How the subspace is fitted (auto: from image count, size and memory).")
-@click.option("--holdout", type=float, default=0.1, show_default=True,
+@click.option("--holdout", type=FiniteFloat(0, 0.9, max_open=True), default=0.1, show_default=True,
               help="Fraction of good images kept out to set thresholds.")
-@click.option("--blur", "blur_sigma", type=float, default=0.0, show_default=True,
+@click.option("--blur", "blur_sigma", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Gaussian blur sigma on the anomaly map, in pixels (0: none, as the paper).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -48,21 +53,17 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
     or a plain folder of good images.
     """
-    from ..data import read_dataset
-    from ..errors import FreEdgeError
     from . import echo_warnings
+    from ..data import read_dataset
     from ..fit import FitConfig, fit_fre
-    from ..persist import atomic_dir, save_model
+    from ..outputs import check_output
+    from ..persist import save_model
 
-    from pathlib import Path
-
-    if Path(output).exists() and not force:
-        raise FreEdgeError(f"{output} already exists; choose another output folder or pass --force")
-    atomic_dir(Path(output), force)  # validates the destination before any work
-    ds = read_dataset(data, layout, split)
+    check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before any work
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
-                    pool=pool, n_components=_n_components(n_components), strategy=strategy, holdout=holdout,
-                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights)
+                    pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
+                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights).validate()
+    ds = read_dataset(data, layout, split)
     fitted = fit_fre([s.path for s in ds.train], cfg, progress=not quiet, data_summary=ds.summary())
     save_model(fitted, output, force=force)
     info = fitted.info

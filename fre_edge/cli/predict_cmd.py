@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+from collections import deque
 from pathlib import Path
 
 import click
 
 from ..runtime.adapters import BACKENDS, PRECISIONS
+from .params import POSITIVE
+
+COLUMNS = ["path", "score", "label", "anomalous_pixels", "peak", "bbox", "overlay", "error"]
 
 
-def _collect(inputs: tuple[Path, ...]) -> list[Path]:
+def _collect(inputs: tuple[Path, ...], out_dir: Path | None) -> list[Path]:
+    """The image files named or found under the inputs; never anything inside ``out_dir`` or another
+    folder fre-edge wrote."""
     from ..errors import FreEdgeError
-    from ..images import is_image_file
+    from ..images import find_images
 
     paths: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q))
+            found = find_images(p, skip=[out_dir] if out_dir else [])
             if not found:
                 raise FreEdgeError(f"{p}: no images found; point to a folder of images")
             paths.extend(found)
@@ -30,68 +37,124 @@ def _collect(inputs: tuple[Path, ...]) -> list[Path]:
     return paths
 
 
+def _readable(paths: list[Path], order: deque, errors: dict, report):
+    """Each readable image once (its index goes to ``order``); an unreadable one is recorded and skipped
+    (a lone image that cannot be read is just a bad input: one error line)."""
+    from ..errors import FreEdgeError
+    from ..images import load_image
+
+    for i, p in enumerate(paths):
+        try:
+            image = load_image(p)
+        except FreEdgeError as exc:
+            if len(paths) == 1:
+                raise
+            errors[i] = str(exc)
+            report(f"error     {exc}")
+            continue
+        order.append(i)
+        yield image
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 @click.command("predict")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write scores.csv, scores.json and overlay PNGs here.")
+              help="Write scores.csv, scores.json and overlay PNGs to this new folder (written whole when done).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
-@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--threshold", type=POSITIVE, default=None,
               help="Image threshold to use instead of the bundle's (a score above it is anomalous).")
-@click.option("--pixel-threshold", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--pixel-threshold", type=POSITIVE, default=None,
               help="Pixel threshold for the masks instead of the bundle's.")
 @click.option("--no-overlays", is_flag=True, help="Scores only, no pictures.")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder written by fre-edge predict.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, no_overlays,
-            quiet):
+            force, quiet):
     """Score IMAGES (files or folders) with BUNDLE.
 
-    Prints one line per image (score, good/anomalous). Exit status: 0 when every image is good, 1 when
-    at least one is anomalous, 2 on bad input.
+    Prints one line per image (score, good/anomalous). An unreadable image does not stop the run: it gets
+    a line on stderr and a row with its error in scores.csv/json, and the other images are scored.
+    Exit status: 0 when every image is good, 1 when at least one is anomalous, 2 on bad input (any
+    unreadable image included), 3 on an internal error, 130 when interrupted.
     """
     from tqdm.auto import tqdm
 
+    from ..errors import FreEdgeError
+    from ..outputs import atomic_dir
     from ..runtime import load_detector
 
+    # --out: checked before any work, written to a temporary folder and renamed into place when complete
+    writer = atomic_dir(out_dir, force, "predictions", inputs=[bundle, *images]) if out_dir else None
     det = load_detector(bundle, backend=backend, device=device, precision=precision)
     if threshold is not None:
         det.image_threshold = threshold
     if pixel_threshold is not None:
         det.pixel_threshold = pixel_threshold
-    paths = _collect(images)
-    rows = []
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    paths = _collect(images, out_dir)
+    with writer if writer else _NoOutput() as tmp:
+        rows, errors = _score(det, paths, tmp, batch_size, no_overlays, quiet, tqdm)
+        if tmp is not None:
+            summary = {"kind": "fre-edge predictions", "bundle": str(bundle),
+                       "image_threshold": det.image_threshold, "pixel_threshold": det.pixel_threshold,
+                       "thresholds_from": "command line" if threshold is not None or pixel_threshold is not None
+                       else "bundle", "runtime": det.describe(), "images": rows}
+            (tmp / "scores.json").write_text(json.dumps(summary, indent=2))
+            (tmp / "scores.csv").write_text(_csv(rows))
+    n_bad = sum(r["label"] == "anomalous" for r in rows)
+    n_scored = len(rows) - len(errors)
+    click.echo(f"{n_bad} of {n_scored} image(s) anomalous (threshold {det.image_threshold:.6g})", err=True)
+    if errors:
+        where = f" and in {out_dir / 'scores.csv'}" if out_dir else ""
+        raise FreEdgeError(f"{len(errors)} of {len(rows)} image(s) could not be read (listed above{where}); "
+                           f"replace or remove them")
+    sys.exit(1 if n_bad else 0)
+
+
+class _NoOutput:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _score(det, paths, tmp, batch_size, no_overlays, quiet, tqdm):
+    """Score every readable image in ``paths``; rows in input order, and {index: error} of the others."""
     # disable=None: a bar only on a terminal, not in logs or pipes
     bar = tqdm(total=len(paths), unit="img", disable=True if quiet or len(paths) < 2 else None, file=sys.stderr)
-    from ..images import load_image
+    order, errors, rows = deque(), {}, {}
+
+    def report(line):
+        bar.write(line, file=sys.stderr)
+        bar.update(1)
 
     # each image is read once: the same array feeds the model and the overlay picture
-    images = (load_image(p) for p in paths)
-    for path, (image, pred) in zip(paths, det.iter_predict(images, batch_size=batch_size)):
-        row = {"path": str(path), **pred.to_dict()}
-        rows.append(row)
+    for image, pred in det.iter_predict(_readable(paths, order, errors, report), batch_size=batch_size):
+        i = order.popleft()
+        path = paths[i]
+        row = {"path": str(path), **pred.to_dict(), "overlay": None, "error": None}
         bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
-        if out_dir and not no_overlays:
+        if tmp is not None and not no_overlays:
             from ..visualize import save_panel
 
-            save_panel(out_dir / f"{len(rows) - 1:04d}_{path.stem}.png", image, pred.anomaly_map,
-                       2 * det.pixel_threshold, title=f"{path.name} score={pred.score:.4g} {row['label']}")
+            row["overlay"] = f"{i:04d}_{path.stem}.png"
+            save_panel(tmp / row["overlay"], image, pred.anomaly_map, 2 * det.pixel_threshold,
+                       title=f"{path.name} score={pred.score:.4g} {row['label']}")
+        rows[i] = row
         bar.update(1)
     bar.close()
-    if out_dir:
-        summary = {"bundle": str(bundle), "image_threshold": det.image_threshold,
-                   "pixel_threshold": det.pixel_threshold,
-                   "thresholds_from": "command line" if threshold is not None or pixel_threshold is not None else "bundle",
-                   "runtime": det.describe(), "images": rows}
-        (out_dir / "scores.json").write_text(json.dumps(summary, indent=2))
-        with open(out_dir / "scores.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    n_bad = sum(r["label"] == "anomalous" for r in rows)
-    click.echo(f"{n_bad} of {len(rows)} image(s) anomalous (threshold {det.image_threshold:.6g})", err=True)
-    sys.exit(1 if n_bad else 0)
+    for i, message in errors.items():
+        rows[i] = {**dict.fromkeys(COLUMNS), "path": str(paths[i]), "error": message}
+    return [rows[i] for i in sorted(rows)], errors

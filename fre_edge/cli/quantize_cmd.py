@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .params import FiniteFloat
+
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -19,7 +21,7 @@ import click
               help="Keep the FRE head in floating point (recommended).")
 @click.option("--val", "val_dir", type=click.Path(path_type=Path), default=None,
               help="Labelled data (MVTec or Magnetic Tile layout) for accuracy-controlled quantization.")
-@click.option("--max-drop", type=click.FloatRange(0.0, 1.0), default=0.005, show_default=True,
+@click.option("--max-drop", type=FiniteFloat(0.0, 1.0), default=0.005, show_default=True,
               help="With --val: largest allowed image-AUROC drop (absolute).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True)
@@ -31,9 +33,9 @@ def command(bundle, output, calib_dir, calib_size, keep_head, val_dir, max_drop,
     """
     from ..data import read_dataset
     from ..export.quantize import quantize_bundle
-    from ..persist import atomic_dir
+    from ..outputs import check_output
 
-    atomic_dir(output, force)
+    check_output(output, kind="bundle", force=force, inputs=[bundle, calib_dir, val_dir])  # before any work
     calib = [s.path for s in read_dataset(calib_dir, "folder").train]
     validation = read_dataset(val_dir).test if val_dir else None
     meta = quantize_bundle(bundle, output, calib, keep_head=keep_head, subset_size=calib_size, validation=validation,

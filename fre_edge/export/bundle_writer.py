@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import FreEdgeError
 from ..model import HEAD_FORMS
-from ..persist import atomic_dir
+from ..outputs import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .onnx_graph import export_onnx
 
@@ -80,7 +80,7 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
     detector = fitted.detector.with_head_form(head_form)
     out_dir = Path(out_dir)
     precision = "fp16" if fp16 else "fp32"
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, "bundle") as tmp:
         onnx_path = tmp / "model.onnx"
         exporter = export_onnx(detector, onnx_path, fitted.config.input_size, OUTPUTS)
         exporter["openvino_ir"] = "openvino.convert_model(model.onnx)"

@@ -33,8 +33,8 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import prepare
-from ..persist import atomic_dir
-from ..runtime.adapters import head_starts
+from ..outputs import atomic_dir
+from ..runtime.adapters import head_starts, reason
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
 
 MIN_CALIBRATION = 8
@@ -58,9 +58,9 @@ def _scores(compiled, batches: list[np.ndarray]) -> np.ndarray:
     return _infer(compiled, batches)[0]
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else None  # JSON null, never NaN
 
 
 def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Sequence, *,
@@ -82,7 +82,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     from ..metrics import auroc
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
-    atomic_dir(out_dir, force)  # refuse an existing output before any work
+    atomic_dir(out_dir, force, "bundle", inputs=[bundle_dir])  # refuse a bad output before any work
     manifest = read_manifest(bundle_dir)
     if manifest["precision"] == "int8":
         raise FreEdgeError(f"{bundle_dir} is already INT8; quantize the f32 bundle it came from")
@@ -140,7 +140,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         try:
             q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         except RuntimeError as exc:
-            raise FreEdgeError(f"the INT8 model does not compile on this CPU ({str(exc).splitlines()[-1][:120]}); "
+            raise FreEdgeError(f"the INT8 model does not compile on this CPU ({reason(exc)}); "
                                "keep the FRE head in floating point (--keep-head)") from None
     if validation is not None:
         val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
@@ -185,7 +185,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         "check_on_unseen_good_images": agreement, "accuracy_control": val_metric,
     }
     meta_json = metadata_json(meta)
-    with atomic_dir(out_dir, force) as tmp:
+    with atomic_dir(out_dir, force, "bundle", inputs=[bundle_dir]) as tmp:
         quantized.set_rt_info(meta_json, ["model_info", METADATA_KEY])
         ov.save_model(quantized, str(tmp / "model.xml"), compress_to_fp16=False)
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -20,6 +20,16 @@ PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
 
 
+def reason(exc: BaseException, limit: int = 400) -> str:
+    """A runtime's error message on one line, with its real cause: OpenVINO puts the source location
+    ("Exception from src/...cpp:84:") and internal checks first and the reason after them."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith("Exception from src/")
+            and not (line.startswith("Check '") and " failed at " in line)]
+    text = " ".join(kept or lines) or exc.__class__.__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _need(module: str, pip_name: str):
     try:
         return __import__(module)
@@ -95,7 +105,7 @@ class OpenVINOAdapter:
         try:
             self.model = self.core.read_model(str(model_path))
         except RuntimeError as exc:
-            raise FreEdgeError(f"{model_path}: OpenVINO cannot read it ({str(exc).splitlines()[0]}); re-export") from None
+            raise FreEdgeError(f"{model_path}: OpenVINO cannot read it ({reason(exc)}); re-export") from None
         self.full_model = self.model
         if backbone_only:
             self.model = cut_to_backbone(self.model)
@@ -112,7 +122,7 @@ class OpenVINOAdapter:
             self.compiled = self.core.compile_model(self.model, device, config)
         except RuntimeError as exc:
             raise FreEdgeError(f"OpenVINO cannot compile for {device} with precision {precision} "
-                               f"({str(exc).splitlines()[0][:200]})") from None
+                               f"({reason(exc)}); check --device and --precision") from None
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
         self.device = device
@@ -137,6 +147,11 @@ class OpenVINOAdapter:
                 raw = self.full_model.get_rt_info(path)
                 return json.loads(raw.astype(str) if hasattr(raw, "astype") else str(raw))
         return None
+
+    def input_hw(self) -> tuple:
+        """(height, width) of the graph's image input (-1 where dynamic)."""
+        shape = self.model.input(0).get_partial_shape()
+        return tuple(d.get_length() if d.is_static else -1 for d in list(shape)[1:3])
 
     def request(self):
         req = getattr(self._local, "req", None)
@@ -174,7 +189,7 @@ class OnnxRuntimeAdapter:
         try:
             self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises several types
-            raise FreEdgeError(f"{model_path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]}); re-export") from None
+            raise FreEdgeError(f"{model_path}: ONNX Runtime cannot load it ({reason(exc)}); re-export") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.device, self.hint = "CPU", hint
@@ -185,6 +200,10 @@ class OnnxRuntimeAdapter:
     def metadata(self) -> dict | None:
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         return json.loads(raw) if raw else None
+
+    def input_hw(self) -> tuple:
+        shape = self.session.get_inputs()[0].shape
+        return tuple(d if isinstance(d, int) else -1 for d in shape[1:3])
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: batch})

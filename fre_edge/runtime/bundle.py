@@ -13,7 +13,10 @@ lone .xml/.bin pair or .onnx file describes itself as fully as the folder does.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import os
 from pathlib import Path
 
 from .. import __version__
@@ -22,6 +25,9 @@ from ..errors import FreEdgeError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 METADATA_KEY = "fre_edge"
+MODEL_FILES = ("model.xml", "model.bin", "model.onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 2048  # as fit accepts
 
 # name -> (type, required)
 FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
@@ -55,8 +61,63 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_threshold(value, name: str, where: str, fix: str = "re-export the bundle") -> float:
+    """A threshold must be a finite number above 0 (NaN or inf would silently pass or fail every image)."""
+    if not _finite(value) or value <= 0:
+        raise FreEdgeError(f"{where}: {name} threshold {value!r} is not a finite number above 0; {fix}")
+    return float(value)
+
+
+def check_thresholds(th, where: str, fix: str = "re-export the bundle") -> dict:
+    if not isinstance(th, dict):
+        raise FreEdgeError(f"{where}: thresholds must be an object with 'image' and 'pixel'; {fix}")
+    for name in ("image", "pixel"):
+        if name not in th:
+            raise FreEdgeError(f"{where}: the {name} threshold is missing; {fix}")
+        check_threshold(th[name], name, where, fix)
+    return th
+
+
+def _check_values(meta: dict, where: str) -> None:
+    """The fields that decide a score or a verdict hold values a graph can have (checked before any allocation)."""
+    def bad(field: str, why: str):
+        raise FreEdgeError(f"{where}: metadata field {field!r} {why}; re-export the bundle")
+
+    size = meta["input_size"]
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        bad("input_size", f"is {size}, outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE} pixels")
+    if meta["pool"] < 1:
+        bad("pool", f"is {meta['pool']}, below 1")
+    if not meta["layers"] or not all(isinstance(x, str) for x in meta["layers"]):
+        bad("layers", "is not a list of layer names")
+    k = meta["n_components"]
+    if len(k) != len(meta["layers"]) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in k):
+        bad("n_components", "is not one positive count per layer")
+    if not _finite(meta["blur_sigma"]) or meta["blur_sigma"] < 0:
+        bad("blur_sigma", "is not a finite number >= 0")
+    norm = meta["normalization"]
+    for key in ("mean", "std"):
+        v = norm.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(_finite(x) for x in v)):
+            bad("normalization", f"has no 3 finite {key} values")
+    if any(x <= 0 for x in norm["std"]):
+        bad("normalization", "has a std that is not above 0")
+    inp = meta["input"]
+    if inp.get("shape") != [-1, size, size, 3] or inp.get("dtype") != "uint8" or inp.get("layout") != "NHWC":
+        bad("input", f"does not describe uint8 NHWC images of {size} x {size}")
+    if [o.get("name") if isinstance(o, dict) else None for o in meta["outputs"]] != ["score", "anomaly_map"]:
+        bad("outputs", "does not name score and anomaly_map")
+    if meta["precision"] not in PRECISIONS:
+        bad("precision", f"is {meta['precision']!r}, not one of {', '.join(PRECISIONS)}")
+    check_thresholds(meta["thresholds"], where)
+
+
 def validate_metadata(meta: dict, where: str) -> dict:
-    """Check schema version, presence and types of fields; one clear error per problem."""
+    """Check schema version, presence, types and values of fields; one clear error per problem."""
     if not isinstance(meta, dict):
         raise FreEdgeError(f"{where}: metadata is not a JSON object; re-export the bundle")
     version = meta.get("schema_version")
@@ -76,6 +137,7 @@ def validate_metadata(meta: dict, where: str) -> dict:
             raise FreEdgeError(f"{where}: metadata field {name!r} has the wrong type; re-export the bundle")
     if meta["model_type"] != "fre":
         raise FreEdgeError(f"{where}: model type {meta['model_type']!r} is not an FRE model")
+    _check_values(meta, where)
     return meta
 
 
@@ -83,25 +145,151 @@ def metadata_json(meta: dict) -> str:
     return json.dumps({k: meta[k] for k in FIELDS if k in meta}, sort_keys=True)
 
 
+# ----------------------------------------------------------------------------- metadata inside the model files
+
+
+def _ir_metadata(xml_path: Path) -> str | None:
+    """rt_info ["model_info", "fre_edge"] of an OpenVINO IR, read from its XML without OpenVINO."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise FreEdgeError(f"{xml_path}: not a readable OpenVINO IR ({exc}); copy the bundle again") from None
+    node = root.find(f"./rt_info/model_info/{METADATA_KEY}")
+    return None if node is None else node.get("value")
+
+
+def _varint(f) -> int | None:
+    shift = result = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            return None
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("bad varint")
+
+
+def _onnx_metadata(onnx_path: Path) -> str | None:
+    """metadata_props["fre_edge"] of an ONNX file, read by walking its top-level protobuf fields (the
+    graph, which holds the weights, is skipped by seeking; no onnx package needed)."""
+    try:
+        with open(onnx_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            while f.tell() < size:
+                tag = _varint(f)
+                if tag is None:
+                    break
+                field, wire = tag >> 3, tag & 7
+                if wire == 0:
+                    _varint(f)
+                elif wire == 1 or wire == 5:
+                    f.seek(8 if wire == 1 else 4, 1)
+                elif wire == 2:
+                    n = _varint(f)
+                    if n is None or f.tell() + n > size:
+                        raise ValueError("truncated")
+                    if field != 14:  # ModelProto.metadata_props (StringStringEntryProto: key 1, value 2)
+                        f.seek(n, 1)
+                        continue
+                    entry, key, value = io.BytesIO(f.read(n)), None, None
+                    while entry.tell() < n:
+                        t = _varint(entry)
+                        ln = _varint(entry) if t is not None and t & 7 == 2 else None
+                        if ln is None:
+                            raise ValueError("bad metadata entry")
+                        data = entry.read(ln).decode("utf-8")
+                        key, value = (data, value) if t >> 3 == 1 else (key, data if t >> 3 == 2 else value)
+                    if key == METADATA_KEY:
+                        return value
+                else:
+                    raise ValueError(f"wire type {wire}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FreEdgeError(f"{onnx_path}: not a readable ONNX model ({exc}); copy the bundle again") from None
+    return None
+
+
+def embedded_metadata(model_file: Path) -> dict | None:
+    """The fre-edge metadata inside a model file (.xml or .onnx), parsed; None if it carries none."""
+    raw = _ir_metadata(model_file) if model_file.suffix == ".xml" else _onnx_metadata(model_file)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise FreEdgeError(f"{model_file}: its fre-edge metadata is not valid JSON; re-export the bundle") from None
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN here
+
+
+def _check_files(files, path: Path) -> None:
+    """``files`` names exactly the bundle's model files: known names only, with their partners."""
+    if not isinstance(files, dict) or not files:
+        raise FreEdgeError(f"{path}: no file list; re-export the bundle")
+    unknown = [n for n in files if n not in MODEL_FILES]
+    if unknown:
+        raise FreEdgeError(f"{path}: its file list names {unknown[0]!r}, which is not a bundle file "
+                           f"({', '.join(MODEL_FILES)}); re-export the bundle")
+    if ("model.xml" in files) != ("model.bin" in files) or not ({"model.xml", "model.onnx"} & set(files)):
+        raise FreEdgeError(f"{path}: its file list does not cover a whole model (model.xml + model.bin, or "
+                           f"model.onnx); re-export the bundle")
+    if not all(isinstance(d, str) and len(d) == 64 for d in files.values()):
+        raise FreEdgeError(f"{path}: its file list holds a checksum that is not a sha256; re-export the bundle")
+    unlisted = [n for n in MODEL_FILES if n not in files and (path.parent / n).exists()]
+    if unlisted:
+        raise FreEdgeError(f"{path.parent / unlisted[0]}: not covered by the manifest's checksums; remove it or "
+                           f"re-export the bundle")
+
+
 def read_manifest(bundle_dir: str | Path, *, verify: bool = True) -> dict:
-    """Read and validate ``manifest.json``; with ``verify``, check every file's sha256."""
+    """Read and validate ``manifest.json``.
+
+    With ``verify`` (the default), every model file's sha256 is checked, and the manifest must agree with
+    the metadata inside the checksummed model files on every field: thresholds, input size,
+    normalisation, outputs and the rest. The manifest itself is not checksummed, so this is what makes
+    an edited threshold or input size evident.
+    """
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST
     if not path.is_file():
         raise FreEdgeError(f"{bundle_dir}: no {MANIFEST}; pass a bundle folder written by `fre-edge export`")
     try:
         manifest = json.loads(path.read_text())
+    except OSError as exc:
+        raise FreEdgeError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions or copy "
+                           f"the bundle again") from None
     except ValueError as exc:
         raise FreEdgeError(f"{path}: not valid JSON ({exc}); re-export the bundle") from None
     validate_metadata(manifest, str(path))
     files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise FreEdgeError(f"{path}: no file list; re-export the bundle")
+    _check_files(files, path)
     if verify:
         for name, digest in files.items():
             f = bundle_dir / name
             if not f.is_file():
                 raise FreEdgeError(f"{f}: listed in the manifest but missing; copy the whole bundle folder")
-            if sha256_file(f) != digest:
+            try:
+                ok = sha256_file(f) == digest
+            except OSError as exc:
+                raise FreEdgeError(f"{f}: cannot read it ({exc.strerror or exc}); check its permissions or "
+                                   f"copy the bundle again") from None
+            if not ok:
                 raise FreEdgeError(f"{f}: checksum mismatch (file changed or damaged); copy the bundle again")
+        expected = json.loads(metadata_json(manifest))
+        for name in ("model.xml", "model.onnx"):
+            if name not in files:
+                continue
+            inside = embedded_metadata(bundle_dir / name)
+            if inside is None:
+                raise FreEdgeError(f"{bundle_dir / name}: carries no fre-edge metadata; re-export the bundle")
+            differ = sorted(k for k in set(inside) | set(expected) if not _same(inside.get(k), expected.get(k)))
+            if differ:
+                raise FreEdgeError(f"{path}: disagrees with the checksummed {name} on {', '.join(differ)} (the "
+                                   f"manifest was edited or mixed from two bundles); copy the bundle again")
     return manifest

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import FreEdgeError
 from ..images import load_image, prepare, resize_map, to_rgb_uint8
 from .adapters import BACKENDS, make_adapter
-from .bundle import read_manifest, validate_metadata
+from .bundle import check_threshold, read_manifest, validate_metadata
 
 
 @dataclass
@@ -67,8 +67,25 @@ class AnomalyDetector:
         self.source = source
         self.input_size = int(metadata["input_size"])
         th = metadata["thresholds"]
-        self.image_threshold = float(th["image"])
-        self.pixel_threshold = float(th["pixel"])
+        self.image_threshold = th["image"]
+        self.pixel_threshold = th["pixel"]
+
+    # thresholds: finite and above 0 whoever sets them (NaN would pass every image, inf every part)
+    @property
+    def image_threshold(self) -> float:
+        return self._image_threshold
+
+    @image_threshold.setter
+    def image_threshold(self, value: float) -> None:
+        self._image_threshold = check_threshold(value, "image", "AnomalyDetector", "set a finite number above 0")
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self._pixel_threshold
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: float) -> None:
+        self._pixel_threshold = check_threshold(value, "pixel", "AnomalyDetector", "set a finite number above 0")
 
     # -- raw --------------------------------------------------------------------------------------
     def infer_prepared(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +137,8 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
     path = Path(path)
     model_file, bundle_dir = _model_file(path, backend)
     manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None
+    if manifest is not None and model_file.name not in manifest["files"]:
+        raise FreEdgeError(f"{model_file}: not covered by the manifest's checksums; re-export the bundle")
     adapter = make_adapter(backend, model_file, device=device, precision=precision, hint=hint, threads=threads,
                            batch=batch, backbone_only=backbone_only)
     if manifest is None:
@@ -127,6 +146,8 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
         if meta is None:
             raise FreEdgeError(f"{model_file}: carries no fre-edge metadata; export it with `fre-edge export`")
         manifest = validate_metadata(meta, str(model_file))
-    if manifest["model_type"] != "fre":
-        raise FreEdgeError(f"{path}: a {manifest['model_type']} bundle has no score output; use a full FRE bundle")
+    size = manifest["input_size"]
+    if adapter.input_hw() != (size, size):
+        raise FreEdgeError(f"{path}: the metadata says {size} x {size} input, the graph takes "
+                           f"{' x '.join(map(str, adapter.input_hw()))}; re-export the bundle")
     return AnomalyDetector(adapter, manifest, path)
