@@ -74,6 +74,8 @@ def _foreign(folder: Path, kind: str) -> list[str]:
         allowed |= {r["overlay"] for r in data.get("images", []) if isinstance(r, dict) and r.get("overlay")}
     foreign = []
     for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") and ".partial-" in entry.name and not entry.is_symlink():
+            continue  # a temporary file of fre-edge's own (write_text_atomic), killed before its rename
         if entry.name not in allowed or entry.is_symlink():
             foreign.append(entry.name)
         elif entry.is_dir() and entry.name == "eval_pictures":
