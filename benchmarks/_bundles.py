@@ -26,9 +26,9 @@ def _tag(dataset: str) -> str:
 
 
 def fitted_model(backbone: str, dataset: str = "mvtec_bottle"):
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
     from fre_edge.fit import FitConfig, fit_fre
-    from fre_edge.persist import load_model, save_model
+    from fre_edge.fit.persist import load_model, save_model
 
     model_dir = WORK / f"{backbone}{_tag(dataset)}_model"
     if (model_dir / "model.json").is_file():
@@ -52,7 +52,7 @@ def bundle(backbone: str, suffix: str = "", dataset: str = "mvtec_bottle", **exp
 def int8_bundle(backbone: str, dataset: str = "mvtec_bottle") -> Path:
     """INT8 copy of the f32 bundle, calibrated on the dataset's good training images (NNCF statistics on 300
     of them; the head refit on all but the 32 kept out for thresholds)."""
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
     from fre_edge.export.quantize import quantize_bundle
 
     out = WORK / f"{backbone}{_tag(dataset)}_bundle_int8"

@@ -41,7 +41,7 @@ def header_md(env: dict) -> str:
             f"Date (UTC): {env['date_utc']}  \n"
             f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}"
             + (f", caches {' '.join(f'{k} {v}' for k, v in m['caches'].items())}" if m.get("caches") else "") + "  \n"
-            f"Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + "\n")
+            "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + "\n")
 
 
 def write(name: str, data: dict, markdown: str) -> None:

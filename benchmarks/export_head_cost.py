@@ -129,14 +129,14 @@ def main():
     import numpy as np
 
     from _bundles import fitted_model
-    from fre_edge.runtime import load_detector
+    from fre_edge.runtime import load_backbone_only, load_detector
 
     env = environment()
     rows = []
     for name, batch in [(n, int(b)) for n in args.backbones.split(",") for b in args.batches.split(",")]:
         path = bundle(name)
         full = load_detector(path, precision="f32", hint="latency", batch=batch)
-        bb = load_detector(path, precision="f32", hint="latency", batch=batch, backbone_only=True)
+        bb = load_backbone_only(path, precision="f32", hint="latency", batch=batch)
         assert full.adapter.precision_used == bb.adapter.precision_used == "f32"
         x = np.random.default_rng(0).integers(0, 256, (batch, full.input_size, full.input_size, 3), dtype=np.uint8)
         other_form, other_req = other_form_request(name, batch)

@@ -70,14 +70,14 @@ def weight_probe(backbone: str, rounds: int, block: float) -> dict:
 
     from _bundles import fitted_model
     from _common import DATASETS
-    from fre_edge.data import read_dataset
-    from fre_edge.features import load_batch
-    from fre_edge.runtime import load_detector
+    from fre_edge.fit.data import read_dataset
+    from fre_edge.fit.features import load_batch
+    from fre_edge.runtime import load_backbone_only
 
     head = fitted_model(backbone).detector.heads[0]
     V, mu = head.components.numpy().astype(np.float64), head.mean.numpy().astype(np.float64)
     k, D = V.shape
-    det = load_detector(bundle(backbone), precision="f32", backbone_only=True)
+    det = load_backbone_only(bundle(backbone), precision="f32")
     paths = [s.path for s in read_dataset(DATASETS / "mvtec_bottle").test][::8]
     feats = det.adapter.infer(load_batch(paths, det.input_size).numpy())
     d = (next(iter(feats.values())).reshape(len(paths), -1) - mu).astype(np.float32)  # [n, D]

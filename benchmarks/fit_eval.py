@@ -28,8 +28,8 @@ RUNS = [
 
 
 def one(dataset: str, strategy: str, layers: str | None) -> dict:
-    from fre_edge.data import read_dataset
-    from fre_edge.evaluate import evaluate
+    from fre_edge.fit.data import read_dataset
+    from fre_edge.fit.evaluate import evaluate
     from fre_edge.fit import FitConfig, fit_fre
 
     ds = read_dataset(DATASETS / dataset)

@@ -47,7 +47,7 @@ def mvtec_layout(dataset: str) -> tuple[Path, str]:
         return DATASETS, "mvtec_bottle"
     from PIL import Image
 
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
 
     root = WORK / "mvtec_layout"
     cat = root / dataset
@@ -73,8 +73,8 @@ def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
     import numpy as np
 
     from fre_edge.bench import _async, _sync
-    from fre_edge.data import read_dataset
-    from fre_edge.evaluate import evaluate
+    from fre_edge.fit.data import read_dataset
+    from fre_edge.fit.evaluate import evaluate
     from fre_edge.fit import FitConfig, fit_fre
     from fre_edge.runtime import load_detector
 
@@ -85,7 +85,7 @@ def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
     pca = fit_fre(paths, FitConfig(), progress=False)
     t_pca = time.perf_counter() - t0
     metrics, _, _ = evaluate(pca, ds.test, progress=False)
-    import fre_edge.pca as P
+    import fre_edge.fit.pca as P
 
     t0 = time.perf_counter()
     cfg_ae = FitConfig(strategy="autoencoder")

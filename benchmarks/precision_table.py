@@ -34,8 +34,8 @@ def variant_path(backbone, dataset, variant):
 
 
 def accuracy(det, samples, masks):
-    from fre_edge.evaluate import BundleScorer, score_images
-    from fre_edge.metrics import auroc
+    from fre_edge.fit.evaluate import BundleScorer, score_images
+    from fre_edge.fit.metrics import auroc
 
     scores, maps = score_images(BundleScorer(det), [s.path for s in samples], batch_size=8, progress=False)
     return {"image_auroc": auroc([s.label for s in samples], scores), "pixel_auroc": auroc(masks, maps)}
@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
     from fre_edge.bench import _async, _sync
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
     from fre_edge.images import load_mask
     from fre_edge.runtime import load_detector
 

@@ -106,7 +106,8 @@ def check_output(out: str | Path, *, kind: str, force: bool, inputs: Iterable[st
     if not force:
         raise FreEdgeError(f"{out} already exists; choose another output folder or pass --force")
     if out.is_symlink() or not out.is_dir():
-        raise FreEdgeError(f"{out} exists and is not a folder; --force replaces only {WHAT[kind]}, choose another output")
+        raise FreEdgeError(f"{out} exists and is not a folder; --force replaces only {WHAT[kind]}, "
+                           f"choose another output")
     if _marker(out, kind) is None:
         found = output_kind(out)
         is_what = f"is {WHAT[found]}" if found else "was not written by fre-edge"

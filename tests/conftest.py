@@ -35,9 +35,9 @@ def sample_root() -> Path:
 @pytest.fixture(scope="session")
 def sample_model(tmp_path_factory):
     """A real fit (EfficientNet-Lite0 ImageNet weights) on the demo sample, saved once per session."""
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
     from fre_edge.fit import FitConfig, fit_fre
-    from fre_edge.persist import save_model
+    from fre_edge.fit.persist import save_model
 
     ds = read_dataset(SAMPLE)
     fitted = fit_fre([s.path for s in ds.train], FitConfig(input_size=224), progress=False)
@@ -63,7 +63,7 @@ def sample_bundle(sample_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def bottle_fit(bottle_root):
     """The default configuration fitted on the full real MVTec bottle training set."""
-    from fre_edge.data import read_dataset
+    from fre_edge.fit.data import read_dataset
     from fre_edge.fit import fit_fre
 
     ds = read_dataset(bottle_root)

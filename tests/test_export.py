@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fre_edge.errors import FreEdgeError
-from fre_edge.evaluate import score_images
-from fre_edge.features import load_batch
-from fre_edge.metrics import auroc
-from fre_edge.runtime import load_detector
+from fre_edge.fit.evaluate import score_images
+from fre_edge.fit.features import load_batch
+from fre_edge.fit.metrics import auroc
+from fre_edge.runtime import load_backbone_only, load_detector
 from fre_edge.runtime.bundle import SCHEMA_VERSION
 
 
@@ -146,8 +146,8 @@ def test_reconstruct_head_is_two_thin_matmuls(bottle_fit, bottle_bundle):
 
 
 def test_head_forms_agree_on_real_features(sample_model, sample_root):
-    from fre_edge.model import FREHead
-    from fre_edge.pca import Subspace
+    from fre_edge.fit.model import FREHead
+    from fre_edge.fit.pca import Subspace
 
     fitted = sample_model[1]
     ref = fitted.detector.heads[0]
@@ -170,9 +170,21 @@ def test_backbone_only_cut_ends_at_the_pooled_features(sample_model, sample_bund
     x = load_batch(paths, fitted.config.input_size)
     with torch.inference_mode():
         ref = fitted.detector.features(x)[0].numpy()
-    det = load_detector(sample_bundle, precision="f32", backbone_only=True)
+    det = load_backbone_only(sample_bundle, precision="f32")
     out = det.adapter.infer(x.numpy())
     assert len(out) == 1
     feats = next(iter(out.values()))
     assert feats.shape == ref.shape
     np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_backbone_only_is_for_timing_not_scoring(sample_bundle):
+    from fre_edge.runtime import AnomalyDetector, BackboneOnly, InferenceAdapter
+
+    bb, det = load_backbone_only(sample_bundle), load_detector(sample_bundle)
+    assert isinstance(bb, BackboneOnly) and not hasattr(bb, "predict")
+    assert isinstance(det, AnomalyDetector) and bb.describe()["input_size"] == det.input_size == 224
+    assert isinstance(bb.adapter, InferenceAdapter) and isinstance(det.adapter, InferenceAdapter)
+    assert isinstance(load_detector(sample_bundle, backend="onnxruntime").adapter, InferenceAdapter)
+    with pytest.raises(FreEdgeError, match="--backbone-only is available with --backend openvino"):
+        load_backbone_only(sample_bundle, backend="onnxruntime")

@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from fre_edge.cli import cli
-from fre_edge.fit import lognormal_quantile
+from fre_edge.fit.thresholds import lognormal_quantile
 
 
 def test_export_cli_from_model_and_one_step(sample_model, sample_root, tmp_path):
@@ -28,7 +28,7 @@ def test_export_cli_from_model_and_one_step(sample_model, sample_root, tmp_path)
 
 def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_path):
     """--head-form reconstruct overrides the rule (one_pass for this model); scores stay the same."""
-    from fre_edge.features import load_batch
+    from fre_edge.fit.features import load_batch
     from fre_edge.runtime import load_detector
 
     runner = CliRunner()
@@ -48,13 +48,17 @@ def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_p
     assert r.exit_code == 2 and "--head-form" in r.stderr and not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("scores, expected_low", [
-    ([1.0, 1.0, 1.0], 1.0),  # no spread: the maximum itself
-    ([1.0, 2.0, 4.0], 4.0),  # never below the empirical 99th percentile
+T_99_2DOF = 6.964556734283274  # Student's t, 99% quantile, 2 degrees of freedom (tables)
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ([1.0, 1.0, 1.0], 1.0),  # no spread: the scores themselves
+    ([7.0], 7.0),  # one score: that score
+    # log-scores 0, ln 2, 2 ln 2: mean ln 2, std ln 2 -> exp(ln 2 (1 + t sqrt(1 + 1/3)))
+    ([1.0, 2.0, 4.0], 2.0 ** (1 + T_99_2DOF * np.sqrt(4 / 3))),
 ])
-def test_lognormal_threshold(scores, expected_low):
-    t = lognormal_quantile(np.array(scores))
-    assert t >= expected_low - 1e-9
+def test_lognormal_threshold(scores, expected):
+    assert lognormal_quantile(np.array(scores)) == pytest.approx(expected, rel=1e-9)
 
 
 def test_lognormal_threshold_matches_theory():

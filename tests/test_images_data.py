@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fre_edge.data import read_dataset, read_folder, read_magnetic_tile, read_mvtec
+from fre_edge.fit.data import read_dataset, read_folder, read_magnetic_tile, read_mvtec
 from fre_edge.errors import FreEdgeError
 from fre_edge.images import load_image, load_mask, prepare, resize_map, to_rgb_uint8
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fre_edge.errors import FreEdgeError
-from fre_edge.metrics import aupro, auroc, pro_curve
+from fre_edge.fit.metrics import aupro, auroc, pro_curve
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from fre_edge.errors import FreEdgeError
-from fre_edge.model import FREHead
-from fre_edge.pca import choose_strategy, fit_autoencoder, fit_covariance, fit_gram, fit_subspace, n_components_for
+from fre_edge.fit.model import FREHead
+from fre_edge.fit.pca import choose_strategy, fit_autoencoder, fit_covariance, fit_gram, fit_subspace, n_components_for
 
 
 def _low_rank(rng, n=60, d=48, rank=6, noise=0.01):

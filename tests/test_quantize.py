@@ -29,7 +29,7 @@ def test_int8_scores_stay_close_to_f32_on_real_images(sample_bundle, int8_bundle
     r32, r8 = np.argsort(np.argsort(s32)), np.argsort(np.argsort(s8))
     assert np.corrcoef(r32, r8)[0, 1] >= 0.9, (s32, s8)
     labels = np.array(["good" not in str(p) for p in paths])
-    from fre_edge.metrics import auroc
+    from fre_edge.fit.metrics import auroc
 
     assert auroc(labels, s8) >= auroc(labels, s32) - 0.05
     meta = json.loads((int8_bundle / "manifest.json").read_text())
@@ -108,8 +108,9 @@ def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample
     numpy formula does, in the form the rule picks (one_pass here: k < C) and in the form a manifest names."""
     import openvino as ov
 
-    from fre_edge.export.int8_head import backbone_features, build_model, head_outputs, refit_heads
-    from fre_edge.features import load_batch
+    from fre_edge.export.int8_head import backbone_features, build_model, refit_heads
+    from fre_edge.fit.features import load_batch
+    from fre_edge.fit.model import linear_resize_matrix
     from fre_edge.runtime.adapters import cut_to_backbone, head_starts
 
     core = ov.Core()
@@ -118,14 +119,19 @@ def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample
     train = sorted((sample_root / "train" / "good").glob("*.png"))
     test = sorted((sample_root / "test").rglob("*.png"))
     compiled_backbone = core.compile_model(backbone, "CPU", f32)
-    fit_feats = backbone_features(compiled_backbone, [load_batch(train, 224).numpy()])
-    heads = refit_heads(fit_feats, [8])
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
+    fit_feats = backbone_features(compiled_backbone, [load_batch(train, 224).numpy()])
+    heads = refit_heads(fit_feats, [8], shapes)
     x = load_batch(test, 224).numpy()
-    ref_s, _ = head_outputs(heads, backbone_features(compiled_backbone, [x]))
+    test_feats = backbone_features(compiled_backbone, [x])[0]
+    ref_s, ref_m = heads[0].reconstruction_error(test_feats), heads[0].error_maps(test_feats)
     model = build_model(backbone, shapes, heads, 224, None, forms)
     assert [op.get_type_name() for op, _ in head_starts(model)] == [first_op]
     out = core.compile_model(model, "CPU", f32).create_infer_request().infer({0: x})
     score = np.asarray(out["score"])
     assert score.shape == (len(test),) and out["anomaly_map"].shape == (len(test), 224, 224)
-    np.testing.assert_allclose(score, ref_s[0], rtol=1e-4)
+    np.testing.assert_allclose(score, ref_s, rtol=1e-4)
+    # the map: the feature-grid error maps, upsampled by the same bilinear matrices as the f32 graph
+    _, h, w = shapes[0]
+    rows, cols = linear_resize_matrix(h, 224).numpy(), linear_resize_matrix(w, 224).numpy()
+    np.testing.assert_allclose(out["anomaly_map"], rows @ ref_m @ cols.T, rtol=1e-3, atol=1e-4 * ref_m.max())

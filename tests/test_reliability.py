@@ -241,7 +241,7 @@ def test_every_field_that_decides_a_verdict_is_tamper_evident(bundle, sample_roo
 
 def test_the_folder_and_its_lone_model_files_give_one_verdict(sample_bundle, sample_root):
     broken = sample_root / BROKEN
-    verdicts = {load_detector(p, backend=b).predict(broken).label
+    verdicts = {load_detector(p, backend=b).predict(broken).anomalous
                 for p, b in ((sample_bundle, "openvino"), (sample_bundle / "model.xml", "openvino"),
                              (sample_bundle / "model.onnx", "onnxruntime"))}
     assert verdicts == {True}
@@ -458,7 +458,7 @@ def test_exif_orientation_is_applied(sample_bundle, sample_root, tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_outputs_respect_the_umask(sample_model, sample_bundle, sample_root, tmp_path, umask):
-    from fre_edge.persist import save_model
+    from fre_edge.fit.persist import save_model
 
     old = os.umask(umask)
     try:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from fre_edge.cli import cli
 from fre_edge.errors import FreEdgeError
-from fre_edge.evaluate import score_images
+from fre_edge.fit.evaluate import score_images
 from fre_edge.runtime import load_detector
 
 BLOCK_TORCH = textwrap.dedent(
@@ -38,7 +38,8 @@ def test_runtime_and_cli_run_without_torch(sample_bundle, sample_root, tmp_path)
         det2 = load_detector({str(sample_bundle)!r}, backend="onnxruntime")
         from fre_edge.cli import main
         import sys
-        for args in (["predict", {str(sample_bundle)!r}, {str(sample_root / "test")!r}, "--out", {str(tmp_path / "o")!r}, "--quiet"],
+        for args in (["predict", {str(sample_bundle)!r}, {str(sample_root / "test")!r},
+                      "--out", {str(tmp_path / "o")!r}, "--quiet"],
                      ["bench", {str(sample_bundle)!r}, "--duration", "0.2"], ["bench", "--help"], ["predict", "--help"],
                      ["info", {str(sample_bundle)!r}]):
             try:
@@ -73,7 +74,7 @@ def test_runtime_matches_torch_reference_on_real_images(bottle_fit, bottle_bundl
         ref_full = resize_map(m, 512, 512)
         assert np.abs(p.anomaly_map - ref_full).max() <= 1e-4 * np.abs(ref_full).max()
         np.testing.assert_array_equal(p.mask, p.anomaly_map > det.pixel_threshold)
-    assert [p.label for p in preds] == [bool(v > det.image_threshold) for v in s]
+    assert [p.anomalous for p in preds] == [bool(v > det.image_threshold) for v in s]
 
 
 def test_any_size_and_channels(sample_bundle):
@@ -216,8 +217,13 @@ def test_runtime_bad_inputs(sample_bundle, tmp_path):
 
 @pytest.mark.parametrize("cmd", ["fit", "eval", "export", "quantize", "predict", "bench", "info"])
 def test_every_help(cmd):
+    """Each command's help is its docstring's first line, under the group's list of every command."""
+    from fre_edge.cli import COMMANDS
+
     r = _run([cmd, "--help"])
-    assert r.exit_code == 0 and "Usage" in r.output
+    assert r.exit_code == 0 and r.output.startswith(f"Usage: cli {cmd} [OPTIONS]")
+    group = _run(["--help"])
+    assert group.exit_code == 0 and all(name in group.output for name in COMMANDS)
 
 
 def test_backbone_only_refuses_a_graph_without_an_fre_head():

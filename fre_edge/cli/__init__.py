@@ -25,8 +25,10 @@ FIT_MODULES = {"torch", "torchvision", "nncf", "onnx", "onnxscript", "safetensor
 COMMANDS = {
     "fit": ("fre_edge.cli.fit_cmd", "Fit FRE on a folder of good images (needs the fit extra)."),
     "eval": ("fre_edge.cli.eval_cmd", "Evaluate a fitted model on a labelled test set (needs the fit extra)."),
-    "export": ("fre_edge.cli.export_cmd", "Export a fitted model as an OpenVINO IR + ONNX bundle (needs the fit extra)."),
-    "quantize": ("fre_edge.cli.quantize_cmd", "Quantize a bundle to INT8 with NNCF on good images (needs the fit extra)."),
+    "export": ("fre_edge.cli.export_cmd",
+               "Export a fitted model as an OpenVINO IR + ONNX bundle (needs the fit extra)."),
+    "quantize": ("fre_edge.cli.quantize_cmd",
+                 "Quantize a bundle to INT8 with NNCF on good images (needs the fit extra)."),
     "predict": ("fre_edge.cli.predict_cmd", "Score images with a bundle (torch-free)."),
     "bench": ("fre_edge.cli.bench_cmd", "Measure a bundle's latency and FPS (torch-free)."),
     "info": ("fre_edge.cli.info_cmd", "Check a bundle and show what it holds and what this machine runs (torch-free)."),

@@ -34,10 +34,10 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
     """
     from .. import __version__
     from ..bench import cpu_info, format_table, run_bench
-    from ..runtime import load_detector
+    from ..runtime import load_backbone_only, load_detector
 
-    det = load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads,
-                        batch=batch, backbone_only=backbone_only)
+    load = load_backbone_only if backbone_only else load_detector
+    det = load(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads, batch=batch)
     result = {
         "command": "fre-edge " + " ".join(sys.argv[1:]),
         "fre_edge_version": __version__,

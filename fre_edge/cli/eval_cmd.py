@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from ..fit.data import LAYOUTS
+
 
 @click.command("eval")
 @click.argument("model_dir", type=click.Path(path_type=str))
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
-@click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folder"]), default="auto",
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto",
               show_default=True)
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split file for the magnetic_tile layout.")
@@ -33,10 +35,10 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     kind, with the threshold) and heatmap pictures (image | mask | heatmap | outline) for a selection
     of test images.
     """
-    from ..data import read_dataset
-    from ..evaluate import evaluate, write_pictures
+    from ..fit.data import read_dataset
+    from ..fit.evaluate import evaluate, write_pictures
     from ..outputs import write_text_atomic
-    from ..persist import load_model
+    from ..fit.persist import load_model
 
     from ..runtime import load_detector
     from ..runtime.bundle import MANIFEST

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..backbones import DEFAULT_BACKBONE, REGISTRY
-from ..model import HEAD_FORMS
+from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
+from ..fit.model import HEAD_FORMS
 
 
 @click.command("export")
@@ -36,14 +36,14 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
     from ..errors import FreEdgeError
     from ..export import export_bundle
     from ..outputs import check_output
-    from ..persist import SETTINGS, load_model
+    from ..fit.persist import SETTINGS, load_model
 
     check_output(output, kind="bundle", force=force, inputs=[source])  # before any work
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     if (source / SETTINGS).is_file():
         fitted = load_model(source)
     elif source.is_dir():
-        from ..data import read_dataset
+        from ..fit.data import read_dataset
         from ..fit import FitConfig, fit_fre
 
         ds = read_dataset(source)

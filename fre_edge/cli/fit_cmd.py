@@ -6,7 +6,10 @@ import json
 
 import click
 
-from ..backbones import DEFAULT_BACKBONE, REGISTRY
+from ..fit.data import LAYOUTS
+
+from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
+from ..fit.pca import STRATEGIES
 from .params import FiniteFloat
 
 
@@ -25,7 +28,7 @@ def _n_components(ctx, param, value: str) -> float | int:
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=str),
               help="Model folder to write (must not exist unless --force).")
-@click.option("--layout", type=click.Choice(["auto", "mvtec", "magnetic_tile", "folder"]), default="auto",
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto",
               show_default=True, help="How DATA is organised.")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split file for the magnetic_tile layout (default DATA/split.json).")
@@ -35,7 +38,7 @@ def _n_components(ctx, param, value: str) -> float | int:
 @click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
 @click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
-@click.option("--strategy", type=click.Choice(["auto", "gram", "covariance", "autoencoder"]), default="auto",
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
               show_default=True, help="How the subspace is fitted (auto: from image count, size and memory).")
 @click.option("--holdout", type=FiniteFloat(0, 0.9, max_open=True), default=0.1, show_default=True,
               help="Fraction of good images kept out to set thresholds.")
@@ -54,10 +57,10 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     or a plain folder of good images.
     """
     from . import echo_warnings
-    from ..data import read_dataset
+    from ..fit.data import read_dataset
     from ..fit import FitConfig, fit_fre
     from ..outputs import check_output
-    from ..persist import save_model
+    from ..fit.persist import save_model
 
     check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before any work
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,

@@ -31,7 +31,7 @@ def command(bundle, output, calib_dir, calib_size, keep_head, val_dir, max_drop,
     Writes a new bundle (OpenVINO IR) whose manifest records the precision, the calibration set and
     the accuracy check that was run. `bench`, `predict` and the runtime take it like any other bundle.
     """
-    from ..data import read_dataset
+    from ..fit.data import read_dataset
     from ..export.quantize import quantize_bundle
     from ..outputs import check_output
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FreEdgeError
-from ..model import HEAD_FORMS
+from ..fit.model import HEAD_FORMS
 from ..outputs import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .onnx_graph import export_onnx
@@ -17,7 +17,7 @@ OUTPUTS = ["score", "anomaly_map"]
 
 
 def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str]) -> dict:
-    from ..backbones import get_spec
+    from ..fit.backbones import get_spec
 
     cfg, info = fitted.config, fitted.info
     spec = get_spec(cfg.backbone)
@@ -34,7 +34,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
                   "resize": "lanczos", "shape": [-1, cfg.input_size, cfg.input_size, 3]},
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "inside_graph": True},
         "n_components": info["n_components"],
-        "head_forms": head_forms,  # fre_edge.model.head_form
+        "head_forms": head_forms,  # fre_edge.fit.model.head_form
         "blur_sigma": cfg.blur_sigma,
         "thresholds": info["thresholds"],
         "data": info.get("data", {}),
@@ -68,7 +68,7 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
                   force: bool = False) -> dict:
     """Write the bundle (ONNX and/or OpenVINO IR + manifest) atomically; returns its manifest.
 
-    ``head_form``: ``auto`` (the batch-1 rule of ``fre_edge.model.head_form``), ``reconstruct`` or
+    ``head_form``: ``auto`` (the batch-1 rule of ``fre_edge.fit.model.head_form``), ``reconstruct`` or
     ``one_pass``; all give the same scores and maps up to float rounding, only the speed differs.
     """
     formats = tuple(formats)

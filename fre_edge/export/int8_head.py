@@ -1,13 +1,13 @@
 """INT8-aware refit of the FRE head: PCA fitted again on the features the INT8 backbone produces.
 
 INT8 rounding changes the backbone's features a little, and FRE scores whatever the PCA cannot
-reconstruct, so a head fitted on f32 features scores the rounding as if it were a defect (on MVTec
-bottle with Lite0 this alone cost 0.7 points of image AUROC). Refitting mean and components on the
+reconstruct, so a head fitted on f32 features scores the rounding as if it were a defect
+(``benchmarks/precision_table.py`` measures the INT8 AUROCs). Refitting mean and components on the
 INT8 features of good images puts the systematic part of that change back into "normal"; thresholds
 are then set from INT8 scores of good images the refit did not see.
 
 The new head is built with OpenVINO operations on top of the quantized backbone, mirroring
-``fre_edge.model.FREDetector.score_features`` (same math, float32, the same head form per layer:
+``fre_edge.fit.model.FREDetector.score_features`` (same math, float32, the same head form per layer:
 as recorded in the bundle's manifest).
 """
 
@@ -29,40 +29,35 @@ def backbone_features(compiled, batches) -> list[np.ndarray]:
     return [np.concatenate(p) for p in per_layer]
 
 
-def refit_heads(features: list[np.ndarray], n_components: list[int]) -> list[dict]:
-    import torch
+def refit_heads(features: list[np.ndarray], n_components: list[int], shapes: list[tuple[int, int, int]]) -> list:
+    """One fitted :class:`~fre_edge.fit.estimator.FRE` per layer, on flattened features [N, D_l]."""
+    from ..fit.estimator import FRE
 
-    from ..pca import fit_subspace
-
-    heads = []
-    for X, k in zip(features, n_components):
-        sub = fit_subspace(torch.from_numpy(X), int(k), "auto")
-        heads.append({"mean": sub.mean.numpy(), "components": sub.components.numpy()})
-    return heads
+    return [FRE(int(k)).fit(X.reshape(len(X), *shape)) for X, k, shape in zip(features, n_components, shapes)]
 
 
-def head_outputs(heads: list[dict], features: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-layer scores [N] and low-resolution maps' flat e^2 (for statistics), numpy reference."""
-    scores, maps = [], []
-    for h, X in zip(heads, features):
-        xc = X - h["mean"]
-        e = xc - (xc @ h["components"].T) @ h["components"]
-        scores.append((e * e).sum(1))
-        maps.append(e * e)
-    return scores, maps
+def fusion_rows(heads: list, features: list[np.ndarray]) -> np.ndarray:
+    """Per layer: mean and std of the scores and of the map values on ``features`` (as fitting computes them)."""
+    rows = []
+    for fre, X in zip(heads, features):
+        s, mp = fre.reconstruction_error(X), fre.error_maps(X)
+        rows.append([s.mean(), max(s.std(ddof=1), 1e-12), mp.mean(), max(mp.std(ddof=1), 1e-12)])
+    return np.array(rows, dtype=np.float32)
 
 
-def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[dict], input_size: int,
+def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list, input_size: int,
                 fusion: np.ndarray | None, forms: list[str] | None = None):
-    """OpenVINO model: the backbone's feature outputs followed by FRE heads -> score, anomaly_map.
+    """OpenVINO model: the backbone's feature outputs followed by FRE heads (fitted ``FRE`` estimators, one
+    per layer) -> score, anomaly_map. The folded forms are the same as ``FREHead``'s; tests compare them
+    with ``FRE.reconstruction_error``.
 
-    ``forms``: the head form per layer (default: ``fre_edge.model.head_form``'s rule).
+    ``forms``: the head form per layer (default: ``fre_edge.fit.model.head_form``'s rule).
     """
     import openvino as ov
     import openvino.opset13 as ops
     import torch
 
-    from ..model import head_form, linear_resize_matrix, one_pass_constants
+    from ..fit.model import head_form, linear_resize_matrix, one_pass_constants
 
     def const(a):
         return ops.constant(np.ascontiguousarray(a, dtype=np.float32))
@@ -75,8 +70,8 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
     for i, (feat, (C, h, w), hd) in enumerate(zip(features, shapes, heads)):
         form = forms[i] if forms else None
         D, S = C * h * w, h * w
-        V = hd["components"].astype(np.float32)  # [k, D]
-        mu = hd["mean"].astype(np.float32)
+        V = hd.components_.astype(np.float32)  # [k, D]
+        mu = hd.mean_.astype(np.float32)
         k = V.shape[0]
         if (form or head_form(k, C)) == "reconstruct":
             x = ops.reshape(feat, i64(-1, D), special_zero=False)
@@ -86,7 +81,8 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list[
             s = ops.reduce_sum(e2, i64(1), keep_dims=False)
             m = ops.reduce_mean(ops.reshape(e2, i64(-1, C, h, w), False), i64(1), keep_dims=False)
         else:  # one_pass, as FREHead._one_pass
-            c = {n: t.numpy() for n, t in one_pass_constants(torch.from_numpy(mu), torch.from_numpy(V), (C, h, w)).items()}
+            consts = one_pass_constants(torch.from_numpy(mu), torch.from_numpy(V), (C, h, w))
+            c = {n: t.numpy() for n, t in consts.items()}
             d = ops.transpose(ops.reshape(feat, i64(-1, C, S), False), i64(0, 2, 1))
             d = ops.subtract(d, const(c["mean_sc"]))
             u = ops.group_convolution(ops.reshape(d, i64(-1, S * C, 1, 1), False),
@@ -131,13 +127,6 @@ def refit_int8_model(quantized_full, manifest: dict, refit_batches, check_batche
     compiled = core.compile_model(backbone, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
     feats = backbone_features(compiled, refit_batches)
-    heads = refit_heads(feats, manifest["n_components"])
-    fusion = None
-    if len(heads) > 1:
-        sc, e2 = head_outputs(heads, feats)
-        rows = []
-        for s, e, (C, h, w) in zip(sc, e2, shapes):
-            mp = e.reshape(len(e), C, h, w).mean(1)
-            rows.append([s.mean(), max(s.std(ddof=1), 1e-12), mp.mean(), max(mp.std(ddof=1), 1e-12)])
-        fusion = np.array(rows, dtype=np.float32)
+    heads = refit_heads(feats, manifest["n_components"], shapes)
+    fusion = fusion_rows(heads, feats) if len(heads) > 1 else None
     return build_model(backbone, shapes, heads, int(manifest["input_size"]), fusion, manifest.get("head_forms")), heads

@@ -6,11 +6,10 @@ torch exporter that current PyTorch recommends (``torch.onnx.export(..., dynamo=
 based) folds the FRE constants (bias = mu @ V, normalisation scale and shift) at export time.
 ``benchmarks/export_head_cost.py`` measures the result against the bare backbone.
 
-Measured against OpenVINO's direct conversion of the same module (``benchmarks/export_route.py``, Lite0,
-resnet18, resnet50; two runs): the same IR .bin size, 1-5 more operations for the direct route, batch-1
-f32 latency equal within 1.5% (direct / ONNX route 0.992-1.015), identical scores. The direct route
-converts faster (1-2 s vs 2-6 s), which matters only at export time, so the ONNX route stays: it gives
-the same graph and also the ONNX file for ONNX Runtime.
+``benchmarks/export_route.py`` compares this route with OpenVINO's direct conversion of the same module
+(IR size, operation count, batch-1 latency, scores; results in ``benchmarks/results/export_route.md``):
+the route stays as long as it gives the same graph at the same speed, since it also yields the ONNX file
+for ONNX Runtime.
 """
 
 from __future__ import annotations

@@ -8,16 +8,15 @@
   convolutions get INT8.
 - Activation ranges are the min/max seen on the calibration images (NNCF's MINMAX estimator), not the
   default averaged/quantile ranges: calibration sees good images only, and anomalies are precisely the
-  activations outside the good images' usual range; clipping them to it squashed defect scores (measured
-  on MVTec bottle with Lite0: defect scores fell to 0.3x of f32 with the default estimator, AUROC 1.0 ->
-  0.991; with MINMAX the AUROC stayed 1.0).
+  activations outside the good images' usual range; clipping them to it squashes defect scores
+  (``benchmarks/precision_table.py`` reports the INT8 AUROCs, ``benchmarks/results/precision_table.md``).
 - Accuracy-controlled mode (``validation`` given: labelled samples): NNCF's
   ``quantize_with_accuracy_control`` reverts the layers that cost most until the image AUROC drop is at
   most ``max_drop`` (absolute).
 - ``refit=True`` (default, basic mode): the FRE head is fitted again on the INT8 backbone's features of
   the calibration images (``int8_head.py``), and thresholds come from INT8 scores of good images kept out
-  of that refit. Without it, INT8 rounding is scored as a small anomaly (MVTec bottle, Lite0: image AUROC
-  1.0 -> 0.993); with it, 1.0.
+  of that refit. Without it, INT8 rounding is scored as a small anomaly (``precision_table.md`` has the
+  AUROCs with the refit).
 - Either way, the check that was run is written into the manifest: score agreement between the f32 and
   INT8 models on good images the calibration did not see, and the AUROCs when labelled data was given.
 """
@@ -25,7 +24,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -64,7 +62,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Sequence, *,
-                    keep_head: bool = True, refit: bool = True, subset_size: int = 300, validation=None, max_drop: float = 0.005,
+                    keep_head: bool = True, refit: bool = True, subset_size: int = 300, validation=None,
+                    max_drop: float = 0.005,
                     check_size: int = 32, seed: int = 0, force: bool = False, progress: bool = False) -> dict:
     """Write an INT8 copy of ``bundle_dir`` (OpenVINO IR only) to ``out_dir``; returns its manifest.
 
@@ -79,7 +78,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     if not progress:
         nncf.set_log_level(logging.WARNING)
 
-    from ..metrics import auroc
+    from ..fit.metrics import auroc
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     atomic_dir(out_dir, force, "bundle", inputs=[bundle_dir])  # refuse a bad output before any work
@@ -146,7 +145,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         val_metric = {"image_auroc_f32": validate(f32_c, val_items), "image_auroc_int8": validate(q_c, val_items),
                       "max_drop": max_drop, "n_images": len(val_items)}
     if refitted:
-        from ..fit import PIXEL_QUANTILE, lognormal_quantile
+        from ..fit.thresholds import thresholds_from_scores
         from .int8_head import refit_int8_model
 
         quantized, _ = refit_int8_model(quantized, manifest, rest, check)
@@ -156,11 +155,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         (s32, m32), (s8, m8) = _infer(f32_c, check), _infer(q_c, check)
         if refitted:
             # the refitted head has its own scale: thresholds from its scores on good images it did not see
-            thresholds.update(image=lognormal_quantile(s8), pixel=float(np.quantile(m8, PIXEL_QUANTILE)),
-                              source=f"INT8 scores of {len(check)} good calibration images kept out of the refit",
-                              n_images=len(check),
-                              score_stats={"mean": float(s8.mean()), "std": float(s8.std()),
-                                           "min": float(s8.min()), "max": float(s8.max())})
+            thresholds = thresholds_from_scores(
+                s8, m8, f"INT8 scores of {len(check)} good calibration images kept out of the refit")
         else:
             # INT8 rounding lands partly outside the PCA subspace and is scored like a small anomaly:
             # shift the thresholds by the typical INT8 - f32 difference on good images

@@ -1,7 +1,9 @@
-"""One small adapter per inference backend: ``infer(batch_uint8_nhwc) -> dict of outputs``.
+"""One small adapter per inference backend, all behind the :class:`InferenceAdapter` protocol.
 
-Each adapter is safe to call from several threads at once: OpenVINO keeps one infer request per
-thread; an ONNX Runtime session's ``run`` is thread-safe.
+``infer(batch_uint8_nhwc) -> {"score": [N], "anomaly_map": [N, S, S]}``; a new backend (a remote model
+server, say) is one more class with these members, and the detector above it does not change. Each
+adapter is safe to call from several threads at once: OpenVINO keeps one infer request per thread; an
+ONNX Runtime session's ``run`` is thread-safe.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +21,32 @@ from .bundle import METADATA_KEY
 BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
+
+
+@runtime_checkable
+class InferenceAdapter(Protocol):
+    """What the detector needs from a backend."""
+
+    name: str  # "openvino", "onnxruntime", ...
+    device: str  # where it runs, as the user named it
+    requested_precision: str  # "f32", "bf16", "f16"
+    hint: str  # "latency" or "throughput"
+
+    @property
+    def precision_used(self) -> str:
+        """The inference precision the backend actually runs ("f32", "bf16", ... or "unknown")."""
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [N, S, S, 3] RGB -> the graph's outputs by name (score [N], anomaly_map [N, S, S])."""
+
+    def metadata(self) -> dict | None:
+        """The fre-edge metadata inside the model, or None."""
+
+    def input_hw(self) -> tuple:
+        """(height, width) of the image input, -1 where dynamic."""
+
+    def versions(self) -> dict:
+        """{package: version} of the runtime, for reports."""
 
 
 def reason(exc: BaseException, limit: int = 400) -> str:

@@ -42,7 +42,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "input": (dict, True),  # layout, dtype, colour order, resize filter
     "normalization": (dict, True),  # mean, std (applied inside the graph)
     "n_components": (list, True),
-    "head_forms": (list, False),  # per layer: "reconstruct" or "one_pass" (fre_edge.model); same results
+    "head_forms": (list, False),  # per layer: "reconstruct" or "one_pass" (fre_edge.fit.model); same results
     "blur_sigma": ((int, float), True),
     "thresholds": (dict, True),
     "data": (dict, False),

@@ -1,25 +1,40 @@
-"""``AnomalyDetector``: images of any size and channel count in, score / label / map / mask out."""
+"""``AnomalyDetector``: images of any size and channel count in, score, verdict, map, mask and box out.
+
+``load_detector`` loads a bundle for scoring; ``load_backbone_only`` loads the same graph cut before the
+FRE head, for ``fre-edge bench --backbone-only`` alone (it scores nothing). Both sit on one
+:class:`~fre_edge.runtime.adapters.InferenceAdapter` per backend.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import load_image, prepare, resize_map, to_rgb_uint8
-from .adapters import BACKENDS, make_adapter
+from .adapters import BACKENDS, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, validate_metadata
 
 
 @dataclass
 class Prediction:
+    """One image's result, at the image's own size.
+
+    Attributes:
+        score: the image score, the summed squared feature reconstruction error (higher = more anomalous).
+        anomalous: True when ``score`` is above the detector's image threshold.
+        anomaly_map: float32 [H, W], the squared reconstruction error per position, resized bilinearly to
+            the image's height and width.
+        mask: bool [H, W], ``anomaly_map`` above the pixel threshold.
+    """
+
     score: float
-    label: bool  # True: anomalous (score above the image threshold)
-    anomaly_map: np.ndarray  # float32, the original image's height x width
-    mask: np.ndarray  # bool, anomaly_map above the pixel threshold
+    anomalous: bool
+    anomaly_map: np.ndarray
+    mask: np.ndarray
 
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
@@ -30,10 +45,11 @@ class Prediction:
         return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
     def to_dict(self) -> dict:
+        """JSON-ready: score, label ("anomalous" or "good"), anomalous_pixels, peak, bbox [x0, y0, x1, y1]."""
         box = self.bbox
-        return {"score": self.score, "label": "anomalous" if self.label else "good",
+        return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
                 "anomalous_pixels": int(self.mask.sum()), "peak": float(self.anomaly_map.max()),
-                "bbox": None if box is None else list(box)}  # [x0, y0, x1, y1] at the image's own size
+                "bbox": None if box is None else list(box)}
 
 
 def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
@@ -48,7 +64,8 @@ def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
     if path.is_file():
         if path.suffix == ".xml" and backend == "openvino":
             if not path.with_suffix(".bin").is_file():
-                raise FreEdgeError(f"{path}: its weights {path.with_suffix('.bin').name} are missing; keep .xml and .bin together")
+                raise FreEdgeError(f"{path}: its weights {path.with_suffix('.bin').name} are missing; "
+                                   f"keep .xml and .bin together")
             return path, None
         if path.suffix == ".onnx":
             return path, None
@@ -58,14 +75,36 @@ def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
     raise FreEdgeError(f"{path}: no such bundle; pass the folder written by `fre-edge export`")
 
 
-class AnomalyDetector:
-    """A loaded bundle. Thread-safe: one instance can serve several cameras at once."""
+class _LoadedGraph:
+    """A bundle's graph on one adapter, with its metadata."""
 
-    def __init__(self, adapter, metadata: dict, source: Path):
+    def __init__(self, adapter: InferenceAdapter, metadata: dict, source: Path):
         self.adapter = adapter
         self.metadata = metadata
         self.source = source
         self.input_size = int(metadata["input_size"])
+
+    def describe(self) -> dict:
+        """Where the graph runs and how: backend, device, precision asked and used, versions."""
+        return {"source": str(self.source), "backend": self.adapter.name, "device": self.adapter.device,
+                "precision_requested": self.adapter.requested_precision,
+                "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
+                "backbone": self.metadata["backbone"], "input_size": self.input_size,
+                "weights_precision": self.metadata["precision"], **self.adapter.versions()}
+
+
+class BackboneOnly(_LoadedGraph):
+    """The graph cut where the FRE head begins: something to time, not a detector (no ``predict``)."""
+
+
+class AnomalyDetector(_LoadedGraph):
+    """A loaded bundle. Thread-safe: one instance can serve several cameras at once.
+
+    ``image_threshold`` and ``pixel_threshold`` start as the bundle's and may be set (finite, above 0).
+    """
+
+    def __init__(self, adapter: InferenceAdapter, metadata: dict, source: Path):
+        super().__init__(adapter, metadata, source)
         th = metadata["thresholds"]
         self.image_threshold = th["image"]
         self.pixel_threshold = th["pixel"]
@@ -95,7 +134,15 @@ class AnomalyDetector:
 
     # -- convenient -------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence) -> list[Prediction]:
-        """Paths or arrays (any size, grey/RGB/RGBA, uint8/uint16/float) -> one Prediction each."""
+        """Score several images in one inference call.
+
+        Args:
+            images: paths (str or Path) or arrays, any mix, of any size: H x W grey, H x W x 1/3/4
+                (RGB, RGBA), uint8, uint16 or float in [0, 1]. Files are read upright (EXIF orientation).
+
+        Returns:
+            one :class:`Prediction` per image, in order, with maps and masks at each image's own size.
+        """
         originals = [load_image(i) if isinstance(i, (str, Path)) else to_rgb_uint8(i) for i in images]
         if not originals:
             return []
@@ -108,9 +155,11 @@ class AnomalyDetector:
         return results
 
     def predict(self, image) -> Prediction:
+        """One image (a path or an array, as in :meth:`predict_batch`) -> its :class:`Prediction`."""
         return self.predict_batch([image])[0]
 
-    def iter_predict(self, images: Iterable, batch_size: int = 8):
+    def iter_predict(self, images: Iterable, batch_size: int = 8) -> Iterator[tuple[object, Prediction]]:
+        """(image, Prediction) for each image of ``images``, scored ``batch_size`` at a time."""
         chunk = []
         for img in images:
             chunk.append(img)
@@ -120,18 +169,8 @@ class AnomalyDetector:
         if chunk:
             yield from zip(chunk, self.predict_batch(chunk))
 
-    def describe(self) -> dict:
-        return {"source": str(self.source), "backend": self.adapter.name, "device": self.adapter.device,
-                "precision_requested": self.adapter.requested_precision,
-                "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
-                "backbone": self.metadata["backbone"], "input_size": self.input_size,
-                "weights_precision": self.metadata["precision"], **self.adapter.versions()}
-
-
-def load_detector(path: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
-                  hint: str = "latency", threads: int | None = None, batch: int | None = None,
-                  verify: bool = True, backbone_only: bool = False) -> AnomalyDetector:
-    """Load a bundle folder (checksums verified) or a lone .xml/.onnx (metadata read from inside)."""
+def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[InferenceAdapter, dict, Path]:
+    """(adapter, validated metadata, path): the bundle checked before its graph is compiled."""
     if backend not in BACKENDS:
         raise FreEdgeError(f"unknown backend {backend!r}; use openvino or onnxruntime")
     path = Path(path)
@@ -139,8 +178,7 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
     manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None
     if manifest is not None and model_file.name not in manifest["files"]:
         raise FreEdgeError(f"{model_file}: not covered by the manifest's checksums; re-export the bundle")
-    adapter = make_adapter(backend, model_file, device=device, precision=precision, hint=hint, threads=threads,
-                           batch=batch, backbone_only=backbone_only)
+    adapter = make_adapter(backend, model_file, **adapter_options)
     if manifest is None:
         meta = adapter.metadata()
         if meta is None:
@@ -150,4 +188,40 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
     if adapter.input_hw() != (size, size):
         raise FreEdgeError(f"{path}: the metadata says {size} x {size} input, the graph takes "
                            f"{' x '.join(map(str, adapter.input_hw()))}; re-export the bundle")
-    return AnomalyDetector(adapter, manifest, path)
+    return adapter, manifest, path
+
+
+def load_detector(path: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
+                  hint: str = "latency", threads: int | None = None, batch: int | None = None,
+                  verify: bool = True) -> AnomalyDetector:
+    """Load a bundle for scoring.
+
+    Args:
+        path: a bundle folder written by ``fre-edge export`` (its checksums verified and its manifest
+            cross-checked with the metadata inside the model files), or a lone ``model.xml`` (with its
+            ``.bin``) or ``model.onnx``, whose metadata is read from inside.
+        backend: ``"openvino"`` (default) or ``"onnxruntime"``.
+        device: OpenVINO device (``"CPU"``, ``"GPU"``, ``"AUTO"``, ...); ONNX Runtime runs on CPU only.
+        precision: inference precision hint, ``"f32"`` (default), ``"bf16"`` or ``"f16"``; OpenVINO's CPU
+            plugin would use bf16 on AMX machines unless told f32. ``describe()`` reports what was used.
+        hint: OpenVINO performance hint, ``"latency"`` or ``"throughput"``.
+        threads: inference threads (default: the runtime's choice).
+        batch: fix the graph's batch dimension (default: dynamic).
+        verify: check the bundle's checksums and manifest (default True; keep it on a line).
+
+    Raises:
+        FreEdgeError: one line naming the problem and the fix (missing, damaged or edited bundle,
+            unknown backend or device, ...).
+    """
+    adapter, metadata, path = _open(path, backend, verify, device=device, precision=precision, hint=hint,
+                                    threads=threads, batch=batch)
+    return AnomalyDetector(adapter, metadata, path)
+
+
+def load_backbone_only(path: str | Path, *, backend: str = "openvino", device: str = "CPU",
+                       precision: str = "f32", hint: str = "latency", threads: int | None = None,
+                       batch: int | None = None, verify: bool = True) -> BackboneOnly:
+    """The bundle's graph cut before the FRE head (OpenVINO only), for timing the head's cost."""
+    adapter, metadata, path = _open(path, backend, verify, device=device, precision=precision, hint=hint,
+                                    threads=threads, batch=batch, backbone_only=True)
+    return BackboneOnly(adapter, metadata, path)

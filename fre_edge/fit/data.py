@@ -10,8 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FreEdgeError
-from .images import IMAGE_SUFFIXES, find_images, is_image_file
+from ..errors import FreEdgeError
+from ..images import IMAGE_SUFFIXES, find_images, is_image_file
+
+
+LAYOUTS = ("auto", "mvtec", "magnetic_tile", "folder")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def read_dataset(path: str | Path, layout: str = "auto", split: str | Path | Non
     if layout == "magnetic_tile":
         return read_magnetic_tile(path, split)
     if layout not in readers:
-        raise FreEdgeError(f"unknown layout {layout!r}; use one of auto, mvtec, magnetic_tile, folder")
+        raise FreEdgeError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     return readers[layout](path)
 
 

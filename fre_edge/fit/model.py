@@ -23,17 +23,15 @@ a matrix-vector product is bound by memory traffic, not arithmetic, so the head 
 4 D k bytes twice for ``reconstruct``; 4 D k + 4 h w k(k+1)/2 once for ``one_pass``. ``one_pass`` is
 chosen when its Gram triangles are at most half the reconstruction matrix, i.e. k + 1 <= C (ResNet
 layer3: C = 256 or 1024, k <= N images); EfficientNet-Lite0's blocks.10 has C = 112, so with more than
-111 components it keeps ``reconstruct``. benchmarks/export_head_cost.py times both forms at batch 1 and 8
-in the same rounds. In its runs the rule picked the faster form at batch 1 for Lite0, resnet18 and
-resnet50 (e.g. resnet50 1.042 vs 1.072 and 1.063 vs 1.101 of the backbone's latency), while at batch 8
-``reconstruct`` was ahead for the ResNets (resnet50 1.019 vs 1.042 and 1.012 vs 1.053): a batched matrix
-product runs more efficiently than the grouped convolution. The rule (``auto``) optimises the latency
-case, batch 1; ``fre-edge export --head-form reconstruct`` suits a line that always runs large batches.
+111 components it keeps ``reconstruct``. ``benchmarks/export_head_cost.py`` times both forms at batch 1
+and 8 in the same rounds and checks that the rule picks the faster one at batch 1 (results in
+``benchmarks/results/export_head_cost.md``); a batched matrix product can run more efficiently than the
+grouped convolution, so ``fre-edge export --head-form reconstruct`` may suit a line that always runs
+large batches.
 
-Precision: ``one_pass`` gets |e_s|^2 as a difference of larger terms. Measured with Lite0 on MVTec bottle
-(the head forced to ``one_pass``, OpenVINO): f32 scores within 1e-5 relative of ``reconstruct`` on good
-images (whose residual is smallest) and 1.2e-7 on defects; with bf16 inference or fp16-compressed weights
-both forms show the same error (it comes from the backbone).
+Precision: ``one_pass`` gets |e_s|^2 as a difference of larger terms, so its relative error is largest
+on good images (whose residual is smallest); ``tests/test_export.py`` checks both forms agree on real
+features.
 """
 
 from __future__ import annotations
@@ -143,8 +141,7 @@ def linear_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in] matrix R with R @ v == F.interpolate(v, n_out, mode="linear", align_corners=False).
 
     Bilinear upsampling is separable, so ``R_h @ m @ R_w.T`` equals F.interpolate(..., "bilinear") and
-    runs as two small MatMuls in the exported graph: far cheaper on CPU than a generic Interpolate node
-    (measured: 0.27 ms -> a few µs for 8x8 -> 256x256 in OpenVINO).
+    runs as two small MatMuls in the exported graph: far cheaper on CPU than a generic Interpolate node.
     """
     eye = torch.eye(n_in, dtype=torch.float64)[None]
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.float().contiguous()

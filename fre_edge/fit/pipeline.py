@@ -1,15 +1,8 @@
-"""Fit FRE on good images: one feature pass, a subspace per layer, statistics and thresholds.
+"""Fit FRE on good images: one feature pass, a subspace per layer (the :class:`~.estimator.FRE` core),
+fusion statistics and thresholds (:mod:`.thresholds`).
 
-Thresholds come from good images only: a fraction (``holdout``, default 10%) of the good images is
-kept out of the PCA. Image threshold: a 99% upper prediction limit for the next good image's score
-under a log-normal fitted to their scores (scores are positive and right-skewed). The prediction limit,
-exp(m + t(0.99, n-1) s sqrt(1 + 1/n)) with m, s the mean and std of the n log-scores, allows for m and s
-being estimated from few images; the plain 99th percentile of the fitted log-normal, exp(m + 2.33 s),
-passes fewer than 99% of new good images when n is small (it is what the limit tends to for large n).
-An empirical 99th percentile would just be the maximum of a handful of held-out images. Pixel
-threshold: the empirical 99.9th
-percentile of their map values (there are many pixels). With ``holdout=0`` the fitting images are used
-instead, which gives thresholds biased low (recorded as such in the model).
+A fraction (``holdout``, default 10%) of the good images is kept out of the PCA to set the thresholds;
+with ``holdout=0`` the fitting images are used instead (biased low, recorded as such in the model).
 """
 
 from __future__ import annotations
@@ -17,25 +10,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 from .backbones import DEFAULT_BACKBONE, create_backbone, get_spec, resolve_layers
-from .errors import FreEdgeError
+from ..errors import FreEdgeError
 from .features import extract_features
 from .model import FREDetector, FREHead
-from .pca import STRATEGIES, check_n_components, fit_subspace
+from .estimator import FRE
+from .pca import check_n_components, check_strategy
+from .thresholds import threshold_warnings, thresholds_from_scores
 
-IMAGE_QUANTILE = 0.99
-PIXEL_QUANTILE = 0.999
 MIN_FIT_IMAGES = 2
-# below this many threshold images the prediction limit is much wider than the 99th percentile it
-# estimates (t(0.99, 19) sqrt(1 + 1/20) = 2.60 vs 2.33 standard deviations), so fitting says so
-FEW_THRESHOLD_IMAGES = 20
 
 
 @dataclass
@@ -65,8 +54,7 @@ class FitConfig:
             raise FreEdgeError(f"pool={self.pool}; the pooling kernel must be 1 (none) or more")
         if not 0.0 <= self.holdout < 0.9:
             raise FreEdgeError(f"holdout={self.holdout}; use a fraction in [0, 0.9), e.g. 0.1")
-        if self.strategy not in STRATEGIES:
-            raise FreEdgeError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        check_strategy(self.strategy)
         if not (isinstance(self.blur_sigma, (int, float)) and math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
             raise FreEdgeError(f"blur sigma {self.blur_sigma!r}; use a finite number, 0 (no blur) or more")
         self.n_components = check_n_components(self.n_components)
@@ -85,19 +73,6 @@ def peak_rss_mb() -> float | None:
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
-
-
-def lognormal_quantile(scores: np.ndarray) -> float:
-    """99% upper prediction limit of a log-normal fitted to positive scores (see the module docstring), and
-    never below their empirical 99th percentile. One score: that score."""
-    logs = np.log(np.clip(scores, 1e-12, None))
-    n = logs.size
-    if n < 2:
-        return float(np.max(scores))
-    from scipy.special import stdtrit  # Student's t quantile; scipy.stats costs 0.4 s to import
-
-    factor = float(stdtrit(n - 1, IMAGE_QUANTILE)) * np.sqrt(1.0 + 1.0 / n)
-    return float(max(np.exp(logs.mean() + factor * logs.std(ddof=1)), np.quantile(scores, IMAGE_QUANTILE)))
 
 
 @dataclass
@@ -141,18 +116,6 @@ def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
     return [paths[i] for i in fit], [paths[i] for i in hold]
 
 
-def _threshold_warnings(n_images: int, held_out: bool) -> list[str]:
-    out = []
-    if not held_out:
-        out.append("the thresholds come from the fitting images themselves, which score lower than new good "
-                   "images; use --holdout 0.1 (the default) so that new good images are not rejected")
-    elif n_images < FEW_THRESHOLD_IMAGES:
-        out.append(f"the image threshold comes from only {n_images} good image(s), so it is set wide to allow for "
-                   f"that; with {FEW_THRESHOLD_IMAGES} or more held-out good images (--holdout, or more images) it "
-                   "is tighter")
-    return out
-
-
 @torch.inference_mode()
 def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = True,
             data_summary: dict | None = None) -> FittedFRE:
@@ -177,17 +140,16 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
 
     t0 = time.perf_counter()
     n_fit = len(fit_paths)
-    subspaces, shapes = [], []
-    budget = int(cfg.memory_budget_gb * (1 << 30))
+    fres = []
     for f in feats:
         with torch.inference_mode(False):
-            X = f[:n_fit].reshape(n_fit, -1).clone()
-            subspaces.append(fit_subspace(X, cfg.n_components, cfg.strategy, budget, progress=progress))
-        shapes.append(tuple(f.shape[1:]))
+            fres.append(FRE(cfg.n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb)
+                        .fit(f[:n_fit], progress=progress))
+    subspaces = [fre.subspace_ for fre in fres]
     t_pca = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    heads = [FREHead(s, shape) for s, shape in zip(subspaces, shapes)]
+    heads = [fre.head() for fre in fres]
     rows = []
     for head, f in zip(heads, feats):
         s, m = head(f[:n_fit])
@@ -208,22 +170,14 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     info = {
         "fre_edge_version": __version__,
         "n_components": [h.n_components for h in heads],
-        "feature_shapes": [list(s) for s in shapes],
+        "feature_shapes": [list(fre.feature_shape_) for fre in fres],
         # None where unknown (the autoencoder strategy does not compute eigenvalues)
         "explained_variance": [None if torch.isnan(s.explained_variance_ratio).any()
                                else float(s.explained_variance_ratio.sum()) for s in subspaces],
         "strategies": [s.strategy for s in subspaces],
-        "thresholds": {
-            "image": lognormal_quantile(scores),
-            "pixel": float(np.quantile(maps, PIXEL_QUANTILE)),
-            "rule": f"image: {IMAGE_QUANTILE:.0%} upper prediction limit of a log-normal fitted to good-image scores; "
-                    f"pixel: {PIXEL_QUANTILE:.1%} quantile of good-image map values",
-            "source": "holdout" if hold_paths else "fit images (biased low: no holdout)",
-            "n_images": int(len(scores)),
-            "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()),
-                            "min": float(scores.min()), "max": float(scores.max())},
-        },
-        "warnings": _threshold_warnings(len(scores), bool(hold_paths)),
+        "thresholds": thresholds_from_scores(
+            scores, maps, "holdout" if hold_paths else "fit images (biased low: no holdout)"),
+        "warnings": threshold_warnings(len(scores), bool(hold_paths)),
         "data": {**(data_summary or {}), "fit_images": n_fit, "holdout_images": len(hold_paths)},
         "timings_s": {"build": t_build, "feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr},
         "peak_rss_mb": {"after_feature_pass": rss_feat, "after_fit": peak_rss_mb()},

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .images import prepare
+from ..images import prepare
 
 
 def load_batch(paths: Sequence[str | Path | np.ndarray], size: int) -> torch.Tensor:

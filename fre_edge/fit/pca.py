@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import FreEdgeError
+from ..errors import FreEdgeError
 
 STRATEGIES = ("auto", "gram", "covariance", "autoencoder")
 
@@ -32,6 +32,12 @@ class Subspace:
     components: torch.Tensor  # [k, D] float32, rows span the normal subspace
     explained_variance_ratio: torch.Tensor  # [k] float64 (of the full variance); NaN for the AE
     strategy: str
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise FreEdgeError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    return strategy
 
 
 def check_n_components(n_components) -> float | int:
@@ -167,8 +173,7 @@ def fit_subspace(X: torch.Tensor, n_components=0.97, strategy: str = "auto",
     n, d = X.shape
     if n < 2:
         raise FreEdgeError(f"{n} training image(s); FRE needs at least 2 good images, preferably 50 or more")
-    if strategy not in STRATEGIES:
-        raise FreEdgeError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    check_strategy(strategy)
     if strategy == "auto":
         strategy = choose_strategy(n, d, memory_budget_bytes)
     if strategy == "gram":

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import FreEdgeError
-from .fit import FitConfig, FittedFRE, build_detector
-from .outputs import atomic_dir
+from .. import __version__
+from ..errors import FreEdgeError
+from .pipeline import FitConfig, FittedFRE, build_detector
+from ..outputs import atomic_dir
 from .pca import Subspace
-from .runtime.bundle import check_thresholds, sha256_file as file_sha256
+from ..runtime.bundle import check_thresholds, sha256_file as file_sha256
 
 MODEL_SCHEMA = 1
 TENSORS = "model.safetensors"
@@ -128,7 +128,8 @@ def load_model(model_dir: str | Path) -> FittedFRE:
         raise FreEdgeError(f"{tp}: tensor {missing[0]!r} is missing; the file is damaged, fit again")
     if cfg.weights:
         if not Path(cfg.weights).is_file():
-            raise FreEdgeError(f"{cfg.weights}: the backbone weights this model was fitted with are missing; put them back")
+            raise FreEdgeError(f"{cfg.weights}: the backbone weights this model was fitted with are missing; "
+                               f"put them back")
         if file_sha256(cfg.weights) != settings.get("weights_sha256"):
             raise FreEdgeError(f"{cfg.weights}: the backbone weights changed since fitting; refit the model")
     subspaces, shapes = [], []

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from .data import Sample
-from .errors import FreEdgeError
+from ..errors import FreEdgeError
 from .features import load_batch
-from .images import load_mask
+from ..images import load_mask
 from .metrics import aupro, auroc
 
 
@@ -83,7 +83,8 @@ class BundleScorer:
         return torch.from_numpy(s), torch.from_numpy(m)
 
 
-def evaluate(fitted, samples: Sequence[Sample], *, batch_size: int = 16, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate(fitted, samples: Sequence[Sample], *, batch_size: int = 16,
+             progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     """``fitted``: a FittedFRE (torch) or a runtime AnomalyDetector (an exported bundle, any precision)."""
     if not samples:
         raise FreEdgeError("the dataset has no test images; evaluation needs test/good and test/<defect> images")
@@ -113,8 +114,8 @@ def pick_for_pictures(samples: Sequence[Sample], scores: np.ndarray, n: int) -> 
 
 def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Path, n: int) -> list[Path]:
     """``scores.png`` (every test image's score by kind, with the threshold) and n heatmap panels."""
-    from .images import prepare
-    from .visualize import save_panel, score_chart
+    from ..images import prepare
+    from ..visualize import save_panel, score_chart
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import FreEdgeError
+from ..errors import FreEdgeError
 
 
 def auroc(labels, scores) -> float:
