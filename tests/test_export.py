@@ -121,7 +121,35 @@ def _initializer_sizes(bundle) -> list[int]:
     return [int(np.prod(i.dims)) for i in model.graph.initializer]
 
 
-def test_one_pass_head_holds_the_components_once(sample_bundle):
+def _ir_constant_sizes(bundle) -> list[int]:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(bundle / "model.xml"))
+    return [int(np.prod(list(op.get_output_shape(0)) or [1])) for op in model.get_ops()
+            if op.get_type_name() == "Constant"]
+
+
+def backbone_bin_bytes(bundle, tmp_path) -> int:
+    """The size of the same IR cut before the FRE head (what the bundle would be without a head)."""
+    import openvino as ov
+
+    from fre_edge.runtime.adapters import cut_to_backbone
+
+    cut = cut_to_backbone(ov.Core().read_model(str(bundle / "model.xml"))).clone()
+    ov.save_model(cut, str(tmp_path / "backbone.xml"), compress_to_fp16=False)
+    return (tmp_path / "backbone.bin").stat().st_size
+
+
+def assert_head_stored_once(bundle, D, k, extra_floats, tmp_path):
+    """Issue 17: V once in the ONNX and in the IR; the IR's .bin at most backbone + 4 D k (+ the form's
+    extra constants) + 1%."""
+    assert _initializer_sizes(bundle).count(D * k) == 1
+    assert _ir_constant_sizes(bundle).count(D * k) == 1
+    limit = (backbone_bin_bytes(bundle, tmp_path) + 4 * D * k + 4 * extra_floats) * 1.01
+    assert (bundle / "model.bin").stat().st_size <= limit
+
+
+def test_one_pass_head_holds_the_components_once(sample_bundle, tmp_path):
     # the demo sample fits k < C components (one_pass head): V once, plus the packed Gram triangles
     sizes = _initializer_sizes(sample_bundle)
     C, S = 112, 7 * 7  # lite0 blocks.10 at 224 px, pooled 2x2
@@ -131,10 +159,11 @@ def test_one_pass_head_holds_the_components_once(sample_bundle):
     assert not [n for n in sizes if n >= D * D], "a D x D matrix made it into the graph"
     assert sizes.count(D * k) == 1
     assert sizes.count(S * k * (k + 1) // 2) == 1
+    assert_head_stored_once(sample_bundle, D, k, S * k * (k + 1) // 2 + S * C, tmp_path)  # + Gram, mean
 
 
 @pytest.mark.slow
-def test_reconstruct_head_is_two_thin_matmuls(bottle_fit, bottle_bundle):
+def test_reconstruct_head_is_two_thin_matmuls(bottle_fit, bottle_bundle, tmp_path):
     # the default fit on MVTec bottle keeps more components than lite0 has channels: two thin matmuls
     head = bottle_fit[1].detector.heads[0]
     C, h, w = head.shape
@@ -142,7 +171,7 @@ def test_reconstruct_head_is_two_thin_matmuls(bottle_fit, bottle_bundle):
     assert head.form == "reconstruct" and k + 1 > C
     sizes = _initializer_sizes(bottle_bundle)
     assert not [n for n in sizes if n >= D * D], "a D x D matrix made it into the graph"
-    assert sizes.count(D * k) in (1, 2)  # V (and V^T, unless the exporter shares one constant)
+    assert_head_stored_once(bottle_bundle, D, k, D, tmp_path)  # + the mean
 
 
 def test_head_forms_agree_on_real_features(sample_model, sample_root):

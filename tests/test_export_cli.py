@@ -44,6 +44,10 @@ def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_p
         det = load_detector(path, backend="onnxruntime")
         scores[name] = det.adapter.infer(x)["score"]
     np.testing.assert_allclose(scores["reconstruct"], scores["auto"], rtol=1e-4)
+    from test_export import assert_head_stored_once
+
+    C, h, w = sample_model[1].detector.heads[0].shape
+    assert_head_stored_once(out, C * h * w, sample_model[1].detector.heads[0].n_components, C * h * w, tmp_path)
     r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(tmp_path / "bad"), "--head-form", "dense"])
     assert r.exit_code == 2 and "--head-form" in r.stderr and not (tmp_path / "bad").exists()
 

@@ -55,10 +55,47 @@ def _embed_onnx(path: Path, meta_json: str) -> None:
     onnx.save(model, str(path))
 
 
+def share_transposed_constants(model, min_elements: int = 1 << 16) -> int:
+    """Make MatMuls that read a large constant's transpose read the constant itself (flipping transpose_b),
+    so the IR stores it once; returns how many were rewired.
+
+    OpenVINO's converter gives every MatMul with a constant operand its weights in [out, in] order, so the
+    FRE head's two matmuls, x V^T and z V, get V and a folded copy of V^T (4 D k bytes each). The CPU plugin
+    lays weights out as it likes when it compiles, so the file only needs one of them.
+    """
+    import numpy as np
+    import openvino.opset13 as ops
+
+    consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+              and len(op.get_output_shape(0)) == 2 and int(np.prod(op.get_output_shape(0))) >= min_elements]
+    by_shape = {}
+    for c in consts:
+        by_shape.setdefault(tuple(c.get_output_shape(0)), []).append(c)
+    rewired = 0
+    for c in consts:
+        rows, cols = c.get_output_shape(0)
+        if rows <= cols:
+            continue  # keep the wide one (V, [k, D], as fitted); rewire the users of its tall transpose
+        for other in by_shape.get((cols, rows), []):
+            if not np.array_equal(other.get_data().T, c.get_data()):
+                continue
+            for target in list(c.output(0).get_target_inputs()):
+                mm = target.get_node()
+                if mm.get_type_name() != "MatMul" or target.get_index() != 1:
+                    continue
+                attrs = mm.get_attributes()
+                new = ops.matmul(mm.input_value(0), other.output(0), attrs["transpose_a"], not attrs["transpose_b"])
+                new.set_friendly_name(mm.get_friendly_name())
+                mm.output(0).replace(new.output(0))
+                rewired += 1
+    return rewired
+
+
 def _write_ir(onnx_path: Path, xml_path: Path, meta_json: str, fp16: bool) -> None:
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
+    share_transposed_constants(model)
     model.set_rt_info(meta_json, ["model_info", METADATA_KEY])
     model.set_rt_info("fre", ["model_info", "model_type"])
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)

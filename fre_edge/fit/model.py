@@ -90,8 +90,7 @@ class FREHead(nn.Module):
         self.register_buffer("mean", subspace.mean.float().clone())
         self.register_buffer("components", comps.clone())  # [k, D]
         if self.form == "reconstruct":
-            self.register_buffer("proj", comps.T.contiguous(), persistent=False)  # [D, k]
-            self.register_buffer("bias", self.mean @ self.proj, persistent=False)  # [k]
+            self.register_buffer("bias", self.mean @ comps.T, persistent=False)  # [k]
         else:
             for name, value in one_pass_constants(self.mean, comps, self.shape).items():
                 self.register_buffer(f"op_{name}", value, persistent=False)
@@ -118,7 +117,9 @@ class FREHead(nn.Module):
     def _reconstruct(self, feat: torch.Tensor) -> torch.Tensor:
         """e^2 per feature, [N, D]."""
         x = feat.reshape(feat.shape[0], -1)
-        z = x @ self.proj - self.bias
+        # x V^T as linear(): ONNX Gemm(transB=1) reading V itself, so the file holds V once (a separate
+        # V^T buffer would be a second constant of the same size)
+        z = F.linear(x, self.components, -self.bias)
         e = (x - self.mean) - z @ self.components
         return e * e
 
