@@ -49,7 +49,26 @@ def panel(image: np.ndarray, amap: np.ndarray, vmax: float, *, mask: np.ndarray 
 
 
 def save_panel(path: str | Path, *args, **kwargs) -> None:
-    panel(*args, **kwargs).save(path)
+    """The panel as a PNG, or a JPEG (quality 90) when ``path`` ends in .jpg/.jpeg."""
+    jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    panel(*args, **kwargs).save(path, **({"quality": 90} if jpeg else {}))
+
+
+OVERLAY_SIDE = 1024  # long side of a predict overlay, in pixels: it is for a person to look at
+
+
+def save_overlay(target: str | Path, path: str | Path, pred, pixel_threshold: float,
+                 max_side: int = OVERLAY_SIDE) -> None:
+    """The heatmap panel of one scored picture (a ``Prediction``), read again from ``path`` and drawn at most
+    ``max_side`` pixels on its long side; JPEG when ``target`` ends in .jpg."""
+    from .images import load_image, resize_map, resize_rgb_to
+
+    image = load_image(path)
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    save_panel(target, resize_rgb_to(image, *size), resize_map(pred.model_map, *size), 2 * pixel_threshold,
+               title=f"{Path(path).name} score={pred.score:.4g} {'anomalous' if pred.anomalous else 'good'}")
 
 
 def score_chart(kinds: dict[str, list[float]], threshold: float, width: int = 720) -> Image.Image:

@@ -125,14 +125,14 @@ def test_predict_out_is_written_whole_or_not_at_all(sample_bundle, sample_root, 
 def test_predict_refuses_then_replaces_its_own_results(sample_bundle, sample_root, tmp_path):
     out = tmp_path / "res"
     assert run("predict", sample_bundle, sample_root / "test", "--out", out, "--quiet").exit_code == 1
-    assert len(list(out.glob("*.png"))) == 10
+    assert len(list(out.glob("*.jpg"))) == 10
     assert "already exists" in one_error_line(run("predict", sample_bundle, sample_root / "test" / "good", "--out",
                                                   out, "--quiet"))
     r = run("predict", sample_bundle, sample_root / "test" / "good", "--out", out, "--force", "--quiet")
     assert r.exit_code == 0, r.output
     # the new results only: no overlay of the previous run beside the new scores.csv
     rows = json.loads((out / "scores.json").read_text())["images"]
-    assert len(rows) == 4 and sorted(p.name for p in out.glob("*.png")) == sorted(r["overlay"] for r in rows)
+    assert len(rows) == 4 and sorted(p.name for p in out.glob("*.jpg")) == sorted(r["overlay"] for r in rows)
 
 
 def test_predict_never_scores_its_own_output(sample_bundle, sample_root, tmp_path):
@@ -385,12 +385,12 @@ def test_ctrl_c_exits_130_and_an_internal_error_3(sample_bundle, sample_root, mo
 
 
 def test_ctrl_c_in_a_real_process_exits_130(sample_bundle, sample_root, tmp_path):
-    """SIGINT while predict runs (a stand-in image reader blocks until the signal comes)."""
+    """SIGINT while predict runs (a stand-in image reader, in its read-ahead thread, is slow)."""
     import signal
 
-    code = ("import sys, time, fre_edge.images as im\n"
-            "def slow(p):\n    print('reading', flush=True); time.sleep(60)\n"
-            "im.load_image = slow\n"
+    code = ("import sys, time, fre_edge.runtime.detector as d\n"
+            "def slow(p, size):\n    print('reading', flush=True); time.sleep(3)\n"
+            "d.read_for_model = slow\n"
             "from fre_edge.cli import main\n"
             f"main(['predict', {str(sample_bundle)!r}, {str(sample_root / BROKEN)!r}, '--out', "
             f"{str(tmp_path / 'res')!r}])\n")

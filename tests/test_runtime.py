@@ -117,7 +117,7 @@ def test_predict_cli_outputs_and_exit_status(sample_bundle, sample_root, tmp_pat
     data = json.loads((tmp_path / "o" / "scores.json").read_text())
     assert len(data["images"]) == 2 and all(i["label"] == "anomalous" for i in data["images"])
     assert data["runtime"]["precision_used"] == "f32"
-    assert len(list((tmp_path / "o").glob("*.png"))) == 2
+    assert len(list((tmp_path / "o").glob("*.jpg"))) == 2
     assert (tmp_path / "o" / "scores.csv").read_text().startswith("path,score,label")
     for item in data["images"]:  # the box holds the mask's pixels, inside the image
         x0, y0, x1, y1 = item["bbox"]
@@ -130,9 +130,14 @@ def test_prediction_bbox():
 
     mask = np.zeros((6, 8), bool)
     mask[2:4, 1] = mask[3, 5] = True
-    p = Prediction(1.0, True, mask.astype(np.float32), mask)
+    p = Prediction.from_map(1.0, True, mask.astype(np.float32), mask)
     assert p.bbox == (1, 2, 6, 4) and p.to_dict()["bbox"] == [1, 2, 6, 4]
-    assert Prediction(0.0, False, np.zeros((6, 8), np.float32), np.zeros((6, 8), bool)).to_dict()["bbox"] is None
+    none = Prediction.from_map(0.0, False, np.zeros((6, 8), np.float32), np.zeros((6, 8), bool))
+    assert none.to_dict()["bbox"] is None
+    # lazily: the map at the image's size is made from the model's map only when asked for
+    lazy = Prediction(2.0, True, np.arange(16, dtype=np.float32).reshape(4, 4), (8, 6), 7.5)
+    assert lazy._map is None and lazy.anomaly_map.shape == (8, 6) and lazy.mask.shape == (8, 6)
+    np.testing.assert_array_equal(lazy.mask, lazy.anomaly_map > 7.5)
 
 
 def test_predict_cli_threshold_override(sample_bundle, sample_root, tmp_path):
@@ -176,6 +181,22 @@ def test_bench_cli_json(sample_bundle, tmp_path):
     assert "Intel Xeon 8280" in r.output and "this machine" in r.output
     r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.3", "--backbone-only"])
     assert r.exit_code == 0 and "[backbone only]" in r.output
+
+
+def test_bench_end_to_end_from_files(sample_bundle, sample_root, tmp_path):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.2", "--batch", "4", "--images",
+                                 str(sample_root / "test"), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    e2e = json.loads(out.read_text())["end_to_end"]
+    # one pass at least over the 10 pictures, in batches of 4 (the last one short), without and with overlays
+    assert [row["overlays"] for row in e2e] == [False, True]
+    assert all(row["images"] == 10 and row["passes"] >= 1 and row["images_per_s"] > 0 for row in e2e)
+    assert "End to end from 10 image files" in r.output and "with overlays" in r.output
+    for args, message in ((["--images", str(tmp_path / "none")], "no folder of images"),
+                          (["--images", str(sample_root / "test"), "--backbone-only"], "drop --backbone-only")):
+        r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.1", *args])
+        assert r.exit_code == 2 and message in r.stderr, r.output
 
 
 def _run(args):

@@ -25,17 +25,30 @@ from .params import FiniteFloat
               help="Seconds per measurement (sync and async each).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Inference threads (default: all).")
 @click.option("--backbone-only", is_flag=True, help="Time the truncated backbone alone (no FRE head).")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
+              help="Also measure end-to-end images/s on the image files in this folder (read, resize, infer, "
+                   "map; with and without overlays), as `predict` gets them.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON.")
-def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, json_path):
+def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, images_dir,
+            json_path):
     """Measure latency (median, mean, p90, p99) and FPS of BUNDLE, sync and async.
 
     Prints a table with the paper's FPS figures beside this machine's.
     """
     from .. import __version__
-    from ..bench import cpu_info, format_table, run_bench
+    from ..bench import cpu_info, format_table, run_bench, run_images
+    from ..errors import FreEdgeError
     from ..runtime import load_backbone_only, load_detector
 
+    paths = None
+    if images_dir is not None:
+        from ..images import find_images
+
+        if backbone_only:
+            raise FreEdgeError("--images measures the whole detector; drop --backbone-only")
+        if not images_dir.is_dir() or not (paths := find_images(images_dir)):
+            raise FreEdgeError(f"{images_dir}: no folder of images; point --images to a folder of pictures")
     load = load_backbone_only if backbone_only else load_detector
     det = load(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads, batch=batch)
     result = {
@@ -46,6 +59,10 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
         "machine": cpu_info(),
         "bench": run_bench(det, batch=batch, duration=duration),
     }
+    if paths:  # a dynamic batch, as predict runs: the last batch of a pass may be short
+        e2e = load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads)
+        result["end_to_end"] = [run_images(e2e, paths, batch_size=batch, duration=duration, overlays=o)
+                                for o in (False, True)]
     click.echo(format_table(result))
     if json_path:
         from ..outputs import write_text_atomic

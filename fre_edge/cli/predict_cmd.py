@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import sys
-from collections import deque
 from pathlib import Path
 
 import click
@@ -15,6 +14,7 @@ from ..runtime.adapters import BACKENDS, PRECISIONS
 from .params import POSITIVE
 
 COLUMNS = ["path", "score", "label", "anomalous_pixels", "peak", "bbox", "overlay", "error"]
+OVERLAYS = ("all", "anomalous", "none")
 
 
 def _collect(inputs: tuple[Path, ...], out_dir: Path | None) -> list[Path]:
@@ -35,25 +35,6 @@ def _collect(inputs: tuple[Path, ...], out_dir: Path | None) -> list[Path]:
         else:
             raise FreEdgeError(f"{p}: no such file or folder; check the path")
     return paths
-
-
-def _readable(paths: list[Path], order: deque, errors: dict, report):
-    """Each readable image once (its index goes to ``order``); an unreadable one is recorded and skipped
-    (a lone image that cannot be read is just a bad input: one error line)."""
-    from ..errors import FreEdgeError
-    from ..images import load_image
-
-    for i, p in enumerate(paths):
-        try:
-            image = load_image(p)
-        except FreEdgeError as exc:
-            if len(paths) == 1:
-                raise
-            errors[i] = str(exc)
-            report(f"error     {exc}")
-            continue
-        order.append(i)
-        yield image
 
 
 def _csv(rows: list[dict]) -> str:
@@ -77,11 +58,13 @@ def _csv(rows: list[dict]) -> str:
               help="Image threshold to use instead of the bundle's (a score above it is anomalous).")
 @click.option("--pixel-threshold", type=POSITIVE, default=None,
               help="Pixel threshold for the masks instead of the bundle's.")
-@click.option("--no-overlays", is_flag=True, help="Scores only, no pictures.")
+@click.option("--overlays", type=click.Choice(OVERLAYS), default="all", show_default=True,
+              help="With --out: heatmap pictures (JPEG) of every image, of the anomalous ones only, or none.")
+@click.option("--no-overlays", is_flag=True, help="Same as --overlays none.")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder written by fre-edge predict.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, no_overlays,
-            force, quiet):
+def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, overlays,
+            no_overlays, force, quiet):
     """Score IMAGES (files or folders) with BUNDLE.
 
     Prints one line per image (score, good/anomalous). An unreadable image does not stop the run: it gets
@@ -104,7 +87,7 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, thr
         det.pixel_threshold = pixel_threshold
     paths = _collect(images, out_dir)
     with writer if writer else _NoOutput() as tmp:
-        rows, errors = _score(det, paths, tmp, batch_size, no_overlays, quiet, tqdm)
+        rows, errors = _score(det, paths, tmp, batch_size, "none" if no_overlays else overlays, quiet, tqdm)
         if tmp is not None:
             summary = {"kind": "fre-edge predictions", "bundle": str(bundle),
                        "image_threshold": det.image_threshold, "pixel_threshold": det.pixel_threshold,
@@ -130,30 +113,41 @@ class _NoOutput:
         return False
 
 
-def _score(det, paths, tmp, batch_size, no_overlays, quiet, tqdm):
-    """Score every readable image in ``paths``; rows in input order, and {index: error} of the others."""
+def _score(det, paths, tmp, batch_size, overlays, quiet, tqdm):
+    """Score every readable image in ``paths``; rows in input order, and {index: error} of the others.
+
+    Reading runs ahead of inference in threads (``iter_predict``); overlay pictures are drawn and written by
+    one more thread, off the scoring path.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..visualize import save_overlay
+
     # disable=None: a bar only on a terminal, not in logs or pipes
     bar = tqdm(total=len(paths), unit="img", disable=True if quiet or len(paths) < 2 else None, file=sys.stderr)
-    order, errors, rows = deque(), {}, {}
+    index = {id(p): i for i, p in enumerate(paths)}
+    errors, rows = {}, {}
 
-    def report(line):
-        bar.write(line, file=sys.stderr)
+    def unreadable(path, exc):
+        if len(paths) == 1:  # a lone image that cannot be read is just a bad input: one error line
+            raise exc
+        errors[index[id(path)]] = str(exc)
+        bar.write(f"error     {exc}", file=sys.stderr)
         bar.update(1)
 
-    # each image is read once: the same array feeds the model and the overlay picture
-    for image, pred in det.iter_predict(_readable(paths, order, errors, report), batch_size=batch_size):
-        i = order.popleft()
-        path = paths[i]
-        row = {"path": str(path), **pred.to_dict(), "overlay": None, "error": None}
-        bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
-        if tmp is not None and not no_overlays:
-            from ..visualize import save_panel
-
-            row["overlay"] = f"{i:04d}_{path.stem}.png"
-            save_panel(tmp / row["overlay"], image, pred.anomaly_map, 2 * det.pixel_threshold,
-                       title=f"{path.name} score={pred.score:.4g} {row['label']}")
-        rows[i] = row
-        bar.update(1)
+    with ThreadPoolExecutor(1, thread_name_prefix="fre-edge-overlay") as writer:
+        drawn = []
+        for path, pred in det.iter_predict(paths, batch_size=batch_size, on_error=unreadable):
+            i = index[id(path)]
+            row = {"path": str(path), **pred.to_dict(), "overlay": None, "error": None}
+            bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
+            if tmp is not None and (overlays == "all" or overlays == "anomalous" and pred.anomalous):
+                row["overlay"] = f"{i:04d}_{path.stem}.jpg"
+                drawn.append(writer.submit(save_overlay, tmp / row["overlay"], path, pred, det.pixel_threshold))
+            rows[i] = row
+            bar.update(1)
+        for future in drawn:
+            future.result()  # a failure to write a picture is not silent
     bar.close()
     for i, message in errors.items():
         rows[i] = {**dict.fromkeys(COLUMNS), "path": str(paths[i]), "error": message}

@@ -7,19 +7,17 @@ FRE head, for ``fre-edge bench --backbone-only`` alone (it scores nothing). Both
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import FreEdgeError
-from ..images import load_image, prepare, resize_map, to_rgb_uint8
+from ..images import read_for_model, resize_map, resize_rgb, to_rgb_uint8
 from .adapters import BACKENDS, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, validate_metadata
 
 
-@dataclass
 class Prediction:
     """One image's result, at the image's own size.
 
@@ -27,14 +25,42 @@ class Prediction:
         score: the image score, the summed squared feature reconstruction error (higher = more anomalous).
         anomalous: True when ``score`` is above the detector's image threshold.
         anomaly_map: float32 [H, W], the squared reconstruction error per position, resized bilinearly to
-            the image's height and width.
-        mask: bool [H, W], ``anomaly_map`` above the pixel threshold.
+            the image's height and width. Computed on first use: a caller that needs only the score never
+            pays for a full-resolution map.
+        mask: bool [H, W], ``anomaly_map`` above the pixel threshold (also on first use).
+        model_map: float32 [S, S], the map as the graph returned it, at the model's input size.
     """
 
-    score: float
-    anomalous: bool
-    anomaly_map: np.ndarray
-    mask: np.ndarray
+    __slots__ = ("score", "anomalous", "model_map", "image_size", "pixel_threshold", "_map", "_mask")
+
+    def __init__(self, score: float, anomalous: bool, model_map: np.ndarray, image_size: tuple[int, int],
+                 pixel_threshold: float):
+        self.score, self.anomalous = float(score), bool(anomalous)
+        self.model_map, self.image_size, self.pixel_threshold = model_map, tuple(image_size), pixel_threshold
+        self._map = self._mask = None
+
+    @classmethod
+    def from_map(cls, score: float, anomalous: bool, anomaly_map: np.ndarray, mask: np.ndarray) -> "Prediction":
+        """A Prediction whose full-size map and mask are already known."""
+        p = cls(score, anomalous, anomaly_map, anomaly_map.shape, float("nan"))
+        p._map, p._mask = anomaly_map, mask
+        return p
+
+    @property
+    def anomaly_map(self) -> np.ndarray:
+        if self._map is None:
+            self._map = resize_map(self.model_map, *self.image_size)
+        return self._map
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = self.anomaly_map > self.pixel_threshold
+        return self._mask
+
+    def __repr__(self) -> str:
+        return (f"Prediction(score={self.score:.6g}, anomalous={self.anomalous}, "
+                f"image_size={self.image_size[0]}x{self.image_size[1]})")
 
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
@@ -143,31 +169,64 @@ class AnomalyDetector(_LoadedGraph):
         Returns:
             one :class:`Prediction` per image, in order, with maps and masks at each image's own size.
         """
-        originals = [load_image(i) if isinstance(i, (str, Path)) else to_rgb_uint8(i) for i in images]
-        if not originals:
+        return self._predict_prepared([self.prepare(i) for i in images])
+
+    def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
+        """(the model's S x S x 3 uint8 input, (H, W) of the picture) for a path or an array."""
+        if isinstance(image, (str, Path)):
+            return read_for_model(image, self.input_size)
+        rgb = to_rgb_uint8(image)
+        return resize_rgb(rgb, self.input_size), rgb.shape[:2]
+
+    def _predict_prepared(self, prepared: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[Prediction]:
+        if not prepared:
             return []
-        batch = np.stack([prepare(img, self.input_size) for img in originals])
-        scores, maps = self.infer_prepared(batch)
-        results = []
-        for img, s, m in zip(originals, scores, maps):
-            full = resize_map(m, img.shape[0], img.shape[1])
-            results.append(Prediction(float(s), bool(s > self.image_threshold), full, full > self.pixel_threshold))
-        return results
+        scores, maps = self.infer_prepared(np.stack([x for x, _ in prepared]))
+        return [Prediction(s, s > self.image_threshold, m, hw, self.pixel_threshold)
+                for s, m, (_, hw) in zip(scores, maps, prepared)]
 
     def predict(self, image) -> Prediction:
         """One image (a path or an array, as in :meth:`predict_batch`) -> its :class:`Prediction`."""
         return self.predict_batch([image])[0]
 
-    def iter_predict(self, images: Iterable, batch_size: int = 8) -> Iterator[tuple[object, Prediction]]:
-        """(image, Prediction) for each image of ``images``, scored ``batch_size`` at a time."""
-        chunk = []
-        for img in images:
-            chunk.append(img)
-            if len(chunk) == batch_size:
-                yield from zip(chunk, self.predict_batch(chunk))
-                chunk = []
-        if chunk:
-            yield from zip(chunk, self.predict_batch(chunk))
+    def iter_predict(self, images: Iterable, batch_size: int = 8, *, workers: int = 2,
+                     on_error=None) -> Iterator[tuple[object, Prediction]]:
+        """(image, Prediction) for each image of ``images``, scored ``batch_size`` at a time, in order.
+
+        Reading and resizing run in ``workers`` threads ahead of inference (Pillow and the runtimes release
+        the GIL), so decoding the next batch overlaps scoring this one. ``on_error(image, FreEdgeError)``:
+        called for an image that cannot be read, which is then skipped; without it the error is raised.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = iter(images)
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="fre-edge-read") as pool:
+            pending = []  # (image, future), read ahead by up to two batches
+
+            def fill():
+                while len(pending) < 2 * batch_size:
+                    item = next(items, _END)
+                    if item is _END:
+                        return
+                    pending.append((item, pool.submit(self.prepare, item)))
+
+            fill()
+            while pending:
+                chunk, ready = [], []
+                while pending and len(chunk) < batch_size:
+                    item, future = pending.pop(0)
+                    try:
+                        ready.append(future.result())
+                        chunk.append(item)
+                    except FreEdgeError as exc:
+                        if on_error is None:
+                            raise
+                        on_error(item, exc)
+                fill()  # the next reads start before this batch infers
+                yield from zip(chunk, self._predict_prepared(ready))
+
+
+_END = object()
 
 def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[InferenceAdapter, dict, Path]:
     """(adapter, validated metadata, path): the bundle checked before its graph is compiled."""
