@@ -64,7 +64,7 @@ _TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB (grey, palette, RGBA and 16-bit are converted), upright as a
     viewer shows it (the EXIF orientation a camera or phone records is applied)."""
-    return _read(path)[0]
+    return read_image(path)[0]
 
 
 def read_for_model(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -74,11 +74,14 @@ def read_for_model(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, 
     leaves ``DRAFT_MARGIN`` pixels per model pixel, then resized exactly: a 5 MP camera picture decodes
     several times faster, and fitting and the runtime both read through here.
     """
-    image, hw = _read(path, draft_size=DRAFT_MARGIN * size)
+    image, hw = read_image(path, draft_size=DRAFT_MARGIN * size)
     return resize_rgb(image, size), hw
 
 
-def _read(path: str | Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image(path: str | Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(HxWx3 uint8 RGB upright, (height, width) of the full picture). With ``draft_size``, a JPEG at least
+    twice that size on its short side is decoded by the DCT at the smallest scale (1/2, 1/4, 1/8) that keeps
+    ``draft_size`` pixels on each side, so the array may be smaller than the picture."""
     path = Path(path)
     if not path.is_file():
         raise FreEdgeError(f"{path}: no such image file; check the path")

@@ -138,6 +138,17 @@ def test_prediction_bbox():
     lazy = Prediction(2.0, True, np.arange(16, dtype=np.float32).reshape(4, 4), (8, 6), 7.5)
     assert lazy._map is None and lazy.anomaly_map.shape == (8, 6) and lazy.mask.shape == (8, 6)
     np.testing.assert_array_equal(lazy.mask, lazy.anomaly_map > 7.5)
+    # nothing of the model map above the pixel threshold: no pixel of the full map is, and it is never made
+    rng = np.random.default_rng(0)
+    for threshold in (0.5, 0.999, 1.5):
+        small = rng.random((8, 8)).astype(np.float32)
+        lazy = Prediction(1.0, False, small, (300, 200), threshold).to_dict()
+        eager = Prediction(1.0, False, small, (300, 200), threshold)
+        assert eager.anomaly_map.shape == (300, 200)  # made first: to_dict then counts on it
+        assert lazy == eager.to_dict() and (lazy["anomalous_pixels"] == 0 if threshold > 1 else True)
+        assert lazy["peak"] == float(small.max()) >= float(eager.anomaly_map.max())
+    quiet = Prediction(1.0, False, np.full((8, 8), 0.2, np.float32), (3000, 4000), 0.5)
+    assert quiet.to_dict()["anomalous_pixels"] == 0 and quiet._map is None
 
 
 def test_predict_cli_threshold_override(sample_bundle, sample_root, tmp_path):

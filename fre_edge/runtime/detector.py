@@ -55,8 +55,17 @@ class Prediction:
     @property
     def mask(self) -> np.ndarray:
         if self._mask is None:
-            self._mask = self.anomaly_map > self.pixel_threshold
+            if self._map is None and not self._any_above():
+                self._mask = np.zeros(self.image_size, dtype=bool)
+            else:
+                self._mask = self.anomaly_map > self.pixel_threshold
         return self._mask
+
+    def _any_above(self) -> bool:
+        """Whether any pixel of the full-size map can exceed the pixel threshold. Bilinear upsampling gives
+        convex combinations of the model map's values, so when none of those exceeds it, no pixel does and
+        the full-size map need not be made (the usual case on a line: a good part)."""
+        return self._map is not None or float(self.model_map.max()) > self.pixel_threshold
 
     def __repr__(self) -> str:
         return (f"Prediction(score={self.score:.6g}, anomalous={self.anomalous}, "
@@ -70,11 +79,20 @@ class Prediction:
             return None
         return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
+    @property
+    def peak(self) -> float:
+        """The map's highest value: the model map's maximum, which upsampling cannot exceed (the same at any
+        picture size)."""
+        return float(self.model_map.max())
+
     def to_dict(self) -> dict:
         """JSON-ready: score, label ("anomalous" or "good"), anomalous_pixels, peak, bbox [x0, y0, x1, y1]."""
+        if not self._any_above():  # nothing above the pixel threshold: no full-size map needed
+            return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
+                    "anomalous_pixels": 0, "peak": self.peak, "bbox": None}
         box = self.bbox
         return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
-                "anomalous_pixels": int(self.mask.sum()), "peak": float(self.anomaly_map.max()),
+                "anomalous_pixels": int(self.mask.sum()), "peak": self.peak,
                 "bbox": None if box is None else list(box)}
 
 
