@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import nullcontext
 import json
 import sys
 from pathlib import Path
@@ -79,14 +80,14 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, thr
     from ..runtime import load_detector
 
     # --out: checked before any work, written to a temporary folder and renamed into place when complete
-    writer = atomic_dir(out_dir, force, "predictions", inputs=[bundle, *images]) if out_dir else None
+    output = atomic_dir(out_dir, force, "predictions", inputs=[bundle, *images]) if out_dir else nullcontext()
     det = load_detector(bundle, backend=backend, device=device, precision=precision)
     if threshold is not None:
         det.image_threshold = threshold
     if pixel_threshold is not None:
         det.pixel_threshold = pixel_threshold
     paths = _collect(images, out_dir)
-    with writer if writer else _NoOutput() as tmp:
+    with output as tmp:
         rows, errors = _score(det, paths, tmp, batch_size, "none" if no_overlays else overlays, quiet, tqdm)
         if tmp is not None:
             summary = {"kind": "fre-edge predictions", "bundle": str(bundle),
@@ -103,14 +104,6 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, thr
         raise FreEdgeError(f"{len(errors)} of {len(rows)} image(s) could not be read (listed above{where}); "
                            f"replace or remove them")
     sys.exit(1 if n_bad else 0)
-
-
-class _NoOutput:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _score(det, paths, tmp, batch_size, overlays, quiet, tqdm):
