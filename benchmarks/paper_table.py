@@ -85,16 +85,8 @@ def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
     pca = fit_fre(paths, FitConfig(), progress=False)
     t_pca = time.perf_counter() - t0
     metrics, _, _ = evaluate(pca, ds.test, progress=False)
-    import fre_edge.fit.pca as P
-
     t0 = time.perf_counter()
-    cfg_ae = FitConfig(strategy="autoencoder")
-    orig = P.fit_autoencoder
-    P.fit_autoencoder = lambda X, n, **kw: orig(X, n, **{**kw, "epochs": ae_epochs})
-    try:
-        fit_fre(paths, cfg_ae, progress=False)
-    finally:
-        P.fit_autoencoder = orig
+    fit_fre(paths, FitConfig(strategy="autoencoder", ae_epochs=ae_epochs), progress=False)
     t_ae = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_fre(paths, FitConfig(backbone="resnet50", pretrained=False), progress=False)

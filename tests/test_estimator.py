@@ -63,6 +63,8 @@ def test_scoring_does_not_modify_input(rng):
     ({"strategy": "svd9"}, "unknown strategy"),
     ({"n_components": float("nan")}, "strictly between 0 and 1"),
     ({"memory_budget_gb": 0}, "memory_budget_gb=0"),
+    ({"ae_epochs": 0}, "ae_epochs=0"),
+    ({"ae_epochs": 2.5}, "ae_epochs=2.5"),
 ])
 def test_bad_parameters_fail_in_fit_not_init(rng, params, message):
     fre = FRE(**params)  # __init__ only stores
@@ -76,7 +78,7 @@ def test_clone_and_params(rng):
     X = _data(rng)
     fre = FRE(0.9, strategy="gram").fit(X)
     twin = clone(fre)
-    assert twin.get_params() == {"n_components": 0.9, "strategy": "gram", "memory_budget_gb": 4.0}
+    assert twin.get_params() == {"n_components": 0.9, "strategy": "gram", "memory_budget_gb": 4.0, "ae_epochs": 250}
     assert not hasattr(twin, "components_")  # clone copies parameters, not what was learned
     np.testing.assert_array_equal(twin.fit(X).components_, fre.components_)
 
@@ -85,3 +87,12 @@ def test_transform_checks_shapes(rng):
     fre = FRE(3).fit(_data(rng))
     with pytest.raises(FreEdgeError, match=r"Z has shape \(2, 4\); pass \[n, 3\]"):
         fre.inverse_transform(np.zeros((2, 4)))
+
+
+def test_autoencoder_epochs_is_a_parameter(rng):
+    X = _data(rng)
+    short = FRE(5, strategy="autoencoder", ae_epochs=1).fit(X)
+    longer = FRE(5, strategy="autoencoder", ae_epochs=40).fit(X)
+    assert short.strategy_ == longer.strategy_ == "autoencoder" and short.n_components_ == longer.n_components_ == 5
+    # more training fits the good features better: lower reconstruction error on them
+    assert longer.reconstruction_error(X).mean() < short.reconstruction_error(X).mean()

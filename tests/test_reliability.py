@@ -337,6 +337,7 @@ def test_unreadable_bundle_files_give_one_line(bundle, sample_root, monkeypatch)
     (lambda s: s.pop("info"), 'no "info" object'),
     (lambda s: s["info"]["thresholds"].update(image=float("nan")), "image threshold nan is not a finite"),
     (lambda s: s["info"].pop("feature_shapes"), "'feature_shapes' is missing"),
+    (lambda s: s["config"].update(ae_epochs=0), "ae_epochs=0; use a whole number of epochs"),
 ])
 def test_damaged_model_json_gives_one_line(model, tmp_path, change, message):
     path = model / "model.json"
@@ -350,6 +351,16 @@ def test_damaged_model_json_gives_one_line(model, tmp_path, change, message):
 class Evil:
     def __reduce__(self):
         return (print, ("ran",))
+
+
+def test_a_model_saved_before_ae_epochs_existed_still_loads(model):
+    from fre_edge.fit.persist import load_model
+
+    path = model / "model.json"
+    settings = json.loads(path.read_text())
+    del settings["config"]["ae_epochs"]
+    path.write_text(json.dumps(settings))
+    assert load_model(model).config.ae_epochs == 250
 
 
 def test_pickled_objects_as_weights_are_refused(sample_root, tmp_path):

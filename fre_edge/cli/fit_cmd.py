@@ -40,6 +40,8 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
               show_default=True, help="How the subspace is fitted (auto: from image count, size and memory).")
+@click.option("--ae-epochs", type=click.IntRange(1, 100_000), default=250, show_default=True,
+              help="Training epochs of --strategy autoencoder (the paper's 250).")
 @click.option("--holdout", type=FiniteFloat(0, 0.9, max_open=True), default=0.1, show_default=True,
               help="Fraction of good images kept out to set thresholds.")
 @click.option("--blur", "blur_sigma", type=FiniteFloat(min=0), default=0.0, show_default=True,
@@ -49,8 +51,8 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="Backbone weights file (torchvision backbones).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, holdout,
-            blur_sigma, batch_size, weights, force, quiet):
+def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, ae_epochs,
+            holdout, blur_sigma, batch_size, weights, force, quiet):
     """Fit FRE on the good images of DATA and write a model folder.
 
     DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
@@ -65,7 +67,7 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before any work
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
                     pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
-                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights).validate()
+                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs).validate()
     ds = read_dataset(data, layout, split)
     fitted = fit_fre([s.path for s in ds.train], cfg, progress=not quiet, data_summary=ds.summary())
     save_model(fitted, output, force=force)

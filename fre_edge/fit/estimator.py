@@ -37,16 +37,19 @@ class FRE(BaseEstimator):
         n_components: a float in (0, 1) keeps that ratio of the variance; an int keeps that many components.
         strategy: ``auto``, ``gram``, ``covariance`` or ``autoencoder`` (see ``fre_edge.fit.pca``).
         memory_budget_gb: what ``auto`` may spend on a covariance matrix.
+        ae_epochs: training epochs of the ``autoencoder`` strategy (the paper's 250 by default).
 
     Fitted attributes: ``mean_`` [D], ``components_`` [k, D] (orthonormal rows), ``n_components_``,
     ``explained_variance_ratio_`` [k] (NaN for the autoencoder), ``strategy_``, ``n_features_in_``,
     ``feature_shape_`` (C, h, w).
     """
 
-    def __init__(self, n_components: float | int = 0.97, *, strategy: str = "auto", memory_budget_gb: float = 4.0):
+    def __init__(self, n_components: float | int = 0.97, *, strategy: str = "auto", memory_budget_gb: float = 4.0,
+                 ae_epochs: int = 250):
         self.n_components = n_components
         self.strategy = strategy
         self.memory_budget_gb = memory_budget_gb
+        self.ae_epochs = ae_epochs
 
     def _validate_params(self) -> None:
         check_n_components(self.n_components)
@@ -54,6 +57,8 @@ class FRE(BaseEstimator):
         if not (isinstance(self.memory_budget_gb, (int, float)) and math.isfinite(self.memory_budget_gb)
                 and self.memory_budget_gb > 0):
             raise FreEdgeError(f"memory_budget_gb={self.memory_budget_gb!r}; use a finite number of GB above 0")
+        if isinstance(self.ae_epochs, bool) or not isinstance(self.ae_epochs, int) or self.ae_epochs < 1:
+            raise FreEdgeError(f"ae_epochs={self.ae_epochs!r}; use a whole number of epochs, 1 or more")
 
     # -- fitting --------------------------------------------------------------------------------------
     def fit(self, X, y=None, *, progress: bool = False) -> "FRE":
@@ -66,7 +71,7 @@ class FRE(BaseEstimator):
         self.feature_shape_ = tuple(x.shape[1:]) if x.ndim == 4 else (x.shape[1], 1, 1)
         flat = x.reshape(len(x), -1).clone()  # fit_subspace may work in place; the caller's data stays
         sub = fit_subspace(flat, self.n_components, self.strategy, int(self.memory_budget_gb * (1 << 30)),
-                           progress=progress)
+                           progress=progress, epochs=self.ae_epochs)
         self.subspace_ = sub
         self.mean_ = sub.mean.numpy().copy()
         self.components_ = sub.components.numpy().copy()

@@ -53,7 +53,9 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
 _CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int,), "pool": (int,),
                  "n_components": (int, float), "strategy": (str,), "holdout": (int, float),
                  "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
-                 "weights": (str, type(None)), "memory_budget_gb": (int, float)}
+                 "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,)}
+# settings added after models were first saved: a model.json without them takes the default they had
+_ADDED_LATER = {"ae_epochs": 250}
 
 
 def _config(settings: dict, where: Path) -> FitConfig:
@@ -63,6 +65,7 @@ def _config(settings: dict, where: Path) -> FitConfig:
         raise FreEdgeError(f"{where}: no \"config\" object; fit the model again")
     names = {f.name for f in fields(FitConfig)}
     assert names == set(_CONFIG_TYPES), "keep _CONFIG_TYPES in step with FitConfig"
+    c = {**_ADDED_LATER, **c}
     unknown, missing = sorted(set(c) - names), sorted(names - set(c))
     if unknown or missing:
         what = f"unknown key {unknown[0]!r}" if unknown else f"key {missing[0]!r} is missing"

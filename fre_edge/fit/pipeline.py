@@ -42,6 +42,7 @@ class FitConfig:
     pretrained: bool = True
     weights: str | None = None
     memory_budget_gb: float = 4.0
+    ae_epochs: int = 250  # the autoencoder strategy's training epochs (the paper's)
 
     def validate(self) -> "FitConfig":
         spec = get_spec(self.backbone)
@@ -58,6 +59,8 @@ class FitConfig:
         if not (isinstance(self.blur_sigma, (int, float)) and math.isfinite(self.blur_sigma) and self.blur_sigma >= 0):
             raise FreEdgeError(f"blur sigma {self.blur_sigma!r}; use a finite number, 0 (no blur) or more")
         self.n_components = check_n_components(self.n_components)
+        if isinstance(self.ae_epochs, bool) or not isinstance(self.ae_epochs, int) or self.ae_epochs < 1:
+            raise FreEdgeError(f"ae_epochs={self.ae_epochs!r}; use a whole number of epochs, 1 or more")
         if self.batch_size < 1:
             raise FreEdgeError(f"batch size {self.batch_size}; use 1 or more")
         return self
@@ -143,7 +146,8 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     fres = []
     for f in feats:
         with torch.inference_mode(False):
-            fres.append(FRE(cfg.n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb)
+            fres.append(FRE(cfg.n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb,
+                            ae_epochs=cfg.ae_epochs)
                         .fit(f[:n_fit], progress=progress))
     subspaces = [fre.subspace_ for fre in fres]
     t_pca = time.perf_counter() - t0
