@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+# FRE_EDGE_BENCH_RESULTS: somewhere else to write, for a trial run that must not replace the committed results
+RESULTS = Path(os.environ.get("FRE_EDGE_BENCH_RESULTS", REPO / "benchmarks" / "results"))
 DATASETS = Path(os.environ.get("FRE_EDGE_DATASETS", REPO.parent / "shared" / "datasets"))
 WORK = REPO / "models" / "bench"
 
@@ -30,7 +31,8 @@ def versions() -> dict:
 def environment() -> dict:
     from fre_edge.bench import cpu_info
 
-    return {"command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+    module = "benchmarks." + Path(sys.argv[0]).stem  # scripts run as python -m benchmarks.NAME
+    return {"command": "python -m " + " ".join(shlex.quote(a) for a in [module, *sys.argv[1:]]),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": cpu_info(),
             "versions": versions()}
 

@@ -1,6 +1,6 @@
 """What the folded FRE head costs: the exported graph vs the truncated backbone alone (issue: export).
 
-    python benchmarks/export_head_cost.py [--rounds 30] [--block 0.25]
+    python -m benchmarks.export_head_cost [--rounds 30] [--block 0.25]
 
 Same bundle, same runtime (OpenVINO CPU), same precision (f32, INFERENCE_PRECISION_HINT set, checked),
 latency hint. The backbone-only model is the bundle's own graph cut where the pooled features enter
@@ -23,50 +23,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import BACKBONES, bundle  # noqa: E402
-from _common import environment, header_md, write  # noqa: E402
-
-
-def _alternate(requests: dict, x, rounds: int, block: float, warmup: int = 3, min_calls: int = 3, after_call=None):
-    """{name: all latencies in s}, [per-round {name: median}] from alternating timed blocks.
-
-    ``after_call(name, request)``, if given, runs after each timed call, outside its timing."""
-    lat = {name: [] for name in requests}
-    per_round = []
-    for r in range(rounds):
-        medians = {}
-        for name in (list(requests) if r % 2 == 0 else list(requests)[::-1]):
-            req = requests[name]
-            for _ in range(warmup):
-                req.infer({0: x})
-            ts, end = [], time.perf_counter() + block
-            while time.perf_counter() < end or len(ts) < min_calls:
-                t0 = time.perf_counter()
-                req.infer({0: x})
-                ts.append(time.perf_counter() - t0)
-                if after_call is not None:
-                    after_call(name, req)
-            lat[name] += ts
-            medians[name] = statistics.median(ts)
-        per_round.append(medians)
-    return lat, per_round
-
-
-def latency_request(model, batch: int, extra: dict | None = None):
-    """An infer request for an OpenVINO model at ``batch``, CPU, f32 (checked), latency hint (+ ``extra`` config)."""
-    import openvino as ov
-
-    shape = model.input(0).get_partial_shape()
-    shape[0] = batch
-    model.reshape({model.input(0): shape})
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **(extra or {})}
-    compiled = ov.Core().compile_model(model, "CPU", config)
-    assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
-    return compiled.create_infer_request()
+from ._bundles import BACKBONES, bundle
+from ._common import environment, header_md, write
+from ._openvino import alternate_requests, latency_request
 
 
 def floor_request(bundle_dir: Path, backbone: str, batch: int):
@@ -75,7 +36,7 @@ def floor_request(bundle_dir: Path, backbone: str, batch: int):
     import openvino as ov
     import openvino.opset13 as ops
 
-    from _bundles import fitted_model
+    from ._bundles import fitted_model
     from fre_edge.runtime.adapters import cut_to_backbone
 
     model = cut_to_backbone(ov.Core().read_model(str(bundle_dir / "model.xml"))).clone()  # independent copy
@@ -96,7 +57,7 @@ def other_form_request(backbone: str, batch: int):
 
     import openvino as ov
 
-    from _bundles import fitted_model
+    from ._bundles import fitted_model
     from fre_edge.export.onnx_graph import export_onnx
 
     det = fitted_model(backbone).detector
@@ -128,8 +89,9 @@ def main():
         ap.error("--rounds must be at least 2: the spread is taken over per-round ratios")
     import numpy as np
 
-    from _bundles import fitted_model
+    from ._bundles import fitted_model
     from fre_edge.runtime import load_backbone_only, load_detector
+    from fre_edge.timing import ratio_spread
 
     env = environment()
     rows = []
@@ -142,9 +104,9 @@ def main():
         other_form, other_req = other_form_request(name, batch)
         reqs = {"full": full.adapter.request(), "backbone": bb.adapter.request(),
                 "floor": floor_request(path, name, batch), "other_form": other_req}
-        lat, per_round = _alternate(reqs, x, args.rounds, args.block)
-        ratios = [m["full"] / m["backbone"] for m in per_round]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        lat, per_round = alternate_requests(reqs, x, args.rounds, args.block)
+        spread = ratio_spread(per_round, "full", "backbone")
+        ratios, q1, q3 = spread["ratios"], spread["q1"], spread["q3"]
         med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
         heads = fitted_model(name).detector.heads
         forms = full.metadata["head_forms"]

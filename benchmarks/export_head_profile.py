@@ -1,6 +1,6 @@
 """Where the FRE head's time goes at batch 1: OpenVINO's per-node counters, full graph vs backbone alone.
 
-    python benchmarks/export_head_profile.py [--backbones efficientnet_lite0,resnet18,resnet50] [--rounds 20]
+    python -m benchmarks.export_head_profile [--backbones efficientnet_lite0,resnet18,resnet50] [--rounds 20]
 
 The same alternation as export_head_cost.py (f32, latency hint, raw infer calls, short alternating blocks),
 with PERF_COUNT on. Per node, the median of its time over all timed calls. Reported: the head's own
@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import BACKBONES, bundle  # noqa: E402
-from _common import environment, header_md, write  # noqa: E402
-from export_head_cost import _alternate, latency_request  # noqa: E402
+from ._bundles import BACKBONES, bundle
+from ._common import environment, header_md, write
+from ._openvino import alternate_requests, latency_request
 
 
 def profile(backbone: str, rounds: int, block: float) -> dict:
@@ -42,7 +39,7 @@ def profile(backbone: str, rounds: int, block: float) -> dict:
             nodes[name].setdefault(f"{p.node_name} [{p.node_type}, {p.exec_type}]", []).append(
                 p.real_time.total_seconds() * 1e6)
 
-    lat, _ = _alternate(reqs, x, rounds, block, after_call=collect)
+    lat, _ = alternate_requests(reqs, x, rounds, block, after_call=collect)
     med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in nodes.items()}
     in_bb = set(med["backbone"])
     head = sorted(((t, n) for n, t in med["full"].items() if n not in in_bb), reverse=True)
@@ -68,8 +65,8 @@ def weight_probe(backbone: str, rounds: int, block: float) -> dict:
     import openvino.opset13 as ops
     from openvino._offline_transformations import compress_model_transformation
 
-    from _bundles import fitted_model
-    from _common import DATASETS
+    from ._bundles import fitted_model
+    from ._common import DATASETS
     from fre_edge.fit.data import read_dataset
     from fre_edge.fit.features import load_batch
     from fre_edge.runtime import load_backbone_only
@@ -101,7 +98,7 @@ def weight_probe(backbone: str, rounds: int, block: float) -> dict:
 
     zs = {name: np.concatenate([req.infer({0: d[i : i + 1]})[0].copy() for i in range(len(d))]) for name, req in reqs.items()}
     ref = score(zs["f32"])
-    lat, _ = _alternate(reqs, d[:1], rounds, block)
+    lat, _ = alternate_requests(reqs, d[:1], rounds, block)
     return {"backbone": backbone, "shape": [k, D], "weights_mb_f32": 4 * k * D / 1e6, "n_images": len(d),
             "median_ms": {n: statistics.median(v) * 1e3 for n, v in lat.items()},
             "score_max_rel_diff": {n: float(np.max(np.abs(score(z) - ref) / ref)) for n, z in zs.items() if n != "f32"}}

@@ -1,6 +1,6 @@
 """Which route to the OpenVINO IR: torch -> ONNX (dynamo exporter) -> IR, or OpenVINO's direct conversion.
 
-    python benchmarks/export_route.py [--rounds 20] [--block 0.25]
+    python -m benchmarks.export_route [--rounds 20] [--block 0.25]
 
 For each backbone (the bundles' fitted models, see _bundles.py), the same FREDetector is converted both
 ways: (a) ``fre_edge.export.onnx_graph.export_onnx`` then ``openvino.convert_model(model.onnx)``, as
@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import BACKBONES, fitted_model  # noqa: E402
-from _common import environment, header_md, write  # noqa: E402
-from export_head_cost import _alternate, latency_request  # noqa: E402
+from ._bundles import BACKBONES, fitted_model
+from ._common import environment, header_md, write
+from ._openvino import alternate_requests, latency_request
 
 
 def convert(det, size: int, route: str, out: Path):
@@ -68,7 +67,7 @@ def main():
                 facts[route] = convert(det, size, route, Path(tmp) / route)
                 reqs[route] = latency_request(core.read_model(str(Path(tmp) / route / "model.xml")), 1)
             scores = {r: np.array(q.infer({0: x})[0]).copy() for r, q in reqs.items()}
-            lat, _ = _alternate(reqs, x, args.rounds, args.block)
+            lat, _ = alternate_requests(reqs, x, args.rounds, args.block)
         med = {r: statistics.median(v) * 1e3 for r, v in lat.items()}
         rows.append({"backbone": name, "input_size": size, "head_forms": [h.form for h in det.heads],
                      "routes": {r: {**facts[r], "latency_ms": med[r]} for r in facts},

@@ -1,6 +1,6 @@
 """Fit and evaluate FRE on the real shared datasets with the default backbone (issue: fitting side).
 
-    python benchmarks/fit_eval.py            # MTD (split.json) and MVTec bottle, all strategies on MTD
+    python -m benchmarks.fit_eval            # MTD (split.json) and MVTec bottle, all strategies on MTD
 
 Each configuration runs in its own process so that its peak memory is its own. Reports image AUROC,
 pixel AUROC, AUPRO, the time of the feature pass alone, the rest of the fit, and peak memory.
@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import DATASETS, environment, header_md, write  # noqa: E402
+from ._common import DATASETS, REPO, environment, header_md, write
 
 RUNS = [
     {"dataset": "magnetic_tile", "strategy": "auto"},
@@ -63,9 +62,9 @@ def main():
     runs = RUNS[:1] + RUNS[3:4] if args.quick else RUNS
     rows = []
     for r in runs:
-        cmd = [sys.executable, __file__, "--one", r["dataset"], r["strategy"], r.get("layers", "-")]
-        print("running", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-m", "benchmarks.fit_eval", "--one", r["dataset"], r["strategy"], r.get("layers", "-")]
+        print("running", " ".join(cmd[3:]), file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     md = ["# FRE fit + evaluation on real data (default backbone EfficientNet-Lite0)", "", header_md(env),
           "Targets (issue #2): MTD image AUROC >= 0.99 (paper 99.2, EfficientNet-B5 @ 456); bottle image AUROC "

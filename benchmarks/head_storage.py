@@ -8,7 +8,7 @@ sizes beside the backbone-only .bin and 4 D k, the largest score difference betw
 batch-1 f32 latency of both, timed in alternating blocks round after round (ratio of medians, and the
 quartiles of the per-round ratios).
 
-    python benchmarks/head_storage.py [--rounds 20] [--block 0.25] [--backbones efficientnet_lite0,resnet18,resnet50]
+    python -m benchmarks.head_storage [--rounds 20] [--block 0.25] [--backbones efficientnet_lite0,resnet18,resnet50]
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _bundles import BACKBONES, bundle
-from _common import environment, header_md, write
+from ._bundles import BACKBONES, bundle
+from ._common import environment, header_md, write
+from ._openvino import alternate_requests
 
 
 def _bin_bytes(model, folder: Path, name: str) -> int:
@@ -45,10 +45,11 @@ def main():
     from fre_edge.export.bundle_writer import share_transposed_constants
     from fre_edge.runtime.adapters import cut_to_backbone
     from fre_edge.runtime.bundle import read_manifest
+    from fre_edge.timing import ratio_spread
 
     env = environment()
     core = ov.Core()
-    f32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    f32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}  # as _openvino.latency_request
     rows = []
     for name in args.backbones.split(","):
         path = bundle(name, suffix="_reconstruct", head_form="reconstruct")
@@ -66,23 +67,9 @@ def main():
         reqs = {n: core.compile_model(m, "CPU", f32).create_infer_request() for n, m in
                 (("duplicated", dup), ("shared", shared))}
         scores = {n: float(r.infer({0: x})["score"][0]) for n, r in reqs.items()}
-        for r in reqs.values():
-            for _ in range(3):
-                r.infer({0: x})
-        lat = {n: [] for n in reqs}
-        per_round = []
-        for _ in range(args.rounds):
-            med = {}
-            for n, r in reqs.items():
-                t_end, block = time.perf_counter() + args.block, []
-                while time.perf_counter() < t_end:
-                    t0 = time.perf_counter()
-                    r.infer({0: x})
-                    block.append(time.perf_counter() - t0)
-                lat[n] += block
-                med[n] = statistics.median(block)
-            per_round.append(med["shared"] / med["duplicated"])
-        q1, _, q3 = statistics.quantiles(per_round, n=4)
+        lat, per_round = alternate_requests(reqs, x, args.rounds, args.block)
+        spread = ratio_spread(per_round, "shared", "duplicated")
+        q1, q3 = spread["q1"], spread["q3"]
         row = {"backbone": name, "input_size": size, "D": D, "k": k, "matmuls_rewired": rewired,
                "bin_bytes": sizes, "four_D_k_bytes": 4 * D * k,
                "shared_over_backbone_plus_4Dk": sizes["shared"] / (sizes["backbone_only"] + 4 * D * k),

@@ -1,7 +1,7 @@
 """The paper's comparison on this machine: fre-edge FRE vs anomalib's PatchCore, Fre and Dfm (issue: paper table).
 
     bash benchmarks/peers/setup_anomalib.sh            # once: the peers' pinned venv (.venv-peers)
-    python benchmarks/paper_table.py [--datasets mvtec_bottle,magnetic_tile] [--fre-ae-epochs 10]
+    python -m benchmarks.paper_table [--datasets mvtec_bottle,magnetic_tile] [--fre-ae-epochs 10]
 
 One run measures, per dataset: training time (fre-edge FRE-PCA and FRE-AE; anomalib PatchCore with a 10%
 coreset, Fre, Dfm), inference FPS at batch 1 (fre-edge bundles: OpenVINO f32/bf16/INT8 and ONNX Runtime;
@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import bundle, int8_bundle  # noqa: E402
-from _common import DATASETS, REPO, WORK, environment, header_md, write  # noqa: E402
-from peers.ov_timing import IRTimer  # noqa: E402
+from ._bundles import bundle, int8_bundle
+from ._common import DATASETS, REPO, WORK, environment, header_md, write
+from .peers.ov_timing import IRTimer
 
 PAPER = {  # from ../shared/docs/fre-method.md
     "mvtec_bottle": {"note": "paper, MVTec AD average over 15 categories",
@@ -72,7 +71,7 @@ def mvtec_layout(dataset: str) -> tuple[Path, str]:
 def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
     import numpy as np
 
-    from fre_edge.bench import _async, _sync
+    from fre_edge.bench import time_async, time_sync
     from fre_edge.fit.data import read_dataset
     from fre_edge.fit.evaluate import evaluate
     from fre_edge.fit import FitConfig, fit_fre
@@ -98,7 +97,7 @@ def fre_edge_rows(dataset: str, ae_epochs: int, seconds: float) -> list[dict]:
         thr = load_detector(path, backend=backend, precision=precision, hint="throughput", batch=1)
         for _ in range(10):
             lat.adapter.infer(x)
-        return {"latency_fps": _sync(lat, x, seconds)["fps"], "throughput_fps": _async(thr, x, seconds)["fps"],
+        return {"latency_fps": time_sync(lat, x, seconds)["fps"], "throughput_fps": time_async(thr, x, seconds)["fps"],
                 "precision_used": lat.adapter.precision_used}
 
     lite = bundle("efficientnet_lite0", dataset=dataset)
@@ -313,7 +312,7 @@ def render(data: dict, write_json: bool = True) -> None:
         write("paper_table", {**data, "rows": [{k: v for k, v in r.items() if k != "ir"} for r in rows]},
               "\n".join(md) + "\n")
     else:
-        from _common import RESULTS
+        from ._common import RESULTS
         (RESULTS / "paper_table.md").write_text("\n".join(md) + "\n")
     chart(rows, datasets)
 
@@ -336,7 +335,7 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from _common import RESULTS
+    from ._common import RESULTS
 
     fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 8), squeeze=False)
     for j, d in enumerate(datasets):

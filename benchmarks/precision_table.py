@@ -1,6 +1,6 @@
 """Accuracy and speed across precisions, from one run (issue: INT8 with NNCF).
 
-    python benchmarks/precision_table.py [--rounds 3] [--seconds 2]
+    python -m benchmarks.precision_table [--rounds 3] [--seconds 2]
 
 Per backbone and dataset: OpenVINO f32, bf16 (f32 IR, INFERENCE_PRECISION_HINT=bf16), f16 weights (IR
 compressed to FP16, f32 inference) and INT8 (NNCF PTQ on good training images, FRE head kept float).
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import bundle, int8_bundle  # noqa: E402
-from _common import DATASETS, environment, header_md, write  # noqa: E402
+from ._bundles import bundle, int8_bundle
+from ._common import DATASETS, environment, header_md, write
 
 VARIANTS = ["f32", "bf16", "f16-weights", "int8"]
 
@@ -46,7 +44,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
-    from fre_edge.bench import _async, _sync
+    from fre_edge.bench import time_async, time_sync
     from fre_edge.fit.data import read_dataset
     from fre_edge.images import load_mask
     from fre_edge.runtime import load_detector
@@ -78,8 +76,8 @@ def main():
                 thr[v].adapter.infer(x)
         for r in range(args.rounds):
             for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-                fps_l[v].append(_sync(lat[v], x, args.seconds)["fps"])
-                fps_t[v].append(_async(thr[v], x, args.seconds)["fps"])
+                fps_l[v].append(time_sync(lat[v], x, args.seconds)["fps"])
+                fps_t[v].append(time_async(thr[v], x, args.seconds)["fps"])
         for v in VARIANTS:
             meta = lat[v].metadata
             rows.append({"backbone": backbone, "dataset": dataset, "variant": v,

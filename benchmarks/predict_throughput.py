@@ -11,7 +11,7 @@ the verdicts are meaningful and "overlays of anomalous images only" draws what a
 alternate round after round; the table gives the median images/s over rounds, the graph's own sync FPS
 beside it, and, per stage, the serial cost per image.
 
-    python benchmarks/predict_throughput.py [--rounds 3] [--large 12] [--dataset mvtec_bottle]
+    python -m benchmarks.predict_throughput [--rounds 3] [--large 12] [--dataset mvtec_bottle]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bundles import bundle
-from _common import DATASETS, WORK, environment, header_md, write
+from ._bundles import bundle
+from ._common import DATASETS, WORK, environment, header_md, write
 
 CAMERA = (2592, 1944)  # 5 MP, 4:3
 

@@ -1,6 +1,6 @@
 """Runtime latency and FPS per backbone, backend, precision and mode, from one run (issue: runtime).
 
-    python benchmarks/runtime_bench.py [--rounds 3] [--seconds 3] [--batch 1]
+    python -m benchmarks.runtime_bench [--rounds 3] [--seconds 3] [--batch 1]
 
 For each bundle (efficientnet_lite0, resnet18, resnet50; see _bundles.py), measures OpenVINO f32 and bf16
 with the latency and the throughput hint, and ONNX Runtime f32: synchronous latency (one request at a
@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bundles import BACKBONES, bundle  # noqa: E402
-from _common import environment, header_md, write  # noqa: E402
+from ._bundles import BACKBONES, bundle
+from ._common import environment, header_md, write
 
 CONFIGS = [
     ("openvino", "f32", "latency"),

@@ -64,14 +64,10 @@ def _stats(lat_s: list[float], batch: int) -> dict:
             "fps": float(batch * 1e3 / a.mean())}
 
 
-def _sync(det, batch_u8: np.ndarray, duration: float, min_iters: int = 10) -> dict:
-    infer = det.adapter.infer
-    lat = []
-    t_end = time.perf_counter() + duration
-    while time.perf_counter() < t_end or len(lat) < min_iters:
-        t0 = time.perf_counter()
-        infer(batch_u8)
-        lat.append(time.perf_counter() - t0)
+def time_sync(det, batch_u8: np.ndarray, duration: float, min_iters: int = 10) -> dict:
+    from .timing import timed_calls
+
+    lat = timed_calls(lambda: det.adapter.infer(batch_u8), duration, min_iters)
     return _stats(lat, batch_u8.shape[0])
 
 
@@ -95,7 +91,7 @@ def openvino_round_robin(compiled, inputs: dict, duration: float) -> tuple[int, 
     return nreq, done, time.perf_counter() - t0
 
 
-def _async(det, batch_u8: np.ndarray, duration: float) -> dict:
+def time_async(det, batch_u8: np.ndarray, duration: float) -> dict:
     adapter = det.adapter
     n = batch_u8.shape[0]
     if adapter.name == "openvino":
@@ -127,9 +123,9 @@ def run_bench(det, *, batch: int = 1, duration: float = 10.0, warmup: int = 5, m
         det.adapter.infer(x)
     out = {"batch": batch, "duration_s": duration, "warmup_iterations": warmup}
     if "sync" in modes:
-        out["sync"] = _sync(det, x, duration)
+        out["sync"] = time_sync(det, x, duration)
     if "async" in modes:
-        out["async"] = _async(det, x, duration)
+        out["async"] = time_async(det, x, duration)
     return out
 
 

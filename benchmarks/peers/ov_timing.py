@@ -8,13 +8,13 @@ imported from this checkout's source tree, which the peers' venv does not instal
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fre_edge.bench import openvino_round_robin  # noqa: E402
+from fre_edge.timing import timed_calls  # noqa: E402
 
 
 class IRTimer:
@@ -42,15 +42,8 @@ class IRTimer:
 
     def latencies(self, seconds: float) -> list[float]:
         """Seconds per call, one synchronous request at a time."""
-        req = self.request
-        req.infer({0: self.x})
-        lat = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            req.infer({0: self.x})
-            lat.append(time.perf_counter() - t0)
-        return lat
+        self.request.infer({0: self.x})
+        return timed_calls(lambda: self.request.infer({0: self.x}), seconds, min_calls=1)
 
     def throughput(self, seconds: float) -> float:
         """Images/s with the optimal number of requests in flight, round-robin (as ``fre-edge bench``)."""
