@@ -14,7 +14,7 @@ quartiles of the per-round ratios as its spread.
 A third graph, timed in the same rounds, is the floor: the backbone plus the least any FRE head must do,
 one pass over the k x D components (projection and image score, |d|^2 - |z|^2; no anomaly map). It shows
 how much of the head's cost no rearrangement of the head can remove. A fourth graph is the same detector
-with the other head form (``reconstruct`` <-> ``one_pass``, see fre_edge/model.py), so that the rule that
+with the other head form (``reconstruct`` <-> ``one_pass``, see fre_edge/fit/model.py), so that the rule that
 picks the form is checked by measurement.
 """
 
@@ -71,7 +71,7 @@ def other_form_request(backbone: str, batch: int):
 
 
 def head_mb(form: str, shape, k: int) -> float:
-    """MB of float32 constants a head of ``form`` reads per call (see fre_edge/model.py)."""
+    """MB of float32 constants a head of ``form`` reads per call (see fre_edge/fit/model.py)."""
     C, h, w = shape
     D, S = C * h * w, h * w
     n = 2 * D * k if form == "reconstruct" else D * k + S * k * (k + 1) // 2
@@ -84,7 +84,14 @@ def main():
     ap.add_argument("--block", type=float, default=0.25, help="seconds per timed block")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--batches", default="1,8", help="batch sizes to measure")
+    ap.add_argument("--render", metavar="JSON", help="re-write the markdown of a results file, measuring nothing")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        data = json.loads(Path(args.render).read_text())
+        write("export_head_cost", data, render(data))
+        return
     if args.rounds < 2:
         ap.error("--rounds must be at least 2: the spread is taken over per-round ratios")
     import numpy as np
@@ -122,9 +129,24 @@ def main():
                      "other_form_weights_mb": sum(head_mb(other_form, hd.shape, hd.n_components) for hd in heads),
                      "ratio_per_round": ratios})
         print({k: v for k, v in rows[-1].items() if k != "ratio_per_round"}, file=sys.stderr)
+    data = {"environment": env, "rounds": args.rounds, "block": args.block, "rows": rows}
+    write("export_head_cost", data, render(data))
+
+
+def render(data: dict) -> str:
+    """The markdown of a run (``--render JSON`` re-writes it from a results file without measuring)."""
+    import re
+
+    env, rows = data["environment"], data["rows"]
+    command = env["command"]
+    rounds = data.get("rounds") or int((re.search(r"--rounds (\d+)", command) or [0, 30])[1])
+    block = data.get("block") or float((re.search(r"--block ([\d.]+)", command) or [0, 0.25])[1])
+    by = {(r["backbone"], r["batch"]): r for r in rows}
+    r50 = by.get(("resnet50", 1))
+    lite = by.get(("efficientnet_lite0", 1))
     md = ["# Cost of the FRE head in the exported graph", "", header_md(env),
-          f"OpenVINO CPU, f32 (checked via INFERENCE_PRECISION_HINT), latency hint; {args.rounds} rounds of "
-          f"alternating {args.block:g} s blocks (after 3 warm-up calls each); ratio = median full-graph latency / "
+          f"OpenVINO CPU, f32 (checked via INFERENCE_PRECISION_HINT), latency hint; {rounds} rounds of "
+          f"alternating {block:g} s blocks (after 3 warm-up calls each); ratio = median full-graph latency / "
           "median backbone-only latency over all timed calls; spread = quartiles of the per-round ratios. "
           "Target (issue #3): <= 1.05. Floor ratio: the backbone plus one pass over the components (projection "
           "and score, no map; see the script's docstring); other form: the same detector with the other head form; "
@@ -150,18 +172,21 @@ def main():
            "Why the head is not free at batch 1: a matrix-vector product is bound by memory traffic, not "
            "arithmetic, so the head costs what it reads. The `reconstruct` form (project, then reconstruct) reads "
            "the D x k component matrix twice, 8 D k bytes per call; the `one_pass` form reads it once plus the "
-           "per-position Gram triangles, 4 D k + 4 h w k(k+1)/2 bytes (resnet50 layer3, D = 1024 x 8 x 8 = "
-           "65,536, k = 148: 78 MB -> 42 MB), and is chosen when k + 1 <= C (see fre_edge/model.py). Lite0's "
-           "blocks.10 has only C = 112 channels, fewer than its k = 158 components, so it keeps `reconstruct` "
-           "(9 MB). The floor graph reads 4 D k bytes, the least any exact f32 head can read, so a floor ratio "
+           "per-position Gram triangles, 4 D k + 4 h w k(k+1)/2 bytes"
+           + (f" (resnet50 layer3, k = {r50['n_components'][0]}: {r50['other_form_weights_mb']:.0f} MB -> "
+              f"{r50['head_weights_mb']:.0f} MB)" if r50 and r50["head_forms"] == ["one_pass"] else "")
+           + ", and is chosen when k + 1 <= C (see fre_edge/fit/model.py). Lite0's blocks.10 has only C = 112 "
+           "channels" + (f", fewer than its k = {lite['n_components'][0]} components, so it keeps `reconstruct` "
+                         f"({lite['head_weights_mb']:.0f} MB)" if lite and lite["head_forms"] == ["reconstruct"]
+                         else "") + ". The floor graph reads 4 D k bytes, the least any exact f32 head can read, so a floor ratio "
            "above 1.05 means that no arrangement of the head meets 1.05 at that batch on this machine. A batch "
            "reads the matrices once for all its images, so the share falls with the batch size, as the batch-8 "
            "rows show; there a batched matrix product also beats the grouped convolution, so `reconstruct` can "
            "be the faster form even where it reads more (`fre-edge export --head-form`).", "",
-           "Where the time goes, node by node: `export_head_profile.md` (benchmarks/export_head_profile.py, the same "
+           "Where the time goes, node by node: `export_head_profile.md` (`python -m benchmarks.export_head_profile`, the same "
            "alternation with OpenVINO's per-node counters): the head's own nodes, and how much slower the backbone's "
            "nodes run inside the full graph than alone."]
-    write("export_head_cost", {"environment": env, "rows": rows}, "\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":
