@@ -81,7 +81,7 @@ def _foreign(folder: Path, kind: str) -> list[str]:
         elif entry.is_dir() and entry.name == "eval_pictures":
             foreign += [f"{entry.name}/{p.name}" for p in sorted(entry.iterdir())
                         if not (p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)]
-        elif entry.is_dir() and entry.name != "eval_pictures":
+        elif entry.is_dir():
             foreign.append(entry.name)
     return foreign
 
@@ -205,12 +205,15 @@ class atomic_dir:  # noqa: N801 - used as a context manager, like open()
             raise
         return False
 
+    def _appeared(self) -> FreEdgeError:
+        return FreEdgeError(f"{self.final} appeared while this run was writing it (another fre-edge run?); "
+                            f"nothing was written, choose another output folder or pass --force")
+
     def _publish(self) -> None:
         final = self.final
         if final.exists() or final.is_symlink():
             if not self.force:
-                raise FreEdgeError(f"{final} appeared while this run was writing it (another fre-edge run?); "
-                                   f"nothing was written, choose another output folder or pass --force")
+                raise self._appeared()
             check_output(final, kind=self.kind, force=True, inputs=self.inputs)
             old = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(final, 'old')}{os.getpid()}-", dir=final.parent))
             final.rename(old / final.name)
@@ -221,8 +224,7 @@ class atomic_dir:  # noqa: N801 - used as a context manager, like open()
             # exclusive: of two runs racing for one new folder, only the first gets it
             os.mkdir(final, 0o700)
         except FileExistsError:
-            raise FreEdgeError(f"{final} appeared while this run was writing it (another fre-edge run?); "
-                               f"nothing was written, choose another output folder or pass --force") from None
+            raise self._appeared() from None
         os.rename(self.tmp, final)  # replaces the empty folder just made
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import prepare
-from ..outputs import atomic_dir
+from ..outputs import atomic_dir, check_output
 from ..runtime.adapters import head_starts, reason
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
 
@@ -81,7 +81,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     from ..fit.metrics import auroc
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
-    atomic_dir(out_dir, force, "bundle", inputs=[bundle_dir])  # refuse a bad output before any work
+    check_output(out_dir, kind="bundle", force=force, inputs=[bundle_dir])  # before any work
     manifest = read_manifest(bundle_dir)
     if manifest["precision"] == "int8":
         raise FreEdgeError(f"{bundle_dir} is already INT8; quantize the f32 bundle it came from")

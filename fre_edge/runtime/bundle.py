@@ -203,7 +203,10 @@ def _onnx_metadata(onnx_path: Path) -> str | None:
                         if ln is None:
                             raise ValueError("bad metadata entry")
                         data = entry.read(ln).decode("utf-8")
-                        key, value = (data, value) if t >> 3 == 1 else (key, data if t >> 3 == 2 else value)
+                        if t >> 3 == 1:
+                            key = data
+                        elif t >> 3 == 2:
+                            value = data
                     if key == METADATA_KEY:
                         return value
                 else:

@@ -55,10 +55,8 @@ class Prediction:
     @property
     def mask(self) -> np.ndarray:
         if self._mask is None:
-            if self._map is None and not self._any_above():
-                self._mask = np.zeros(self.image_size, dtype=bool)
-            else:
-                self._mask = self.anomaly_map > self.pixel_threshold
+            self._mask = (self.anomaly_map > self.pixel_threshold if self._any_above()
+                          else np.zeros(self.image_size, dtype=bool))
         return self._mask
 
     def _any_above(self) -> bool:
@@ -87,12 +85,10 @@ class Prediction:
 
     def to_dict(self) -> dict:
         """JSON-ready: score, label ("anomalous" or "good"), anomalous_pixels, peak, bbox [x0, y0, x1, y1]."""
-        if not self._any_above():  # nothing above the pixel threshold: no full-size map needed
-            return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
-                    "anomalous_pixels": 0, "peak": self.peak, "bbox": None}
-        box = self.bbox
+        above = self._any_above()  # nothing above the pixel threshold: no full-size map needed
+        box = self.bbox if above else None
         return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
-                "anomalous_pixels": int(self.mask.sum()), "peak": self.peak,
+                "anomalous_pixels": int(self.mask.sum()) if above else 0, "peak": self.peak,
                 "bbox": None if box is None else list(box)}
 
 
@@ -117,6 +113,23 @@ def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
             raise FreEdgeError(f"{path}: an OpenVINO IR needs --backend openvino")
         raise FreEdgeError(f"{path}: not a bundle folder, .xml or .onnx file")
     raise FreEdgeError(f"{path}: no such bundle; pass the folder written by `fre-edge export`")
+
+
+class _Threshold:
+    """A threshold attribute that is finite and above 0 whoever sets it (NaN would pass every image, inf
+    every part)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __set_name__(self, owner, attr: str):
+        self.attr = f"_{attr}"
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(obj, self.attr)
+
+    def __set__(self, obj, value) -> None:
+        setattr(obj, self.attr, check_threshold(value, self.name, "AnomalyDetector", "set a finite number above 0"))
 
 
 class _LoadedGraph:
@@ -153,22 +166,8 @@ class AnomalyDetector(_LoadedGraph):
         self.image_threshold = th["image"]
         self.pixel_threshold = th["pixel"]
 
-    # thresholds: finite and above 0 whoever sets them (NaN would pass every image, inf every part)
-    @property
-    def image_threshold(self) -> float:
-        return self._image_threshold
-
-    @image_threshold.setter
-    def image_threshold(self, value: float) -> None:
-        self._image_threshold = check_threshold(value, "image", "AnomalyDetector", "set a finite number above 0")
-
-    @property
-    def pixel_threshold(self) -> float:
-        return self._pixel_threshold
-
-    @pixel_threshold.setter
-    def pixel_threshold(self, value: float) -> None:
-        self._pixel_threshold = check_threshold(value, "pixel", "AnomalyDetector", "set a finite number above 0")
+    image_threshold = _Threshold("image")
+    pixel_threshold = _Threshold("pixel")
 
     # -- raw --------------------------------------------------------------------------------------
     def infer_prepared(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,15 +245,14 @@ class AnomalyDetector(_LoadedGraph):
 
 _END = object()
 
+
 def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[InferenceAdapter, dict, Path]:
     """(adapter, validated metadata, path): the bundle checked before its graph is compiled."""
     if backend not in BACKENDS:
         raise FreEdgeError(f"unknown backend {backend!r}; use openvino or onnxruntime")
     path = Path(path)
     model_file, bundle_dir = _model_file(path, backend)
-    manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None
-    if manifest is not None and model_file.name not in manifest["files"]:
-        raise FreEdgeError(f"{model_file}: not covered by the manifest's checksums; re-export the bundle")
+    manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None  # refuses unlisted model files
     adapter = make_adapter(backend, model_file, **adapter_options)
     if manifest is None:
         meta = adapter.metadata()
