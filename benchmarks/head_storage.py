@@ -45,7 +45,7 @@ def main():
     from fre_edge.export.bundle_writer import share_transposed_constants
     from fre_edge.runtime.adapters import cut_to_backbone
     from fre_edge.runtime.bundle import read_manifest
-    from fre_edge.timing import ratio_spread
+    from fre_edge.timing import markdown_table, ratio_spread
 
     env = environment()
     core = ov.Core()
@@ -85,16 +85,16 @@ def main():
           f"OpenVINO CPU, f32, latency hint, batch 1; `reconstruct` head form (the form whose two matmuls read V); "
           f"{args.rounds} rounds of alternating {args.block:g} s blocks; latency ratio = median shared / median "
           "duplicated over all timed calls; spread = quartiles of the per-round ratios.", "",
-          "| backbone | input | D | k | weights | backbone-only .bin MB | 4 D k MB | duplicated .bin MB | shared .bin MB "
-          "| shared / (backbone + 4 D k) | score rel. diff | duplicated ms | shared ms | latency ratio | quartiles |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        b = r["bin_bytes"]
-        md.append(f"| {r['backbone']} | {r['input_size']} | {r['D']} | {r['k']} | {r['weights']} | "
-                  f"{b['backbone_only'] * mb:.2f} | {r['four_D_k_bytes'] * mb:.2f} | {b['duplicated'] * mb:.2f} | "
-                  f"{b['shared'] * mb:.2f} | {r['shared_over_backbone_plus_4Dk']:.4f} | {r['score_rel_diff']:.1e} | "
-                  f"{r['median_ms']['duplicated']:.2f} | {r['median_ms']['shared']:.2f} | {r['latency_ratio']:.3f} | "
-                  f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f} |")
+          markdown_table(
+              ["backbone", "input", "D", "k", "weights", "backbone-only .bin MB", "4 D k MB", "duplicated .bin MB",
+               "shared .bin MB", "shared / (backbone + 4 D k)", "score rel. diff", "duplicated ms", "shared ms",
+               "latency ratio", "quartiles"],
+              [[r["backbone"], r["input_size"], r["D"], r["k"], r["weights"],
+                f"{r['bin_bytes']['backbone_only'] * mb:.2f}", f"{r['four_D_k_bytes'] * mb:.2f}",
+                f"{r['bin_bytes']['duplicated'] * mb:.2f}", f"{r['bin_bytes']['shared'] * mb:.2f}",
+                f"{r['shared_over_backbone_plus_4Dk']:.4f}", f"{r['score_rel_diff']:.1e}",
+                f"{r['median_ms']['duplicated']:.2f}", f"{r['median_ms']['shared']:.2f}", f"{r['latency_ratio']:.3f}",
+                f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f}"] for r in rows])]
     md += ["", "Random weights (resnet18/50): torchvision's ImageNet weights are not available offline here; sizes "
            "and latency do not depend on weight values. k is the PCA rank from fitting on MVTec bottle's 188 "
            "fitting images. The file holds V once; the CPU plugin lays the weights out for each matmul when it "

@@ -129,30 +129,27 @@ def run_bench(det, *, batch: int = 1, duration: float = 10.0, warmup: int = 5, m
     return out
 
 
-def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overlays: bool = False,
+def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overlays: bool | str = False,
                workers: int = 2) -> dict:
     """End to end from image files, as ``fre-edge predict`` does it: reading and resizing in ``workers``
     threads ahead of inference, inference in batches, the map at each picture's own size with its mask and
-    box, and (``overlays``) a JPEG heatmap panel per picture written by one more thread. Passes over
-    ``paths`` until ``duration`` seconds have gone (at least one pass); images per second over wall time."""
+    box, and overlays (True or "all", "anomalous", False or "none") drawn by ``visualize.OverlayWriter``'s
+    thread. Passes over ``paths`` until ``duration`` seconds have gone (at least one pass); images per
+    second over wall time."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
 
-    from .visualize import save_overlay
+    from .visualize import OverlayWriter
 
+    which = {True: "all", False: "none"}.get(overlays, overlays)
     done, passes = 0, 0
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as writer:
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         while passes == 0 or time.perf_counter() - t0 < duration:
-            drawn = []
-            for i, (path, pred) in enumerate(det.iter_predict(paths, batch_size=batch_size, workers=workers)):
-                pred.to_dict()  # score, verdict, anomalous pixels, peak and box: the map at full size
-                if overlays:
-                    drawn.append(writer.submit(save_overlay, Path(tmp) / f"{i}.jpg", path, pred,
-                                               det.pixel_threshold))
-                done += 1
-            for f in drawn:
-                f.result()
+            with OverlayWriter(tmp, det.pixel_threshold, which) as pictures:
+                for i, (path, pred) in enumerate(det.iter_predict(paths, batch_size=batch_size, workers=workers)):
+                    pred.to_dict()  # score, verdict, anomalous pixels, peak and box: the map at full size
+                    pictures.add(i, path, pred)
+                    done += 1
             passes += 1
         wall = time.perf_counter() - t0
     return {"images": len(paths), "passes": passes, "batch_size": batch_size, "read_workers": workers,

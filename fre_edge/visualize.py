@@ -80,6 +80,45 @@ def save_overlay(target: str | Path, path: str | Path, pred, pixel_threshold: fl
                title=f"{Path(path).name} score={pred.score:.4g} {'anomalous' if pred.anomalous else 'good'}")
 
 
+OVERLAYS = ("all", "anomalous", "none")  # which pictures predict draws
+
+
+class OverlayWriter:
+    """Draws scored pictures' heatmap panels (:func:`save_overlay`, JPEG) into ``folder`` in one background
+    thread, off the scoring path: ``with OverlayWriter(folder, pixel_threshold, "anomalous") as w:
+    name = w.add(index, path, prediction)``. ``which``: all, anomalous (only those scored anomalous) or
+    none; ``folder`` None draws nothing. Leaving the block waits for every picture and raises the first
+    failure, so a picture that could not be written is never silent."""
+
+    def __init__(self, folder: str | Path | None, pixel_threshold: float, which: str = "all"):
+        if which not in OVERLAYS:
+            raise ValueError(f"which={which!r}; use one of {', '.join(OVERLAYS)}")
+        self.folder, self.pixel_threshold, self.which = folder, pixel_threshold, which
+        self._futures = []
+
+    def __enter__(self) -> "OverlayWriter":
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fre-edge-overlay")
+        return self
+
+    def add(self, index: int, path: str | Path, pred) -> str | None:
+        """Queue the picture of one scored image; returns its file name, or None when none is drawn."""
+        if self.folder is None or self.which == "none" or self.which == "anomalous" and not pred.anomalous:
+            return None
+        name = f"{index:04d}_{Path(path).stem}.jpg"
+        self._futures.append(self._pool.submit(save_overlay, Path(self.folder) / name, path, pred,
+                                               self.pixel_threshold))
+        return name
+
+    def __exit__(self, exc_type, exc, tb):
+        self._pool.shutdown(wait=True)
+        if exc_type is None:
+            for future in self._futures:
+                future.result()
+        return False
+
+
 def score_chart(kinds: dict[str, list[float]], threshold: float, width: int = 720) -> Image.Image:
     """One row of dots per kind of test image (``good`` first, then each defect) on a log score axis, with
     the image threshold as a red line: where the kinds overlap, and what moving the threshold would do."""

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from ..runtime.adapters import BACKENDS, PRECISIONS
+from ..visualize import OVERLAYS
 from .params import POSITIVE
 
 COLUMNS = ["path", "score", "label", "anomalous_pixels", "peak", "bbox", "overlay", "error"]
-OVERLAYS = ("all", "anomalous", "none")
 
 
 def _collect(inputs: tuple[Path, ...], out_dir: Path | None) -> list[Path]:
@@ -112,9 +112,7 @@ def _score(det, paths, tmp, batch_size, overlays, quiet, tqdm):
     Reading runs ahead of inference in threads (``iter_predict``); overlay pictures are drawn and written by
     one more thread, off the scoring path.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..visualize import save_overlay
+    from ..visualize import OverlayWriter
 
     # disable=None: a bar only on a terminal, not in logs or pipes
     bar = tqdm(total=len(paths), unit="img", disable=True if quiet or len(paths) < 2 else None, file=sys.stderr)
@@ -128,19 +126,13 @@ def _score(det, paths, tmp, batch_size, overlays, quiet, tqdm):
         bar.write(f"error     {exc}", file=sys.stderr)
         bar.update(1)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="fre-edge-overlay") as writer:
-        drawn = []
+    with OverlayWriter(tmp, det.pixel_threshold, overlays) as pictures:
         for path, pred in det.iter_predict(paths, batch_size=batch_size, on_error=unreadable):
             i = index[id(path)]
-            row = {"path": str(path), **pred.to_dict(), "overlay": None, "error": None}
+            row = {"path": str(path), **pred.to_dict(), "overlay": pictures.add(i, path, pred), "error": None}
             bar.write(f"{row['label']:9s} {pred.score:12.6g}  {path}", file=sys.stdout)
-            if tmp is not None and (overlays == "all" or overlays == "anomalous" and pred.anomalous):
-                row["overlay"] = f"{i:04d}_{path.stem}.jpg"
-                drawn.append(writer.submit(save_overlay, tmp / row["overlay"], path, pred, det.pixel_threshold))
             rows[i] = row
             bar.update(1)
-        for future in drawn:
-            future.result()  # a failure to write a picture is not silent
     bar.close()
     for i, message in errors.items():
         rows[i] = {**dict.fromkeys(COLUMNS), "path": str(paths[i]), "error": message}

@@ -36,15 +36,6 @@ def refit_heads(features: list[np.ndarray], n_components: list[int], shapes: lis
     return [FRE(int(k)).fit(X.reshape(len(X), *shape)) for X, k, shape in zip(features, n_components, shapes)]
 
 
-def fusion_rows(heads: list, features: list[np.ndarray]) -> np.ndarray:
-    """Per layer: mean and std of the scores and of the map values on ``features`` (as fitting computes them)."""
-    rows = []
-    for fre, X in zip(heads, features):
-        s, mp = fre.reconstruction_error(X), fre.error_maps(X)
-        rows.append([s.mean(), max(s.std(ddof=1), 1e-12), mp.mean(), max(mp.std(ddof=1), 1e-12)])
-    return np.array(rows, dtype=np.float32)
-
-
 def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list, input_size: int,
                 fusion: np.ndarray | None, forms: list[str] | None = None):
     """OpenVINO model: the backbone's feature outputs followed by FRE heads (fitted ``FRE`` estimators, one
@@ -128,5 +119,7 @@ def refit_int8_model(quantized_full, manifest: dict, refit_batches, check_batche
     shapes = [tuple(int(d) for d in o.get_partial_shape()[1:].to_shape()) for o in backbone.outputs]
     feats = backbone_features(compiled, refit_batches)
     heads = refit_heads(feats, manifest["n_components"], shapes)
-    fusion = fusion_rows(heads, feats) if len(heads) > 1 else None
+    from ..fit.estimator import fusion_statistics
+
+    fusion = fusion_statistics(heads, feats).numpy() if len(heads) > 1 else None
     return build_model(backbone, shapes, heads, int(manifest["input_size"]), fusion, manifest.get("head_forms")), heads

@@ -133,6 +133,18 @@ class FRE(BaseEstimator):
         return (z @ self.subspace_.components + self.subspace_.mean).numpy()
 
 
+@torch.inference_mode()
+def fusion_statistics(fres: list, features: list) -> torch.Tensor:
+    """[layers, 4]: mean and std of each layer's FRE scores and map values on good images' ``features``
+    (one array per layer); several layers are normalised by these before their scores and maps are added.
+    Fitting and the INT8 refit both compute them here."""
+    rows = []
+    for fre, f in zip(fres, features):
+        s, m = fre._head(fre._check(f))
+        rows.append([s.mean(), s.std().clamp_min(1e-12), m.mean(), m.std().clamp_min(1e-12)])
+    return torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32)
+
+
 def _as_tensor(X) -> torch.Tensor:
     """float32 torch view or copy of X; never a view the caller could see modified (we never write to it)."""
     if isinstance(X, torch.Tensor):

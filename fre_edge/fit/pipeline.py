@@ -20,7 +20,7 @@ from .backbones import DEFAULT_BACKBONE, create_backbone, get_spec, resolve_laye
 from ..errors import FreEdgeError
 from .features import extract_features
 from .model import FREDetector, FREHead
-from .estimator import FRE
+from .estimator import FRE, fusion_statistics
 from .pca import check_n_components, check_strategy
 from .thresholds import threshold_warnings, thresholds_from_scores
 
@@ -154,11 +154,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
 
     t0 = time.perf_counter()
     heads = [fre.head() for fre in fres]
-    rows = []
-    for head, f in zip(heads, feats):
-        s, m = head(f[:n_fit])
-        rows.append([s.mean(), s.std().clamp_min(1e-12), m.mean(), m.std().clamp_min(1e-12)])
-    fusion = torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32)
+    fusion = fusion_statistics(fres, [f[:n_fit] for f in feats])
     detector = assemble_detector(cfg, shell.backbone, heads, fusion)
     sel = slice(n_fit, None) if hold_paths else slice(0, n_fit)
     scores, maps = [], []
