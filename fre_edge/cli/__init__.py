@@ -31,6 +31,7 @@ COMMANDS = {
                  "Quantize a bundle to INT8 with NNCF on good images (needs the fit extra)."),
     "predict": ("fre_edge.cli.predict_cmd", "Score images with a bundle (torch-free)."),
     "bench": ("fre_edge.cli.bench_cmd", "Measure a bundle's latency and FPS (torch-free)."),
+    "serve": ("fre_edge.cli.serve_cmd", "Serve bundles over the KServe v2 protocol (needs the serve extra)."),
     "info": ("fre_edge.cli.info_cmd", "Check a bundle and show what it holds and what this machine runs (torch-free)."),
 }
 

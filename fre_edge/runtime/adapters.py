@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import FreEdgeError
 from .bundle import METADATA_KEY
 
-BACKENDS = ("openvino", "onnxruntime")
+BACKENDS = ("openvino", "onnxruntime")  # in this process
+REMOTE = "kserve"  # on a model server: fre_edge.runtime.remote
 PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
 

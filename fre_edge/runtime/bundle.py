@@ -145,6 +145,25 @@ def metadata_json(meta: dict) -> str:
     return json.dumps({k: meta[k] for k in FIELDS if k in meta}, sort_keys=True)
 
 
+def bundle_digest(manifest: dict) -> str:
+    """The bundle's identity: sha256 of its model files' checksums (the manifest's ``files``), as hex.
+
+    Two bundles with the same graph files have the same digest, whichever folder holds them."""
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise FreEdgeError("this manifest has no file list; re-export the bundle")
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def serving_version(digest: str) -> str:
+    """The model version a model server reports for a bundle: the digest's first 48 bits as a decimal number.
+
+    OVMS and Triton name versions by positive integers (the folder ``REPO/NAME/VERSION``); deriving it from
+    the digest lets a client check, in every response's ``model_version``, that the server runs the bundle
+    it holds, on fre-edge's server and on theirs alike."""
+    return str(int(digest[:12], 16) or 1)
+
+
 # ----------------------------------------------------------------------------- metadata inside the model files
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import read_for_model, resize_map, resize_rgb, to_rgb_uint8
-from .adapters import BACKENDS, InferenceAdapter, make_adapter
+from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, validate_metadata
 
 
@@ -246,10 +246,26 @@ class AnomalyDetector(_LoadedGraph):
 _END = object()
 
 
+def _open_remote(path, verify: bool, url: str | None, model_name: str | None,
+                 timeout: float) -> tuple[InferenceAdapter, dict, Path]:
+    """(adapter, manifest, path) for a bundle whose graph runs on a model server."""
+    from .remote import KServeAdapter
+
+    path = Path(path)
+    if not url:
+        raise FreEdgeError("the kserve backend needs the server's URL; pass url='grpc://HOST:PORT' (--server)")
+    if not path.is_dir():
+        raise FreEdgeError(f"{path}: the kserve backend needs the bundle folder (its manifest holds the thresholds "
+                           f"and the digest the server is checked against)")
+    manifest = read_manifest(path, verify=verify)
+    name = model_name or path.resolve().name
+    return KServeAdapter(url, manifest, name, timeout=timeout), manifest, path
+
+
 def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[InferenceAdapter, dict, Path]:
     """(adapter, validated metadata, path): the bundle checked before its graph is compiled."""
     if backend not in BACKENDS:
-        raise FreEdgeError(f"unknown backend {backend!r}; use openvino or onnxruntime")
+        raise FreEdgeError(f"unknown backend {backend!r}; use openvino, onnxruntime or {REMOTE}")
     path = Path(path)
     model_file, bundle_dir = _model_file(path, backend)
     manifest = read_manifest(bundle_dir, verify=verify) if bundle_dir else None  # refuses unlisted model files
@@ -268,14 +284,17 @@ def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[Inferenc
 
 def load_detector(path: str | Path, *, backend: str = "openvino", device: str = "CPU", precision: str = "f32",
                   hint: str = "latency", threads: int | None = None, batch: int | None = None,
-                  verify: bool = True) -> AnomalyDetector:
+                  verify: bool = True, url: str | None = None, model_name: str | None = None,
+                  timeout: float = 30.0) -> AnomalyDetector:
     """Load a bundle for scoring.
 
     Args:
         path: a bundle folder written by ``fre-edge export`` (its checksums verified and its manifest
             cross-checked with the metadata inside the model files), or a lone ``model.xml`` (with its
             ``.bin``) or ``model.onnx``, whose metadata is read from inside.
-        backend: ``"openvino"`` (default) or ``"onnxruntime"``.
+        backend: ``"openvino"`` (default), ``"onnxruntime"``, or ``"kserve"``: the graph runs on a model
+            server of the KServe v2 protocol (``fre-edge serve``, OVMS, Triton) at ``url``, while reading,
+            resizing and thresholds stay here (``path`` must then be the bundle folder the server runs).
         device: OpenVINO device (``"CPU"``, ``"GPU"``, ``"AUTO"``, ...); ONNX Runtime runs on CPU only.
         precision: inference precision hint, ``"f32"`` (default), ``"bf16"`` or ``"f16"``; OpenVINO's CPU
             plugin would use bf16 on AMX machines unless told f32. ``describe()`` reports what was used.
@@ -283,13 +302,20 @@ def load_detector(path: str | Path, *, backend: str = "openvino", device: str = 
         threads: inference threads (default: the runtime's choice).
         batch: fix the graph's batch dimension (default: dynamic).
         verify: check the bundle's checksums and manifest (default True; keep it on a line).
+        url: with ``backend="kserve"``: ``"grpc://HOST:PORT"`` or ``"http://HOST:PORT"``.
+        model_name: with ``backend="kserve"``: the name the server gives the model (default: the bundle
+            folder's name, as ``fre-edge serve`` names it).
+        timeout: with ``backend="kserve"``: seconds to wait for each answer.
 
     Raises:
         FreEdgeError: one line naming the problem and the fix (missing, damaged or edited bundle,
             unknown backend or device, ...).
     """
-    adapter, metadata, path = _open(path, backend, verify, device=device, precision=precision, hint=hint,
-                                    threads=threads, batch=batch)
+    if backend == REMOTE:
+        adapter, metadata, path = _open_remote(path, verify, url, model_name, timeout)
+    else:
+        adapter, metadata, path = _open(path, backend, verify, device=device, precision=precision, hint=hint,
+                                        threads=threads, batch=batch)
     return AnomalyDetector(adapter, metadata, path)
 
 

@@ -1,0 +1,45 @@
+"""What travels over the KServe v2 protocol for a bundle: one uint8 image batch in, score and map out.
+
+Shared by the server (:mod:`.kserve_model`), the model repository writer (:mod:`.repository`) and the
+remote client (:mod:`fre_edge.runtime.remote`), so the three cannot drift apart. Torch-free, kserve-free.
+"""
+
+from __future__ import annotations
+
+from ..runtime.bundle import bundle_digest, serving_version
+
+DATATYPES = {"uint8": "UINT8", "float32": "FP32"}
+MAX_BATCH = 64  # largest batch one request may carry (a 256 px batch of 64 is 12 MiB in, 16 MiB out)
+
+
+def input_tensor(manifest: dict) -> dict:
+    """The graph's input in the protocol's terms: {"name", "datatype", "shape"} (-1 = any batch)."""
+    size = int(manifest["input_size"])
+    return {"name": manifest["input"]["name"], "datatype": "UINT8", "shape": [-1, size, size, 3]}
+
+
+def output_tensors(manifest: dict) -> list[dict]:
+    """The graph's outputs in the protocol's terms, in the bundle's order (score [N], anomaly_map [N, S, S])."""
+    return [{"name": o["name"], "datatype": "FP32", "shape": list(o["shape"])} for o in manifest["outputs"]]
+
+
+def version_of(manifest: dict) -> str:
+    """The model version every server reports for this bundle (see :func:`serving_version`)."""
+    return serving_version(bundle_digest(manifest))
+
+
+def check_request(name: str, datatype: str, shape, manifest: dict, max_batch: int = MAX_BATCH) -> str | None:
+    """Why a request's input tensor does not fit the bundle's graph, or None when it does."""
+    want = input_tensor(manifest)
+    size = want["shape"][1]
+    if name != want["name"]:
+        return f"input {name!r} is unknown; send one input named {want['name']!r}"
+    if datatype != "UINT8":
+        return f"input {name!r} has datatype {datatype}; send UINT8 RGB pixels"
+    shape = list(shape)
+    if len(shape) != 4 or shape[1:] != [size, size, 3]:
+        return (f"input {name!r} has shape {shape}; send [N, {size}, {size}, 3] (RGB, resized to the model's "
+                f"input size on the client)")
+    if not 1 <= shape[0] <= max_batch:
+        return f"input {name!r} holds a batch of {shape[0]}; send 1 to {max_batch} images per request"
+    return None

@@ -1,0 +1,98 @@
+"""``fre-edge serve``: bundles on KServe's Python model server, REST and gRPC, bound where the user says.
+
+KServe's ModelServer listens on every interface (0.0.0.0 and [::]) and drops model versions from its
+metadata. This module changes only that: both servers bind ``host`` (loopback unless the user opens it),
+and the metadata lists the bundle's serving version. Everything else (endpoints, errors, signals,
+metrics) is KServe's own, so the same process runs unchanged as a KServe InferenceService predictor.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent import futures
+
+from ..errors import FreEdgeError
+
+
+def _import_kserve():
+    """kserve parses sys.argv when imported: hide fre-edge's own arguments from it."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve  # noqa: F401
+        from kserve import model_server
+    except ImportError:
+        raise FreEdgeError('serving needs the kserve package; run: pip install "fre-edge[serve]"') from None
+    finally:
+        sys.argv = argv
+    return model_server
+
+
+def build_server(models, *, host: str, http_port: int, grpc_port: int, threads: int = 4):
+    """A KServe ModelServer for ``models`` (:class:`~fre_edge.serve.kserve_model.BundleModel`) bound to ``host``."""
+    ms = _import_kserve()
+    from grpc import aio
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.rest.server import RESTServer
+
+    class VersionedDataPlane(DataPlane):
+        async def model_metadata(self, model_name: str) -> dict:
+            meta = await super().model_metadata(model_name)
+            model = self.get_model_from_registry(model_name)
+            meta["versions"] = [model.version]
+            meta["platform"] = f"fre-edge_{model.backend}"
+            return meta
+
+    class VersionedServicer(InferenceServicer):
+        async def ModelMetadata(self, request, context):
+            meta = await self._data_plane.model_metadata(model_name=request.name)
+            return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
+                                            platform=meta["platform"], inputs=meta["inputs"],
+                                            outputs=meta["outputs"])
+
+    class BoundGRPCServer(GRPCServer):
+        async def start(self, max_workers):  # GRPCServer.start with the listen address and servicer changed
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                         ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))])
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                VersionedServicer(self._data_plane, self._model_repository_extension), self._server)
+            if self._server.add_insecure_port(f"{_bracketed(host)}:{self._port}") == 0:
+                raise FreEdgeError(f"cannot listen on {host}:{self._port} (gRPC); choose another --grpc-port")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    class BoundModelServer(ms.ModelServer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dataplane = VersionedDataPlane(model_registry=self.registered_models)
+
+        def start(self, models) -> None:  # ModelServer.start, one REST worker, bound to host
+            import asyncio
+
+            self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = RESTServer(ms.FASTAPI_APP_IMPORT_STRING, self.dataplane,
+                                           self.model_repository_extension, self.http_port,
+                                           grace_period=self.grace_period, event_loop=self.event_loop,
+                                           timeout_keep_alive=self.timeout_keep_alive)
+            self._rest_server.config.host = host
+            self.servers.append(self._rest_server.start())
+            self._grpc_server = BoundGRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
+                                                kwargs=vars(ms.args), grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    return BoundModelServer(http_port=http_port, grpc_port=grpc_port, workers=1, max_threads=threads,
+                            max_asyncio_workers=threads, enable_grpc=True, grace_period=5)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
