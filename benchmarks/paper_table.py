@@ -147,7 +147,10 @@ def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, 
         if model == "patchcore":
             cmd += ["--coreset", str(coreset)]
         print("peer:", model, dataset, file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:  # the peer's own error, not just its exit status
+            sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
+            raise SystemExit(f"peer {model} on {dataset} failed (exit {run.returncode}); its output is above")
         rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
     return rows
 

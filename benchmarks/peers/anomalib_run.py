@@ -42,7 +42,7 @@ def time_ir(xml: Path, seconds: float) -> dict:
                              "sync_fps": t.input_shape[0] / float(np.mean(lat)),
                              "latency_ms_median": 1e3 * float(np.median(lat)),
                              "async_fps": t.input_shape[0] * t.throughput(seconds),
-                             "requests_in_flight": len(t.requests)}
+                             "requests_in_flight": t.requests_in_flight}
     return out
 
 

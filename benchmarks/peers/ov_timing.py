@@ -47,5 +47,5 @@ class IRTimer:
 
     def throughput(self, seconds: float) -> float:
         """Images/s with the optimal number of requests in flight, round-robin (as ``fre-edge bench``)."""
-        _, done, wall = openvino_round_robin(self.compiled, {0: self.x}, seconds)
+        self.requests_in_flight, done, wall = openvino_round_robin(self.compiled, {0: self.x}, seconds)
         return done / wall
