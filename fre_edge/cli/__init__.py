@@ -83,6 +83,9 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # `fre-edge predict ... | head`: the reader has gone, nothing to report
+            sys.stderr.close()
+            ctx.exit(EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written for the output in progress", err=True)
             ctx.exit(EXIT_INTERRUPTED)

@@ -28,10 +28,18 @@ from .params import FiniteFloat
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
               help="Also measure end-to-end images/s on the image files in this folder (read, resize, infer, "
                    "map; with and without overlays), as `predict` gets them.")
+@click.option("--server", default=None, metavar="URL",
+              help="Time the bundle's graph on this model server instead (grpc://HOST:PORT or http://HOST:PORT; "
+                   "`fre-edge serve`, OVMS, Triton), over the network as clients see it.")
+@click.option("--model-name", default=None, help="With --server: the model's name there (default: the bundle "
+                                                 "folder's name).")
+@click.option("--clients", type=click.IntRange(1, 256), default=None,
+              help="Concurrent clients for the async figure (default: with --server 4; locally the runtime's "
+                   "own number of requests).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON.")
 def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, images_dir,
-            json_path):
+            server, model_name, clients, json_path):
     """Measure latency (median, mean, p90, p99) and FPS of BUNDLE, sync and async.
 
     Prints a table with the paper's FPS figures beside this machine's.
@@ -49,18 +57,27 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
             raise FreEdgeError("--images measures the whole detector; drop --backbone-only")
         if not images_dir.is_dir() or not (paths := find_images(images_dir)):
             raise FreEdgeError(f"{images_dir}: no folder of images; point --images to a folder of pictures")
-    load = load_backbone_only if backbone_only else load_detector
-    det = load(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads, batch=batch)
+    if server:
+        from .params import check_remote
+
+        check_remote(backend, backbone_only)
+        det = load_detector(bundle, backend="kserve", url=server, model_name=model_name)
+        clients = clients or 4
+    else:
+        load = load_backbone_only if backbone_only else load_detector
+        det = load(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads,
+                   batch=batch)
     result = {
         "command": "fre-edge " + " ".join(sys.argv[1:]),
         "fre_edge_version": __version__,
         "backbone_only": backbone_only,
         "runtime": det.describe(),
         "machine": cpu_info(),
-        "bench": run_bench(det, batch=batch, duration=duration),
+        "bench": run_bench(det, batch=batch, duration=duration, clients=clients),
     }
     if paths:  # a dynamic batch, as predict runs: the last batch of a pass may be short
-        e2e = load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads)
+        e2e = (det if server else
+               load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads))
         result["end_to_end"] = [run_images(e2e, paths, batch_size=batch, duration=duration, overlays=o)
                                 for o in (False, True)]
     click.echo(format_table(result))

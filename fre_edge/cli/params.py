@@ -19,3 +19,13 @@ class FiniteFloat(click.FloatRange):
 
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
+
+
+def check_remote(backend: str, backbone_only: bool = False) -> None:
+    """With --server the server chooses the runtime: refuse the options that choose a local one."""
+    from ..errors import FreEdgeError
+
+    if backend != "openvino":
+        raise FreEdgeError("--backend chooses a local runtime; drop it with --server (the server runs the graph)")
+    if backbone_only:
+        raise FreEdgeError("--backbone-only times a local graph; drop it with --server")
