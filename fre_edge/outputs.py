@@ -39,9 +39,11 @@ KINDS: dict[str, tuple[str, dict, frozenset[str]]] = {
     "bundle": ("manifest.json", {"model_type": "fre"},
                frozenset({"model.xml", "model.bin", "model.onnx", "eval.json", "eval_pictures"})),
     "predictions": ("scores.json", {"kind": "fre-edge predictions"}, frozenset({"scores.csv"})),
+    "repository": ("fre-edge-repository.json", {"kind": "fre-edge model repository"}, frozenset({"config.json"})),
 }
 WHAT = {"model": "a model folder (fre-edge fit)", "bundle": "a bundle (fre-edge export/quantize)",
-        "predictions": "a predictions folder (fre-edge predict)"}
+        "predictions": "a predictions folder (fre-edge predict)",
+        "repository": "a model repository (fre-edge repository)"}
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -72,16 +74,17 @@ def _foreign(folder: Path, kind: str) -> list[str]:
     allowed = set(allowed) | {marker}
     if kind == "predictions" and data is not None:
         allowed |= {r["overlay"] for r in data.get("images", []) if isinstance(r, dict) and r.get("overlay")}
+    models = set(data.get("models", {})) if kind == "repository" and data is not None else set()
     foreign = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") and ".partial-" in entry.name and not entry.is_symlink():
             continue  # a temporary file of fre-edge's own (write_text_atomic), killed before its rename
-        if entry.name not in allowed or entry.is_symlink():
+        if (entry.name not in allowed and entry.name not in models) or entry.is_symlink():
             foreign.append(entry.name)
         elif entry.is_dir() and entry.name == "eval_pictures":
             foreign += [f"{entry.name}/{p.name}" for p in sorted(entry.iterdir())
                         if not (p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)]
-        elif entry.is_dir():
+        elif entry.is_dir() and entry.name not in models:
             foreign.append(entry.name)
     return foreign
 

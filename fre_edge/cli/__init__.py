@@ -32,6 +32,7 @@ COMMANDS = {
     "predict": ("fre_edge.cli.predict_cmd", "Score images with a bundle (torch-free)."),
     "bench": ("fre_edge.cli.bench_cmd", "Measure a bundle's latency and FPS (torch-free)."),
     "serve": ("fre_edge.cli.serve_cmd", "Serve bundles over the KServe v2 protocol (needs the serve extra)."),
+    "repository": ("fre_edge.cli.repository_cmd", "Lay out bundles as a model repository for OVMS and Triton."),
     "info": ("fre_edge.cli.info_cmd", "Check a bundle and show what it holds and what this machine runs (torch-free)."),
 }
 
@@ -83,8 +84,8 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
-        except BrokenPipeError:  # `fre-edge predict ... | head`: the reader has gone, nothing to report
-            sys.stderr.close()
+        except BrokenPipeError:  # `fre-edge predict ... | head`: the reader has gone (Python's documented recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(EXIT_INTERRUPTED)
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written for the output in progress", err=True)
