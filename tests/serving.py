@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
@@ -48,6 +49,8 @@ class Server:
         self.http_port, self.grpc_port = free_port(), free_port()
         self.bundles, self.log_path = [str(b) for b in bundles], log
         self.proc: subprocess.Popen | None = None
+        self.command = fre_edge_cmd("serve", *self.bundles, "--host", "127.0.0.1", "--http-port", str(self.http_port),
+                                    "--grpc-port", str(self.grpc_port), "--threads", "4")
 
     @property
     def http_url(self) -> str:
@@ -59,10 +62,7 @@ class Server:
 
     def __enter__(self) -> "Server":
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(fre_edge_cmd("serve", *self.bundles, "--host", "127.0.0.1", "--http-port",
-                                                  str(self.http_port), "--grpc-port", str(self.grpc_port),
-                                                  "--threads", "4"),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

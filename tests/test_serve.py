@@ -250,3 +250,29 @@ def test_the_client_side_needs_neither_torch_nor_kserve(server, sample_bundle, i
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "CLIENT-OK" in r.stdout
+
+
+def test_the_container_recipe_runs_fre_edge_serve(sample_bundle, tmp_path):
+    """deploy/Dockerfile's entrypoint with deploy/inferenceservice.yaml's arguments is a working command.
+    (Docker and a cluster are not available here: the command is run directly, on loopback.)"""
+    import yaml
+
+    from serving import REPO
+
+    lines = (REPO / "deploy" / "Dockerfile").read_text().splitlines()
+    entry = next(json.loads(line.split(None, 1)[1]) for line in lines if line.startswith("ENTRYPOINT"))
+    isvc = yaml.safe_load((REPO / "deploy" / "inferenceservice.yaml").read_text())
+    container = isvc["spec"]["predictor"]["containers"][0]
+    name, _, mount = container["args"][0].partition("=")
+    assert name == isvc["metadata"]["name"] and mount == "/mnt/models"
+    assert entry[:2] == ["fre-edge", "serve"]
+    ready_path = container["readinessProbe"]["httpGet"]["path"]
+    s = Server(log=tmp_path / "container.log")
+    options = dict(zip(entry[2::2], entry[3::2]))
+    assert options["--host"] == "0.0.0.0" and int(options["--http-port"]) == container["ports"][0]["containerPort"]
+    options.update({"--host": "127.0.0.1", "--http-port": str(s.http_port), "--grpc-port": str(s.grpc_port)})
+    s.command = fre_edge_cmd("serve", *[x for kv in options.items() for x in kv], f"{name}={sample_bundle}")
+    with s:
+        assert http(s.http_url + ready_path)[0] == 200
+        remote = load_detector(sample_bundle, backend="kserve", url=s.http_url, model_name=name)
+        assert remote.predict(np.zeros((64, 64, 3), np.uint8)).score > 0
