@@ -40,10 +40,12 @@ KINDS: dict[str, tuple[str, dict, frozenset[str]]] = {
                frozenset({"model.xml", "model.bin", "model.onnx", "eval.json", "eval_pictures"})),
     "predictions": ("scores.json", {"kind": "fre-edge predictions"}, frozenset({"scores.csv"})),
     "repository": ("fre-edge-repository.json", {"kind": "fre-edge model repository"}, frozenset({"config.json"})),
+    "model-api": ("model_api.json", {"kind": "fre-edge model api"}, frozenset({"model.xml", "model.bin"})),
 }
 WHAT = {"model": "a model folder (fre-edge fit)", "bundle": "a bundle (fre-edge export/quantize)",
         "predictions": "a predictions folder (fre-edge predict)",
-        "repository": "a model repository (fre-edge repository)"}
+        "repository": "a model repository (fre-edge repository)",
+        "model-api": "a Model API model (fre-edge model-api)"}
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 

@@ -1,0 +1,25 @@
+"""``fre-edge model-api`` (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("model-api")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The folder to write model.xml/.bin into (new, or one fre-edge wrote with --force).")
+@click.option("--force", is_flag=True, help="Replace an existing folder written by fre-edge model-api.")
+def command(bundle, out_dir, force):
+    """Write BUNDLE as an OpenVINO Model API AnomalyDetection model.
+
+    `model_api.models.Model.create_model("OUT/model.xml")` then loads it as an AnomalyDetection wrapper:
+    RGB pictures of any size in; pred_score and the anomaly map normalised to [0, 1] with 0.5 at the
+    bundle's thresholds, pred_label and pred_mask as fre-edge decides them.
+    """
+    from ..serve.model_api import write_model_api
+
+    xml = write_model_api(bundle, out_dir, force=force)
+    click.echo(f"wrote {xml}; load it with model_api.models.Model.create_model({str(xml)!r})")
