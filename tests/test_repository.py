@@ -11,7 +11,7 @@ import pytest
 from fre_edge.errors import FreEdgeError
 from fre_edge.runtime.bundle import bundle_digest, read_manifest, serving_version, sha256_file
 from fre_edge.serve.repository import write_repository
-from serving import fre_edge_cmd
+from fre_edge.serve.process import fre_edge_cmd
 
 
 def test_layout_for_ovms_and_triton(sample_bundle, tmp_path):

@@ -9,15 +9,17 @@ import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from serving import Server, fre_edge_cmd, http
+from fre_edge.serve.process import ServeProcess as Server
+from fre_edge.serve.process import fre_edge_cmd, http
 
 if not (importlib.util.find_spec("kserve") and importlib.util.find_spec("tritonclient")):
     if os.environ.get("CI"):
-        pytest.fail('the serve and remote extras are missing on CI: pip install -e ".[serve,remote]"')
+        pytest.fail('the serve and remote extras are missing on CI: pip install -e ".[test]"')
     pytest.skip("kserve or tritonclient not installed", allow_module_level=True)
 
 from fre_edge.errors import FreEdgeError  # noqa: E402
@@ -202,7 +204,7 @@ def test_bad_server_options_are_one_line(sample_bundle, images, args, expect):
 
 
 def test_an_unreachable_server_is_one_line(sample_bundle, images):
-    from serving import free_port
+    from fre_edge.serve.process import free_port
 
     port = free_port()  # nothing listens there
     for url in (f"grpc://127.0.0.1:{port}", f"http://127.0.0.1:{port}"):
@@ -257,7 +259,7 @@ def test_the_container_recipe_runs_fre_edge_serve(sample_bundle, tmp_path):
     (Docker and a cluster are not available here: the command is run directly, on loopback.)"""
     import yaml
 
-    from serving import REPO
+    REPO = Path(__file__).resolve().parents[1]
 
     lines = (REPO / "deploy" / "Dockerfile").read_text().splitlines()
     entry = next(json.loads(line.split(None, 1)[1]) for line in lines if line.startswith("ENTRYPOINT"))

@@ -1,4 +1,12 @@
-"""Start and stop ``fre-edge serve`` for the tests: loopback only, bounded waits, stopped by its PID."""
+"""``fre-edge serve`` as a child process: free loopback ports, a bounded wait until ready, stopped by its PID.
+
+For scripts, benchmarks and tests that need a server of their own::
+
+    with ServeProcess("bundle/", log="serve.log") as s:
+        det = load_detector("bundle/", backend="kserve", url=s.grpc_url)
+
+Needs only the standard library here; the child needs the serve extra.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ..errors import FreEdgeError
+
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
@@ -42,15 +51,15 @@ def http(url: str, body: bytes | None = None, headers: dict | None = None, timeo
             return e.code, {"raw": raw.decode(errors="replace")}
 
 
-class Server:
-    """``fre-edge serve`` on 127.0.0.1 with free ports; ``with Server(...) as s:`` waits until it is ready."""
+class ServeProcess:
+    """``fre-edge serve`` on 127.0.0.1 with free ports; ``with ServeProcess(...) as s:`` waits until it is ready."""
 
-    def __init__(self, *bundles: str | Path, log: Path):
+    def __init__(self, *bundles: str | Path, log: str | Path, threads: int = 4):
         self.http_port, self.grpc_port = free_port(), free_port()
         self.bundles, self.log_path = [str(b) for b in bundles], log
         self.proc: subprocess.Popen | None = None
         self.command = fre_edge_cmd("serve", *self.bundles, "--host", "127.0.0.1", "--http-port", str(self.http_port),
-                                    "--grpc-port", str(self.grpc_port), "--threads", "4")
+                                    "--grpc-port", str(self.grpc_port), "--threads", str(threads))
 
     @property
     def http_url(self) -> str:
@@ -60,13 +69,14 @@ class Server:
     def grpc_url(self) -> str:
         return f"grpc://127.0.0.1:{self.grpc_port}"
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> "ServeProcess":
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"fre-edge serve exited with {self.proc.returncode}: {self.output()[-2000:]}")
+                raise FreEdgeError(f"fre-edge serve exited with status {self.proc.returncode} before it was ready; "
+                                   f"its output is in {self.log_path}")
             try:
                 if http(f"{self.http_url}/v2/health/ready", timeout=2)[0] == 200:
                     return self
@@ -74,7 +84,7 @@ class Server:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"fre-edge serve not ready after {START_TIMEOUT_S} s: {self.output()[-2000:]}")
+        raise FreEdgeError(f"fre-edge serve was not ready after {START_TIMEOUT_S} s; its output is in {self.log_path}")
 
     def output(self) -> str:
         self.log.flush()
