@@ -46,7 +46,8 @@ def floor_request(bundle_dir: Path, backbone: str, batch: int):
         d = ops.subtract(ops.reshape(feat, ops.constant(np.array([-1, V.shape[1]], np.int64)), False), ops.constant(mu))
         z = ops.matmul(d, ops.constant(V), False, True)
         axis = ops.constant(np.array([1], np.int64))
-        s = ops.subtract(ops.reduce_sum(ops.multiply(d, d), axis, False), ops.reduce_sum(ops.multiply(z, z), axis, False))
+        s = ops.subtract(ops.reduce_sum(ops.multiply(d, d), axis, False),
+                         ops.reduce_sum(ops.multiply(z, z), axis, False))
         score = s if score is None else ops.add(score, s)
     return latency_request(ov.Model([score.output(0)], model.get_parameters(), "fre_floor"), batch)
 
@@ -156,7 +157,8 @@ def render(data: dict) -> str:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['backbone']} | {r['batch']} | {r['input_size']} | {','.join(r['layers'])} | "
-                  f"{','.join(map(str, r['n_components']))} | {','.join(r['head_forms'])} ({r['head_weights_mb']:.1f}) | "
+                  f"{','.join(map(str, r['n_components']))} | "
+                  f"{','.join(r['head_forms'])} ({r['head_weights_mb']:.1f}) | "
                   f"{r['weights']} | "
                   f"{r['backbone_median_ms']:.2f} | {r['full_median_ms']:.2f} | {r['ratio']:.3f} | "
                   f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f} | {r['floor_ratio']:.3f} | "
@@ -178,14 +180,14 @@ def render(data: dict) -> str:
            + ", and is chosen when k + 1 <= C (see fre_edge/fit/model.py). Lite0's blocks.10 has only C = 112 "
            "channels" + (f", fewer than its k = {lite['n_components'][0]} components, so it keeps `reconstruct` "
                          f"({lite['head_weights_mb']:.0f} MB)" if lite and lite["head_forms"] == ["reconstruct"]
-                         else "") + ". The floor graph reads 4 D k bytes, the least any exact f32 head can read, so a floor ratio "
-           "above 1.05 means that no arrangement of the head meets 1.05 at that batch on this machine. A batch "
-           "reads the matrices once for all its images, so the share falls with the batch size, as the batch-8 "
-           "rows show; there a batched matrix product also beats the grouped convolution, so `reconstruct` can "
-           "be the faster form even where it reads more (`fre-edge export --head-form`).", "",
-           "Where the time goes, node by node: `export_head_profile.md` (`python -m benchmarks.export_head_profile`, the same "
-           "alternation with OpenVINO's per-node counters): the head's own nodes, and how much slower the backbone's "
-           "nodes run inside the full graph than alone."]
+                         else "") + ". The floor graph reads 4 D k bytes, the least any exact f32 head can read, "
+           "so a floor ratio above 1.05 means that no arrangement of the head meets 1.05 at that batch on this "
+           "machine. A batch reads the matrices once for all its images, so the share falls with the batch size, "
+           "as the batch-8 rows show; there a batched matrix product also beats the grouped convolution, so "
+           "`reconstruct` can be the faster form even where it reads more (`fre-edge export --head-form`).", "",
+           "Where the time goes, node by node: `export_head_profile.md` "
+           "(`python -m benchmarks.export_head_profile`, the same alternation with OpenVINO's per-node counters): "
+           "the head's own nodes, and how much slower the backbone's nodes run inside the full graph than alone."]
     return "\n".join(md) + "\n"
 
 

@@ -6,7 +6,8 @@ The same alternation as export_head_cost.py (f32, latency hint, raw infer calls,
 with PERF_COUNT on. Per node, the median of its time over all timed calls. Reported: the head's own
 nodes (those the backbone-only graph does not have) one by one, and the backbone's nodes summed, alone
 and inside the full graph; their difference is what running next to the head costs the backbone (most
-likely through the cache: the head's weights pass through it between the backbone's calls). Node times do not add up to the wall-clock latency exactly (scheduling and copies are not nodes).
+likely through the cache: the head's weights pass through it between the backbone's calls). Node times do
+not add up to the wall-clock latency exactly (scheduling and copies are not nodes).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def weight_probe(backbone: str, rounds: int, block: float) -> dict:
         e = d.astype(np.float64) - z.astype(np.float64) @ V
         return (e * e).sum(1)
 
-    zs = {name: np.concatenate([req.infer({0: d[i : i + 1]})[0].copy() for i in range(len(d))]) for name, req in reqs.items()}
+    zs = {name: np.concatenate([req.infer({0: d[i : i + 1]})[0].copy() for i in range(len(d))])
+          for name, req in reqs.items()}
     ref = score(zs["f32"])
     lat, _ = alternate_requests(reqs, d[:1], rounds, block)
     return {"backbone": backbone, "shape": [k, D], "weights_mb_f32": 4 * k * D / 1e6, "n_images": len(d),
@@ -125,7 +127,8 @@ def main():
         top = "; ".join(f"{n} {t:.0f}" for n, t in list(h.items())[:3])
         md.append(f"| {r['backbone']} @ {r['input_size']} | {r['latency_median_ms']['full']:.3f} / "
                   f"{r['latency_median_ms']['backbone']:.3f} ms = {r['ratio']:.3f} | {b['alone']:.0f} | "
-                  f"{b['in_full_graph']:.0f} ({b['in_full_graph'] - b['alone']:+.0f}) | {sum(h.values()):.0f} | {top} |")
+                  f"{b['in_full_graph']:.0f} ({b['in_full_graph'] - b['alone']:+.0f}) | {sum(h.values()):.0f} | "
+                  f"{top} |")
     m, err = probe["median_ms"], probe["score_max_rel_diff"]
     md += ["", f"Head weights in fewer bytes ({probe['backbone']}'s projection alone, V {probe['shape'][0]} x "
            f"{probe['shape'][1]}, {probe['weights_mb_f32']:.1f} MB in f32; f32 inference precision; same alternation; "

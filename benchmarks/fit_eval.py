@@ -77,7 +77,8 @@ def main():
         at = m.get("at_threshold", {})
         md.append(
             f"| {r['dataset']} | {','.join(r['layers'])} @ {r['input_size']} | {','.join(r['strategy'])} | "
-            f"{','.join(map(str, r['n_components']))} | {m['image_auroc']:.4f} | {m.get('pixel_auroc', float('nan')):.4f} | "
+            f"{','.join(map(str, r['n_components']))} | {m['image_auroc']:.4f} | "
+            f"{m.get('pixel_auroc', float('nan')):.4f} | "
             f"{m.get('aupro', float('nan')):.4f} | {r['feature_pass_s']:.1f} | {r['fit_total_s']:.1f} | "
             f"{100 * r['overhead_vs_feature_pass']:.1f}% | {p['after_feature_pass']:.0f} / {p['after_fit']:.0f} | "
             f"{at.get('false_reject_rate', float('nan')):.3f} / {at.get('miss_rate', float('nan')):.3f} |")

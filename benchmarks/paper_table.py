@@ -299,7 +299,8 @@ def render(data: dict, write_json: bool = True) -> None:
                    "on i7-1270P).",
                    f"- Training time, FRE-PCA / PatchCore ({pc['train_what']}): Lite0 "
                    f"{fr['train_s']:.1f} s / {pc['train_s']:.0f} s = {_ratio(fr['train_s'], pc['train_s'])}; "
-                   f"ResNet-50 {r50['train_s']:.1f} s / {pc['train_s']:.0f} s = {_ratio(r50['train_s'], pc['train_s'])}."]
+                   f"ResNet-50 {r50['train_s']:.1f} s / {pc['train_s']:.0f} s = "
+                   f"{_ratio(r50['train_s'], pc['train_s'])}."]
         for peer in ("Fre", "Dfm"):
             pr = next((x for x in rows if x["dataset"] == d and peer in x["method"]), None)
             if pr and r50:
@@ -343,8 +344,11 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
     fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 8), squeeze=False)
     for j, d in enumerate(datasets):
         rs = [r for r in rows if r["dataset"] == d]
-        label = lambda r: (r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["variant"]).replace(
-            "anomalib OpenVINO export, f32", "OpenVINO f32")
+
+        def label(r):
+            return (r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["variant"]).replace(
+                "anomalib OpenVINO export, f32", "OpenVINO f32")
+
         fps = [r for r in rs if r.get("latency_fps")]
         _bars(axes[0][j], fps, [label(r) for r in fps], "latency_fps", "{:.1f}",
               "latency FPS, batch 1 (log scale; higher is better)", f"{d}: inference")

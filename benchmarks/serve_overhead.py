@@ -101,7 +101,8 @@ def main():
                 batch, clients = cell
                 order = TRANSPORTS if r % 2 == 0 else TRANSPORTS[::-1]
                 for t in order:
-                    before = predict_histogram(f"{server.http_url}/metrics", name) if cell == (1, 1) and t != "local" else None
+                    watch = cell == (1, 1) and t != "local"
+                    before = predict_histogram(f"{server.http_url}/metrics", name) if watch else None
                     fps, lat = run_clients(dets[t], batches[batch], clients, args.block)
                     if before is not None:
                         after = predict_histogram(f"{server.http_url}/metrics", name)

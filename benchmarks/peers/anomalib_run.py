@@ -22,7 +22,8 @@ def build(name: str, backbone: str, coreset: float):
     from anomalib.models import Dfm, Fre, Patchcore
 
     if name == "patchcore":
-        return Patchcore(backbone=backbone, layers=("layer2", "layer3"), pre_trained=False, coreset_sampling_ratio=coreset)
+        return Patchcore(backbone=backbone, layers=("layer2", "layer3"), pre_trained=False,
+                         coreset_sampling_ratio=coreset)
     if name == "fre":
         return Fre(backbone=backbone, layer="layer3", pre_trained=False)
     if name == "dfm":
@@ -89,7 +90,8 @@ def main():
     result = {"peer": f"anomalib {anomalib.__version__} {type(model).__name__}", "model": args.model,
               "backbone": args.backbone, "weights": "random (pre_trained=False)", "input_size": args.size,
               "category": args.category, "max_epochs": args.epochs,
-              "coreset_sampling_ratio": args.coreset if args.model == "patchcore" else None, "train_s": train_s, "test_s": test_s, "export_s": export_s,
+              "coreset_sampling_ratio": args.coreset if args.model == "patchcore" else None,
+              "train_s": train_s, "test_s": test_s, "export_s": export_s,
               "metrics_random_weights": {k: float(v) for k, v in (test[0] if test else {}).items()},
               "openvino": time_ir(xml, args.seconds), "ir": str(xml)}
     Path(args.json).write_text(json.dumps(result, indent=2))

@@ -36,7 +36,8 @@ class IRTimer:
             raise SystemExit(f"{xml} is not a batch-1 graph: {self.input_shape}")
         rng = np.random.default_rng(0)
         self.x = (rng.integers(0, 256, self.input_shape, dtype=np.uint8)
-                  if model.input(0).get_element_type() == ov.Type.u8 else rng.random(self.input_shape, dtype=np.float32))
+                  if model.input(0).get_element_type() == ov.Type.u8
+                  else rng.random(self.input_shape, dtype=np.float32))
         self.precision_used = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.request = self.compiled.create_infer_request()
 
