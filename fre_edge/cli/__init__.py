@@ -31,6 +31,7 @@ COMMANDS = {
                  "Quantize a bundle to INT8 with NNCF on good images (needs the fit extra)."),
     "predict": ("fre_edge.cli.predict_cmd", "Score images with a bundle (torch-free)."),
     "bench": ("fre_edge.cli.bench_cmd", "Measure a bundle's latency and FPS (torch-free)."),
+    "archive": ("fre_edge.cli.archive_cmd", "Score an archive of images in partitions, resumably, on Dask or here."),
     "serve": ("fre_edge.cli.serve_cmd", "Serve bundles over the KServe v2 protocol (needs the serve extra)."),
     "repository": ("fre_edge.cli.repository_cmd", "Lay out bundles as a model repository for OVMS and Triton."),
     "model-api": ("fre_edge.cli.model_api_cmd", "Write a bundle as an OpenVINO Model API AnomalyDetection model."),

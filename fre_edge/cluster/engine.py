@@ -1,0 +1,58 @@
+"""Where partitions run: Dask (``local:N`` or a scheduler's address) or this process.
+
+Dask re-runs a task whose worker died (up to its ``allowed-failures``); since a partition writes one
+file under a fixed name, the re-run replaces it and no row is duplicated.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ..errors import FreEdgeError
+
+
+def _need_dask():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise FreEdgeError('--dask needs dask.distributed; run: pip install "fre-edge[dask]"') from None
+
+
+@contextmanager
+def dask_client(address: str):
+    """A distributed.Client for ``local:N`` (a LocalCluster of N one-thread worker processes on 127.0.0.1,
+    no dashboard) or ``tcp://HOST:PORT`` (an existing scheduler; its workers must see the same paths)."""
+    _need_dask()
+    from distributed import Client, LocalCluster
+
+    if address.startswith("local:"):
+        n = address.split(":", 1)[1]
+        if not n.isdigit() or not 1 <= int(n) <= 256:
+            raise FreEdgeError(f"--dask {address}: write local:N with N workers (1 to 256), e.g. local:2")
+        import logging
+
+        with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield client
+    elif address.startswith(("tcp://", "tls://")):
+        try:
+            client = Client(address, timeout=30)
+        except OSError as exc:
+            raise FreEdgeError(f"--dask {address}: cannot reach the scheduler ({exc}); check the address") from None
+        with client:
+            yield client
+    else:
+        raise FreEdgeError(f"--dask {address!r}: use local:N or tcp://SCHEDULER:8786")
+
+
+def run_partitions(fn, jobs: list[tuple], client=None):
+    """Yield ``fn(*job)``'s results as they finish, on the Dask ``client`` or in this process."""
+    if client is None:
+        for job in jobs:
+            yield fn(*job)
+        return
+    from distributed import as_completed
+
+    futures = [client.submit(fn, *job, pure=False) for job in jobs]
+    for future in as_completed(futures):
+        yield future.result()
