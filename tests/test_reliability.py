@@ -396,11 +396,12 @@ def test_ctrl_c_exits_130_and_an_internal_error_3(sample_bundle, sample_root, mo
 
 
 def test_ctrl_c_in_a_real_process_exits_130(sample_bundle, sample_root, tmp_path):
-    """SIGINT while predict runs (a stand-in image reader, in its read-ahead thread, is slow)."""
+    """SIGINT while predict runs (a stand-in image reader, in its read-ahead thread, is slow: 10 s, a margin for a
+    loaded machine, where the signal may be handled seconds after it is sent)."""
     import signal
 
     code = ("import sys, time, fre_edge.runtime.detector as d\n"
-            "def slow(p, size):\n    print('reading', flush=True); time.sleep(3)\n"
+            "def slow(p, size):\n    print('reading', flush=True); time.sleep(10)\n"
             "d.read_for_model = slow\n"
             "from fre_edge.cli import main\n"
             f"main(['predict', {str(sample_bundle)!r}, {str(sample_root / BROKEN)!r}, '--out', "
