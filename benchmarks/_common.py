@@ -20,7 +20,7 @@ WORK = REPO / "models" / "bench"
 def versions() -> dict:
     out = {"python": sys.version.split()[0]}
     for pkg in ("fre-edge", "torch", "torchvision", "openvino", "onnxruntime", "onnx", "numpy", "nncf",
-                "scikit-learn"):
+                "scikit-learn", "kserve", "tritonclient", "distributed", "pyarrow"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
