@@ -1,8 +1,8 @@
 """``fre-edge serve``: bundles on KServe's Python model server, REST and gRPC, bound where the user says.
 
 KServe's ModelServer listens on every interface (0.0.0.0 and [::]), drops model versions from its
-metadata, and decodes a REST request's binary tensor into a Python list of numbers (some 100 ms for one
-256 px image on a 2-core machine, more than the inference). This module changes only that: both servers
+metadata, and decodes a REST request's binary tensor into a Python list of numbers, one Python object
+per pixel value (slower than the inference for a 256 px image). This module changes only that: both servers
 bind ``host`` (loopback unless the user opens it), the metadata lists the bundle's serving version, and
 binary REST inputs stay bytes until the model reads them as one numpy array. Everything else (endpoints,
 errors, signals, metrics) is KServe's own, so the same process runs unchanged as a KServe
