@@ -106,6 +106,7 @@ def test_bad_arguments_are_one_line(sample_bundle, sample_root, tmp_path):
         run = _archive(sample_bundle, sample_root / "test", tmp_path / "x", *extra)
         assert run.returncode == 2 and expect in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()  # refused before the run folder was made
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     run = _archive(sample_bundle, sample_root / "test", tmp_path / "mine")

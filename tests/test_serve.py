@@ -278,3 +278,32 @@ def test_the_container_recipe_runs_fre_edge_serve(sample_bundle, tmp_path):
         assert http(s.http_url + ready_path)[0] == 200
         remote = load_detector(sample_bundle, backend="kserve", url=s.http_url, model_name=name)
         assert remote.predict(np.zeros((64, 64, 3), np.uint8)).score > 0
+
+
+@pytest.mark.parametrize("blocked, args, expect", [
+    ("kserve", ["serve", "{bundle}"], 'pip install "fre-edge[serve]"'),
+    ("tritonclient", ["predict", "{bundle}", "{image}", "--server", "grpc://127.0.0.1:9"],
+     'pip install "fre-edge[remote]"'),
+    ("pyarrow", ["archive", "{bundle}", "{image}", "--out", "{out}"], 'pip install "fre-edge[dask]"'),
+    ("distributed", ["archive", "{bundle}", "{image}", "--out", "{out}", "--dask", "local:1"],
+     'pip install "fre-edge[dask]"'),
+])
+def test_a_missing_extra_is_one_line_naming_it(sample_bundle, images, tmp_path, blocked, args, expect):
+    import sys
+    import textwrap
+
+    args = [a.format(bundle=sample_bundle, image=images[0], out=tmp_path / "out") for a in args]
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == {blocked!r}:
+                    raise ImportError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Block())
+        from fre_edge.cli import main
+        main({args!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -42,19 +42,25 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
         import pyarrow  # noqa: F401
     except ImportError:
         raise FreEdgeError('fre-edge archive writes Parquet; run: pip install "fre-edge[dask]"') from None
+    if address:
+        from ..cluster.engine import check_address
+
+        check_address(address)  # before anything is written
     if not (bundle / "manifest.json").is_file():
         raise FreEdgeError(f"{bundle}: no bundle folder; pass the folder written by `fre-edge export`")
     paths = [p.resolve() for p in _collect(images, out_dir)]
-    run, todo = plan(bundle.resolve(), paths, out_dir, partition_size)
-    jobs = [(str(bundle.resolve()), run["digest"], names, str(partition_file(out_dir.resolve(), i)), batch_size)
-            for i, names in todo]
-    done = run["partitions"] - len(todo)
-    if done:
-        click.echo(f"resuming: {done} of {run['partitions']} partition(s) already scored", err=True)
-    bar = tqdm(total=run["partitions"], initial=done, unit="part", disable=True if quiet else None, file=sys.stderr)
     from contextlib import nullcontext
 
+    # the cluster first: an unreachable scheduler leaves no run folder behind
     with (dask_client(address) if address else nullcontext()) as client:
+        run, todo = plan(bundle.resolve(), paths, out_dir, partition_size)
+        jobs = [(str(bundle.resolve()), run["digest"], names, str(partition_file(out_dir.resolve(), i)), batch_size)
+                for i, names in todo]
+        done = run["partitions"] - len(todo)
+        if done:
+            click.echo(f"resuming: {done} of {run['partitions']} partition(s) already scored", err=True)
+        bar = tqdm(total=run["partitions"], initial=done, unit="part", disable=True if quiet else None,
+                   file=sys.stderr)
         for _ in run_partitions(score_partition, jobs, client):
             bar.update(1)
     bar.close()

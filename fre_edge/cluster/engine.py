@@ -18,31 +18,38 @@ def _need_dask():
         raise FreEdgeError('--dask needs dask.distributed; run: pip install "fre-edge[dask]"') from None
 
 
-@contextmanager
-def dask_client(address: str):
-    """A distributed.Client for ``local:N`` (a LocalCluster of N one-thread worker processes on 127.0.0.1,
-    no dashboard) or ``tcp://HOST:PORT`` (an existing scheduler; its workers must see the same paths)."""
-    _need_dask()
-    from distributed import Client, LocalCluster
-
+def check_address(address: str) -> None:
+    """``local:N`` or ``tcp://``/``tls://`` with dask.distributed installed, or one line saying what to write."""
     if address.startswith("local:"):
         n = address.split(":", 1)[1]
         if not n.isdigit() or not 1 <= int(n) <= 256:
             raise FreEdgeError(f"--dask {address}: write local:N with N workers (1 to 256), e.g. local:2")
+    elif not address.startswith(("tcp://", "tls://")):
+        raise FreEdgeError(f"--dask {address!r}: use local:N or tcp://SCHEDULER:8786")
+    _need_dask()
+
+
+@contextmanager
+def dask_client(address: str):
+    """A distributed.Client for ``local:N`` (a LocalCluster of N one-thread worker processes on 127.0.0.1,
+    no dashboard) or ``tcp://HOST:PORT`` (an existing scheduler; its workers must see the same paths)."""
+    check_address(address)
+    from distributed import Client, LocalCluster
+
+    if address.startswith("local:"):
+        n = address.split(":", 1)[1]
         import logging
 
         with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
-    elif address.startswith(("tcp://", "tls://")):
+    else:
         try:
             client = Client(address, timeout=30)
         except OSError as exc:
             raise FreEdgeError(f"--dask {address}: cannot reach the scheduler ({exc}); check the address") from None
         with client:
             yield client
-    else:
-        raise FreEdgeError(f"--dask {address!r}: use local:N or tcp://SCHEDULER:8786")
 
 
 def run_partitions(fn, jobs: list[tuple], client=None):
