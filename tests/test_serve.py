@@ -307,3 +307,11 @@ def test_a_missing_extra_is_one_line_naming_it(sample_bundle, images, tmp_path, 
     assert r.returncode == 2, r.stderr
     assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_serve_process_reports_a_server_that_never_gets_ready(tmp_path):
+    s = Server(tmp_path / "missing_bundle", log=tmp_path / "bad.log")
+    with pytest.raises(FreEdgeError, match="exited with status 2"):
+        s.__enter__()
+    assert s.proc.poll() == 2 and s.log.closed
+    assert "no such bundle folder" in (tmp_path / "bad.log").read_text()

@@ -75,6 +75,7 @@ class ServeProcess:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.log.close()
                 raise FreEdgeError(f"fre-edge serve exited with status {self.proc.returncode} before it was ready; "
                                    f"its output is in {self.log_path}")
             try:
@@ -83,7 +84,7 @@ class ServeProcess:
             except OSError:
                 pass
             time.sleep(0.5)
-        self.stop()
+        self.__exit__(None, None, None)  # stopped by its PID, the log closed
         raise FreEdgeError(f"fre-edge serve was not ready after {START_TIMEOUT_S} s; its output is in {self.log_path}")
 
     def output(self) -> str:
