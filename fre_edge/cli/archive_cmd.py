@@ -29,10 +29,12 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
     from the same paths: use a shared file system. Exit status as predict: 0 all good, 1 some anomalous,
     2 some unreadable or bad input.
     """
+    from contextlib import nullcontext
+
     from tqdm.auto import tqdm
 
-    from ..cluster.archive import plan, score_partition, partition_file
-    from ..cluster.engine import dask_client, run_partitions
+    from ..cluster.archive import partition_file, plan, read_scores, score_partition
+    from ..cluster.engine import check_address, dask_client, run_partitions
     from ..errors import FreEdgeError
     from ..outputs import write_text_atomic
     from ..runtime.bundle import read_manifest
@@ -43,13 +45,10 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
     except ImportError:
         raise FreEdgeError('fre-edge archive writes Parquet; run: pip install "fre-edge[dask]"') from None
     if address:
-        from ..cluster.engine import check_address
-
         check_address(address)  # before anything is written
     if not (bundle / "manifest.json").is_file():
         raise FreEdgeError(f"{bundle}: no bundle folder; pass the folder written by `fre-edge export`")
     paths = [p.resolve() for p in _collect(images, out_dir)]
-    from contextlib import nullcontext
 
     # the cluster first: an unreachable scheduler leaves no run folder behind
     with (dask_client(address) if address else nullcontext()) as client:
@@ -64,8 +63,6 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
         for _ in run_partitions(score_partition, jobs, client):
             bar.update(1)
     bar.close()
-    from ..cluster.archive import read_scores
-
     table = read_scores(out_dir)
     labels = table.column("label").to_pylist()
     errors = sum(e is not None for e in table.column("error").to_pylist())

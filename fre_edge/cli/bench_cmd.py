@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..runtime.adapters import BACKENDS, HINTS, PRECISIONS
-from .params import FiniteFloat
+from .params import FiniteFloat, remote_detector, server_options
 
 
 @click.command("bench")
@@ -28,11 +28,7 @@ from .params import FiniteFloat
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
               help="Also measure end-to-end images/s on the image files in this folder (read, resize, infer, "
                    "map; with and without overlays), as `predict` gets them.")
-@click.option("--server", default=None, metavar="URL",
-              help="Time the bundle's graph on this model server instead (grpc://HOST:PORT or http://HOST:PORT; "
-                   "`fre-edge serve`, OVMS, Triton), over the network as clients see it.")
-@click.option("--model-name", default=None, help="With --server: the model's name there (default: the bundle "
-                                                 "folder's name).")
+@server_options("Time the bundle's graph on this model server instead, over the network as clients see it")
 @click.option("--clients", type=click.IntRange(1, 256), default=None,
               help="Concurrent clients for the async figure (default: with --server 4; locally the runtime's "
                    "own number of requests).")
@@ -58,10 +54,7 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
         if not images_dir.is_dir() or not (paths := find_images(images_dir)):
             raise FreEdgeError(f"{images_dir}: no folder of images; point --images to a folder of pictures")
     if server:
-        from .params import check_remote
-
-        check_remote(backend, backbone_only)
-        det = load_detector(bundle, backend="kserve", url=server, model_name=model_name)
+        det = remote_detector(bundle, server, model_name, backend, backbone_only)
         clients = clients or 4
     else:
         load = load_backbone_only if backbone_only else load_detector

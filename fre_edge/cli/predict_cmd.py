@@ -13,7 +13,7 @@ import click
 
 from ..runtime.adapters import BACKENDS, PRECISIONS
 from ..visualize import OVERLAYS
-from .params import POSITIVE
+from .params import POSITIVE, remote_detector, server_options
 
 COLUMNS = ["path", "score", "label", "anomalous_pixels", "peak", "bbox", "overlay", "error"]
 
@@ -62,11 +62,8 @@ def _csv(rows: list[dict]) -> str:
 @click.option("--overlays", type=click.Choice(OVERLAYS), default="all", show_default=True,
               help="With --out: heatmap pictures (JPEG) of every image, of the anomalous ones only, or none.")
 @click.option("--no-overlays", is_flag=True, help="Same as --overlays none.")
-@click.option("--server", default=None, metavar="URL",
-              help="Run the graph on this model server (grpc://HOST:PORT or http://HOST:PORT: `fre-edge serve`, "
-                   "OVMS, Triton); pictures are read and resized here, thresholds come from BUNDLE.")
-@click.option("--model-name", default=None, help="With --server: the model's name there (default: the bundle "
-                                                 "folder's name).")
+@server_options("Run the graph on this model server; pictures are read and resized here, thresholds come from "
+                "BUNDLE")
 @click.option("--force", is_flag=True, help="Replace an existing --out folder written by fre-edge predict.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, overlays,
@@ -86,13 +83,8 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, thr
 
     # --out: checked before any work, written to a temporary folder and renamed into place when complete
     output = atomic_dir(out_dir, force, "predictions", inputs=[bundle, *images]) if out_dir else nullcontext()
-    if server:
-        from .params import check_remote
-
-        check_remote(backend)
-        det = load_detector(bundle, backend="kserve", url=server, model_name=model_name)
-    else:
-        det = load_detector(bundle, backend=backend, device=device, precision=precision)
+    det = (remote_detector(bundle, server, model_name, backend) if server else
+           load_detector(bundle, backend=backend, device=device, precision=precision))
     if threshold is not None:
         det.image_threshold = threshold
     if pixel_threshold is not None:

@@ -15,13 +15,14 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def _named(bundles: tuple[str, ...]) -> list[tuple[str, Path]]:
     """(model name, bundle folder) for each BUNDLE or NAME=BUNDLE argument; names unique and URL-safe."""
     from ..errors import FreEdgeError
+    from ..runtime.bundle import served_name
 
     named, seen = [], set()
     for arg in bundles:
         name, sep, path = arg.partition("=")
         path = Path(path if sep else arg)
         if not sep:
-            name = path.resolve().name
+            name = served_name(path)
         if not NAME.match(name):
             raise FreEdgeError(f"model name {name!r} is not usable in a URL; name it: NAME={path} "
                                f"(letters, digits, '_', '.', '-')")
@@ -83,13 +84,13 @@ def command(bundles, host, http_port, grpc_port, backend, device, precision, thr
     _import_kserve()  # a missing extra is reported before any bundle is loaded
     from ..serve.kserve_model import BundleModel
 
+    for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC")):  # cheap checks before the bundles load
+        _check_port(host, port, what)
     models = []
     for name, path in named:
         model = BundleModel(name, path, backend=backend, device=device, precision=precision)
         model.load()
         models.append(model)
-    for port, what in ((http_port, "HTTP"), (grpc_port, "gRPC")):
-        _check_port(host, port, what)
     server = build_server(models, host=host, http_port=http_port, grpc_port=grpc_port, threads=threads)
     for m in models:
         click.echo(f"serving {m.name} (version {m.version}, bundle {m.bundle}) on http://{host}:{http_port} "

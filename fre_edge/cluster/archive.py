@@ -35,7 +35,7 @@ def partition_file(out: Path, index: int) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _detector(bundle: str, digest: str, batch_size: int):
+def _detector(bundle: str, digest: str):
     """One detector per worker process and bundle (the digest in the key: a changed bundle is reloaded)."""
     from ..runtime import load_detector
 
@@ -53,7 +53,7 @@ def score_partition(bundle: str, digest: str, paths: list[str], out_file: str, b
 
     from ..runtime.bundle import bundle_digest, read_manifest
 
-    det = _detector(bundle, digest, batch_size)
+    det = _detector(bundle, digest)
     if bundle_digest(read_manifest(bundle, verify=False)) != digest:
         raise FreEdgeError(f"{bundle}: changed since the run started (another digest); start the run again")
     rows, errors = {}, {}
@@ -106,9 +106,9 @@ def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tup
                     "another --partition-size")
             raise FreEdgeError(f"{out} holds a run with {what}; choose another --out to start a new run")
     else:
-        (out / "scores").mkdir(parents=True)
         from ..outputs import write_text_atomic
 
+        out.mkdir(parents=True)
         write_text_atomic(marker, json.dumps(run, indent=2) + "\n")
     (out / "scores").mkdir(exist_ok=True)
     todo = []

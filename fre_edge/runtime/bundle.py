@@ -155,6 +155,11 @@ def bundle_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+def served_name(bundle_dir: str | Path) -> str:
+    """The name a model server gives a bundle unless told another: its folder's name."""
+    return Path(bundle_dir).resolve().name
+
+
 def serving_version(digest: str) -> str:
     """The model version a model server reports for a bundle: the digest's first 48 bits as a decimal number.
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import FreEdgeError
 from ..images import read_for_model, resize_map, resize_rgb, to_rgb_uint8
 from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
-from .bundle import check_threshold, read_manifest, validate_metadata
+from .bundle import check_threshold, read_manifest, served_name, validate_metadata
 
 
 class Prediction:
@@ -258,7 +258,7 @@ def _open_remote(path, verify: bool, url: str | None, model_name: str | None,
         raise FreEdgeError(f"{path}: the kserve backend needs the bundle folder (its manifest holds the thresholds "
                            f"and the digest the server is checked against)")
     manifest = read_manifest(path, verify=verify)
-    name = model_name or path.resolve().name
+    name = model_name or served_name(path)
     return KServeAdapter(url, manifest, name, timeout=timeout), manifest, path
 
 

@@ -19,7 +19,7 @@ from ..errors import FreEdgeError
 from .bundle import bundle_digest, serving_version
 
 SCHEMES = ("http", "grpc")
-MAX_BATCH = 64  # as fre_edge.serve.contract: requests are split client-side beyond this
+MAX_BATCH = 64  # images per request: larger batches are split here; fre-edge serve refuses more
 TIMEOUT_S = 30.0
 
 

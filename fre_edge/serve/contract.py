@@ -7,9 +7,9 @@ remote client (:mod:`fre_edge.runtime.remote`), so the three cannot drift apart.
 from __future__ import annotations
 
 from ..runtime.bundle import bundle_digest, serving_version
+from ..runtime.remote import MAX_BATCH  # the client splits larger batches; the server refuses them
 
-DATATYPES = {"uint8": "UINT8", "float32": "FP32"}
-MAX_BATCH = 64  # largest batch one request may carry (a 256 px batch of 64 is 12 MiB in, 16 MiB out)
+__all__ = ["MAX_BATCH", "check_request", "input_tensor", "output_tensors", "version_of"]
 
 
 def input_tensor(manifest: dict) -> dict:
