@@ -49,10 +49,17 @@ def _n_components(ctx, param, value: str) -> float | int:
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Backbone weights file (torchvision backbones).")
+@click.option("--memory-budget", "memory_budget_gb", type=FiniteFloat(0.1, 4096), default=4.0, show_default=True,
+              help="GB the subspace fit may use per layer; auto streams (covariance) when N x D exceeds it.")
+@click.option("--dask", "address", default=None, metavar="ADDRESS",
+              help="Run the feature passes on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
+                   "(its workers must see DATA at the same path). Streams: memory D x D per layer, any N.")
+@click.option("--partition-size", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
+              help="With --dask: images per task.")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, ae_epochs,
-            holdout, blur_sigma, batch_size, weights, force, quiet):
+            holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size, force, quiet):
     """Fit FRE on the good images of DATA and write a model folder.
 
     DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
@@ -63,17 +70,28 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     from ..fit import FitConfig, fit_fre
     from ..outputs import check_output
     from ..fit.persist import save_model
+    from ..cluster.engine import dask_client
+    from contextlib import nullcontext
+    from pathlib import Path
 
     check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before any work
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
                     pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
-                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs).validate()
+                    blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs,
+                    memory_budget_gb=memory_budget_gb).validate()
+    if address:
+        from ..cluster.engine import check_address
+
+        check_address(address)  # before the data is read
     ds = read_dataset(data, layout, split)
-    fitted = fit_fre([s.path for s in ds.train], cfg, progress=not quiet, data_summary=ds.summary())
+    train = [str(Path(s.path).resolve()) for s in ds.train]
+    with (dask_client(address) if address else nullcontext()) as client:
+        fitted = fit_fre(train, cfg, progress=not quiet, data_summary=ds.summary(), client=client,
+                         partition_size=partition_size)
     save_model(fitted, output, force=force)
     info = fitted.info
     echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
                            "input_size": cfg.input_size, "n_components": info["n_components"],
                            "thresholds": {k: info["thresholds"][k] for k in ("image", "pixel", "source")},
-                           "timings_s": info["timings_s"]}, indent=2))
+                           "fitted_by": info["fitted_by"], "timings_s": info["timings_s"]}, indent=2))

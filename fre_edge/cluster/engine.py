@@ -63,3 +63,41 @@ def run_partitions(fn, jobs: list[tuple], client=None):
     futures = [client.submit(fn, *job, pure=False) for job in jobs]
     for future in as_completed(futures):
         yield future.result()
+
+
+def reduce_partitions(fn, jobs: list[tuple], merge, client=None, on_done=None):
+    """``merge`` of ``fn(*job)`` over all jobs, exactly (merge must be associative and commutative).
+
+    On a Dask ``client`` the partial results stay on the workers and are merged there in pairs as they
+    finish (a tree built as results arrive, the pattern of Dask's docs for ``as_completed``), so neither
+    the client nor one worker holds more than a few of them; only the final result comes back.
+    ``on_done(job)`` is called as each job's own result is ready.
+    """
+    if not jobs:
+        raise ValueError("no partitions to reduce")
+    if client is None:
+        acc = None
+        for job in jobs:
+            result = fn(*job)
+            acc = result if acc is None else merge(acc, result)
+            if on_done is not None:
+                on_done(job)
+        return acc
+    from distributed import as_completed
+
+    futures = [client.submit(fn, *job, pure=False) for job in jobs]
+    leaves = {f.key: job for f, job in zip(futures, jobs)}
+    done = as_completed(futures)
+    del futures  # as_completed holds them until they are yielded; then pending or a merge holds them
+    pending = None
+    for future in done:
+        if future.status == "error":
+            raise future.exception()
+        if on_done is not None and future.key in leaves:
+            on_done(leaves[future.key])
+        if pending is None:
+            pending = future
+        else:
+            done.add(client.submit(merge, pending, future, pure=False))
+            pending = None
+    return pending.result()

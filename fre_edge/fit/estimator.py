@@ -5,6 +5,7 @@
     fre.score_samples(X)                          # [n] its negative: scikit-learn's "higher = more normal"
     fre.error_maps(X)                             # [n, h, w] channel mean of the squared error
     fre.transform(X), fre.inverse_transform(Z)    # [n, k] coefficients, and back to [n, D]
+    fre.fit_moments(Moments.of(X), shape)         # the same fit from sums over images (streamed, on a cluster)
 
 ``__init__`` only stores parameters; ``fit`` validates them and returns ``self``; learned values end in
 ``_``; it is a ``BaseEstimator``, so ``sklearn.base.clone`` and ``get_params`` work. Unfitted use raises
@@ -27,7 +28,7 @@ from sklearn.base import BaseEstimator
 
 from ..errors import FreEdgeError, NotFittedError
 from .model import FREHead
-from .pca import check_n_components, check_strategy, fit_subspace
+from .pca import Moments, check_n_components, check_strategy, fit_subspace, subspace_from_moments
 
 
 class FRE(BaseEstimator):
@@ -72,13 +73,28 @@ class FRE(BaseEstimator):
         flat = x.reshape(len(x), -1).clone()  # fit_subspace may work in place; the caller's data stays
         sub = fit_subspace(flat, self.n_components, self.strategy, int(self.memory_budget_gb * (1 << 30)),
                            progress=progress, epochs=self.ae_epochs)
+        return self._set(sub, self.feature_shape_)
+
+    def fit_moments(self, moments: Moments, feature_shape: tuple[int, int, int]) -> "FRE":
+        """Fit from the sums of x and x x^T over the good images (:class:`~.pca.Moments`, e.g. reduced from
+        partitions on a cluster): the ``covariance`` strategy, exactly, without the features themselves."""
+        self._validate_params()
+        if self.strategy not in ("auto", "covariance"):
+            raise FreEdgeError(f"strategy={self.strategy!r} needs the features themselves; fitting from sums is the "
+                               f"covariance strategy (use auto or covariance)")
+        if moments.sum.numel() != int(np.prod(feature_shape)):
+            raise FreEdgeError(f"moments of {moments.sum.numel()} features for a layer of shape {tuple(feature_shape)}")
+        return self._set(subspace_from_moments(moments, self.n_components), tuple(feature_shape))
+
+    def _set(self, sub, feature_shape) -> "FRE":
+        self.feature_shape_ = tuple(int(v) for v in feature_shape)
         self.subspace_ = sub
         self.mean_ = sub.mean.numpy().copy()
         self.components_ = sub.components.numpy().copy()
         self.n_components_ = int(self.components_.shape[0])
         self.explained_variance_ratio_ = sub.explained_variance_ratio.numpy().copy()
         self.strategy_ = sub.strategy
-        self.n_features_in_ = int(flat.shape[1])
+        self.n_features_in_ = int(sub.mean.numel())
         self._head = FREHead(sub, self.feature_shape_)
         return self
 

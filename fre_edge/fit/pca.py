@@ -5,7 +5,10 @@ ratios) for the rows of ``X`` (one flattened feature vector per image):
 
 - ``gram``: eigen-decomposition of the N x N Gram matrix of the centred data; exact PCA; memory
   N*D. The right choice when there are fewer images than features (the usual case).
-- ``covariance``: streaming D x D covariance accumulated chunk by chunk; exact PCA; memory D*D, any N.
+- ``covariance``: the D x D covariance from sums of x and x x^T (:class:`Moments`), exact PCA; memory D*D
+  whatever N. The sums add over any split of the images, so the fit streams them batch by batch and
+  partition by partition (``fre_edge.fit.passes``, on Dask too) without holding the features; the
+  eigen-decomposition of the D x D matrix then costs O(D^3), independent of N.
 - ``autoencoder``: the paper's FRE-AE, a tied linear autoencoder x_hat = W^T W (x - mu) + mu trained
   with Adam on mini-batches; memory k*D; for when neither N*D nor D*D fits. Its rank k is resolved on a
   random subset of at most ``ae_probe`` images by exact PCA, which also initialises W.
@@ -100,18 +103,56 @@ def fit_gram(X: torch.Tensor, n_components) -> Subspace:
     return _finish(mean, eigvals / max(X.shape[0] - 1, 1), comps, n_components, "gram")
 
 
-def fit_covariance(X: torch.Tensor, n_components, chunk: int = 256) -> Subspace:
-    N, D = X.shape
-    s = torch.zeros(D, dtype=torch.float64)
-    xtx = torch.zeros(D, D, dtype=torch.float64)
-    for i in range(0, N, chunk):
-        c = X[i : i + chunk].double()
-        s += c.sum(0)
-        xtx += c.T @ c
-    mean = s / N
-    cov = (xtx - N * torch.outer(mean, mean)) / max(N - 1, 1)
+@dataclass
+class Moments:
+    """Sums over images of x and x x^T (float64): what the covariance strategy needs, for any N.
+
+    ``a + b`` is the moments of both sets of images: partitions are reduced in any order or tree."""
+
+    n: int
+    sum: torch.Tensor  # [D]
+    xtx: torch.Tensor  # [D, D]
+
+    @classmethod
+    def of(cls, X: torch.Tensor) -> "Moments":
+        x = X.reshape(X.shape[0], -1).double()
+        return cls(int(x.shape[0]), x.sum(0), x.T @ x)
+
+    def __add__(self, other: "Moments") -> "Moments":
+        if self.sum.shape != other.sum.shape:
+            raise FreEdgeError(f"moments of {self.sum.numel()} and {other.sum.numel()} features cannot be added")
+        return Moments(self.n + other.n, self.sum + other.sum, self.xtx + other.xtx)
+
+    def add_(self, X: torch.Tensor) -> "Moments":
+        """Add a batch of images' features [n, ...] in place."""
+        x = X.reshape(X.shape[0], -1).double()
+        self.n += int(x.shape[0])
+        self.sum += x.sum(0)
+        self.xtx.addmm_(x.T, x)
+        return self
+
+
+def covariance_bytes(d: int) -> int:
+    """What the covariance strategy holds per layer: the D x D sums, the covariance and eigh's vectors."""
+    return 3 * d * d * 8
+
+
+def subspace_from_moments(m: Moments, n_components) -> Subspace:
+    """Exact PCA from the sums: the covariance (N - 1 denominator) and its eigen-decomposition."""
+    if m.n < 2:
+        raise FreEdgeError(f"{m.n} training image(s); FRE needs at least 2 good images, preferably 50 or more")
+    mean = m.sum / m.n
+    cov = (m.xtx - m.n * torch.outer(mean, mean)) / (m.n - 1)
     eigvals, V = torch.linalg.eigh(cov)
     return _finish(mean, eigvals.flip(0), V.flip(1).T, n_components, "covariance")
+
+
+def fit_covariance(X: torch.Tensor, n_components, chunk: int = 256) -> Subspace:
+    N, D = X.shape
+    m = Moments(0, torch.zeros(D, dtype=torch.float64), torch.zeros(D, D, dtype=torch.float64))
+    for i in range(0, N, chunk):
+        m.add_(X[i : i + chunk])
+    return subspace_from_moments(m, n_components)
 
 
 def fit_autoencoder(
@@ -161,7 +202,7 @@ def choose_strategy(n: int, d: int, memory_budget_bytes: int) -> str:
     """gram when N <= D and N*D doubles fit; else covariance when D*D doubles fit; else autoencoder."""
     if n <= d and 2 * n * d * 8 <= memory_budget_bytes:
         return "gram"
-    if 3 * d * d * 8 <= memory_budget_bytes:
+    if covariance_bytes(d) <= memory_budget_bytes:
         return "covariance"
     return "autoencoder"
 

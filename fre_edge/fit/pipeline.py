@@ -21,7 +21,7 @@ from ..errors import FreEdgeError
 from .features import extract_features
 from .model import FREDetector, FREHead
 from .estimator import FRE, fusion_statistics
-from .pca import check_n_components, check_strategy
+from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
 from .thresholds import threshold_warnings, thresholds_from_scores
 
 MIN_FIT_IMAGES = 2
@@ -119,10 +119,32 @@ def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
     return [paths[i] for i in fit], [paths[i] for i in hold]
 
 
+def _strategies(cfg: FitConfig, n_fit: int, dims: list[int]) -> list[str]:
+    """The strategy of each layer, resolved before the feature pass (``auto`` from N, D and the budget)."""
+    budget = int(cfg.memory_budget_gb * (1 << 30))
+    return [choose_strategy(n_fit, d, budget) if cfg.strategy == "auto" else cfg.strategy for d in dims]
+
+
+def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
+    budget = int(cfg.memory_budget_gb * (1 << 30))
+    for layer, d in zip(cfg.layers, dims):
+        if covariance_bytes(d) > budget:
+            raise FreEdgeError(
+                f"{engine}: layer {layer} has D = {d} features, so its D x D sums need "
+                f"{covariance_bytes(d) / (1 << 30):.1f} GB, over the {cfg.memory_budget_gb:g} GB memory budget; "
+                f"raise --memory-budget or --pool (D shrinks by its square), or fit in one process")
+
+
 @torch.inference_mode()
 def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = True,
-            data_summary: dict | None = None) -> FittedFRE:
-    """Fit FRE on good images (paths or HxWx3 arrays)."""
+            data_summary: dict | None = None, client=None, partition_size: int = 256) -> FittedFRE:
+    """Fit FRE on good images (paths or HxWx3 arrays).
+
+    The feature pass holds every image's features (N x D per layer) for the ``gram`` and ``autoencoder``
+    strategies; for ``covariance`` (chosen by ``auto`` when N > D or N x D exceeds the memory budget) the fit
+    streams instead (:mod:`.passes`): memory is the D x D sums whatever N. With a Dask ``client`` the
+    streamed passes run on its workers, ``partition_size`` images per task, reduced exactly.
+    """
     cfg = (cfg or FitConfig()).validate()
     paths = list(paths)
     fit_paths, hold_paths = _split(paths, cfg.holdout, cfg.seed)
@@ -131,15 +153,61 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             f"{len(paths)} good image(s) given, {len(fit_paths)} left to fit on after the holdout; "
             f"FRE needs at least {MIN_FIT_IMAGES} (50 or more recommended)"
         )
+    if client is not None and cfg.strategy not in ("auto", "covariance"):
+        raise FreEdgeError(f"--strategy {cfg.strategy} needs every image's features in one process; --dask fits by "
+                           f"summing them over partitions (the covariance strategy): drop --strategy or --dask")
     t0 = time.perf_counter()
     shell = build_detector(cfg, [], [])
+    shapes = [tuple(f.shape[1:]) for f in shell.features(torch.zeros(1, cfg.input_size, cfg.input_size, 3,
+                                                                       dtype=torch.uint8))]
+    dims = [int(np.prod(s)) for s in shapes]
+    strategies = _strategies(cfg, len(fit_paths), dims)
+    if client is not None:
+        _check_streamable(cfg, dims, "--dask")
     t_build = time.perf_counter() - t0
+    streamed = client is not None or all(s == "covariance" for s in strategies)
+    run = _fit_streamed if streamed else _fit_in_memory
+    heads, fres, fusion, thr_scores, thr_maps, timings = run(cfg, shell, shapes, fit_paths, hold_paths,
+                                                              progress=progress, client=client,
+                                                              partition_size=partition_size)
+    subspaces = [fre.subspace_ for fre in fres]
+    detector = assemble_detector(cfg, shell.backbone, heads, fusion)
+    info = {
+        "fre_edge_version": __version__,
+        "n_components": [h.n_components for h in heads],
+        "feature_shapes": [list(fre.feature_shape_) for fre in fres],
+        # None where unknown (the autoencoder strategy does not compute eigenvalues)
+        "explained_variance": [None if torch.isnan(s.explained_variance_ratio).any()
+                               else float(s.explained_variance_ratio.sum()) for s in subspaces],
+        "strategies": [s.strategy for s in subspaces],
+        "thresholds": thresholds_from_scores(
+            thr_scores, thr_maps, "holdout" if hold_paths else "fit images (biased low: no holdout)"),
+        "warnings": threshold_warnings(len(thr_scores), bool(hold_paths)),
+        "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
+        "fitted_by": _fitted_by(streamed, client, partition_size, len(fit_paths)),
+        "timings_s": {"build": t_build, **timings},
+        "peak_rss_mb": {"after_fit": peak_rss_mb()},
+    }
+    return FittedFRE(detector, cfg, info)
 
+
+def _fitted_by(streamed: bool, client, partition_size: int, n: int) -> dict:
+    """How the fit ran, for model.json: features held or streamed, and where."""
+    out = {"features": "streamed: sums of x and x x^T per layer (memory D x D, any N)" if streamed
+           else "held in memory (N x D per layer)", "engine": "this process"}
+    if client is not None:
+        info = client.scheduler_info()
+        out.update(engine="dask.distributed", workers=len(info.get("workers", {})),
+                   partition_size=partition_size, fit_partitions=-(-n // partition_size))
+    return out
+
+
+def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
+    """One feature pass holding every image's features, the subspaces, then the held-out scores."""
     t0 = time.perf_counter()
     feats = extract_features(shell, fit_paths + hold_paths, batch_size=cfg.batch_size, progress=progress,
                              desc="feature pass")
     t_feat = time.perf_counter() - t0
-    rss_feat = peak_rss_mb()
 
     t0 = time.perf_counter()
     n_fit = len(fit_paths)
@@ -149,12 +217,11 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             fres.append(FRE(cfg.n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb,
                             ae_epochs=cfg.ae_epochs)
                         .fit(f[:n_fit], progress=progress))
-    subspaces = [fre.subspace_ for fre in fres]
     t_pca = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     heads = [fre.head() for fre in fres]
-    fusion = fusion_statistics(fres, [f[:n_fit] for f in feats])
+    fusion = fusion_statistics(fres, [f[:n_fit] for f in feats]) if len(fres) > 1 else None
     detector = assemble_detector(cfg, shell.backbone, heads, fusion)
     sel = slice(n_fit, None) if hold_paths else slice(0, n_fit)
     scores, maps = [], []
@@ -166,20 +233,55 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     scores = torch.cat(scores).double().numpy()
     maps = torch.cat(maps).double().numpy()
     t_thr = time.perf_counter() - t0
+    return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr}
 
-    info = {
-        "fre_edge_version": __version__,
-        "n_components": [h.n_components for h in heads],
-        "feature_shapes": [list(fre.feature_shape_) for fre in fres],
-        # None where unknown (the autoencoder strategy does not compute eigenvalues)
-        "explained_variance": [None if torch.isnan(s.explained_variance_ratio).any()
-                               else float(s.explained_variance_ratio.sum()) for s in subspaces],
-        "strategies": [s.strategy for s in subspaces],
-        "thresholds": thresholds_from_scores(
-            scores, maps, "holdout" if hold_paths else "fit images (biased low: no holdout)"),
-        "warnings": threshold_warnings(len(scores), bool(hold_paths)),
-        "data": {**(data_summary or {}), "fit_images": n_fit, "holdout_images": len(hold_paths)},
-        "timings_s": {"build": t_build, "feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr},
-        "peak_rss_mb": {"after_feature_pass": rss_feat, "after_fit": peak_rss_mb()},
-    }
-    return FittedFRE(detector, cfg, info)
+
+def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client, partition_size):
+    """The covariance strategy without holding features: sums over the fitting images (one pass), the
+    subspaces, the fusion statistics (a second pass over them, several layers only), the threshold images'
+    scores and largest map values (one pass over them). Each pass runs partition by partition."""
+    from ..cluster.engine import reduce_partitions
+    from .passes import (config_json, fusion_from_sums, heads_payload, merge_moments, merge_scores,
+                         partition_layer_sums, partition_moments, partition_scores)
+
+    cj = config_json(cfg)
+    names = [str(p) if not isinstance(p, np.ndarray) else p for p in fit_paths]
+    hold = [str(p) if not isinstance(p, np.ndarray) else p for p in hold_paths]
+    size = partition_size if client is not None else max(len(names), len(hold), 1)
+
+    def run(fn, args, items, merge, desc):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=None if progress else True, leave=False)
+        jobs = [(*args, items[i : i + size]) for i in range(0, len(items), size)]
+        try:
+            if client is None:  # one partition here: the bar moves per batch
+                return reduce_partitions(lambda *job: fn(*job, on_batch=bar.update), jobs, merge)
+            return reduce_partitions(fn, jobs, merge, client, on_done=lambda job: bar.update(len(job[-1])))
+        finally:
+            bar.close()
+
+    t0 = time.perf_counter()
+    moments = run(partition_moments, (cj,), names, merge_moments, "feature sums")
+    t_feat = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fres = []
+    with torch.inference_mode(False):
+        for m, shape in zip(moments, shapes):
+            fres.append(FRE(cfg.n_components, strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
+                        .fit_moments(m, shape))
+    del moments
+    heads = [fre.head() for fre in fres]
+    payload = heads_payload(fres)
+    t_pca = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fusion = None
+    if len(fres) > 1:
+        sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
+        fusion = fusion_from_sums(sums)
+    thr = hold or names
+    pixels = len(thr) * cfg.input_size * cfg.input_size
+    scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
+                      merge_scores, "threshold scores")
+    t_thr = time.perf_counter() - t0
+    return heads, fres, fusion, scores, top, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr}

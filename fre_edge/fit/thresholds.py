@@ -37,18 +37,64 @@ def lognormal_quantile(scores: np.ndarray) -> float:
     return float(max(np.exp(logs.mean() + factor * logs.std(ddof=1)), np.quantile(scores, IMAGE_QUANTILE)))
 
 
-def thresholds_from_scores(scores: np.ndarray, maps: np.ndarray, source: str) -> dict:
-    """The thresholds record of a model or bundle, from good images' scores [n] and maps [n, ...]."""
+def thresholds_from_scores(scores: np.ndarray, maps, source: str) -> dict:
+    """The thresholds record of a model or bundle, from good images' scores [n] and maps [n, ...] (or their
+    :class:`TopValues`, when the maps were never held together)."""
     scores = np.asarray(scores, dtype=np.float64)
+    pixel = maps.quantile() if isinstance(maps, TopValues) else float(np.quantile(maps, PIXEL_QUANTILE))
     return {
         "image": lognormal_quantile(scores),
-        "pixel": float(np.quantile(maps, PIXEL_QUANTILE)),
+        "pixel": pixel,
         "rule": RULE,
         "source": source,
         "n_images": int(scores.size),
         "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()),
                         "min": float(scores.min()), "max": float(scores.max())},
     }
+
+
+class TopValues:
+    """The exact ``PIXEL_QUANTILE`` quantile of ``total`` map values, holding only the largest of them.
+
+    The linear-interpolation quantile at q of M values reads the two values at ranks floor/ceil of
+    q (M - 1) from the bottom, i.e. within the K = ceil((1 - q) (M - 1)) + 1 largest. Every partition keeps
+    its own K largest (at most), so their union holds the global K largest whatever the split, and the
+    merge is exact at a thousandth of the memory of the maps. M must be known in advance (images x pixels).
+    Use: ``TopValues(M).add(maps)`` per partition, ``a.merge(b)``, ``quantile()``."""
+
+    def __init__(self, total: int, q: float = PIXEL_QUANTILE):
+        self.q, self.total, self.count = q, int(total), 0
+        self.keep = int(np.ceil((1.0 - q) * max(self.total - 1, 0))) + 2
+        self.top = np.empty(0, dtype=np.float64)
+
+    def _trim(self, values: np.ndarray) -> None:
+        keep = min(self.keep, values.size)
+        self.top = np.sort(np.partition(values, values.size - keep)[values.size - keep:])[::-1]
+
+    def add(self, values: np.ndarray) -> "TopValues":
+        values = np.asarray(values, dtype=np.float64).ravel()
+        self.count += values.size
+        self._trim(np.concatenate([self.top, values]))
+        return self
+
+    def merge(self, other: "TopValues") -> "TopValues":
+        out = TopValues(self.total, self.q)
+        out.count = self.count + other.count
+        out._trim(np.concatenate([self.top, other.top]))
+        return out
+
+    def quantile(self) -> float:
+        """What ``np.quantile(all_values, q)`` returns (its default linear method), from the kept values."""
+        m = self.count
+        if m != self.total or m == 0:
+            raise ValueError(f"{m} values seen, {self.total} expected")
+        pos = (m - 1) * self.q
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, m - 1)
+        a, b = self.top[m - 1 - lo], self.top[m - 1 - hi]
+        t = pos - lo
+        # numpy's lerp: exact at both ends
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
 
 
 def threshold_warnings(n_images: int, held_out: bool) -> list[str]:
