@@ -185,8 +185,8 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "warnings": threshold_warnings(len(thr_scores), bool(hold_paths)),
         "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
         "fitted_by": _fitted_by(streamed, client, partition_size, len(fit_paths)),
-        "timings_s": {"build": t_build, **timings},
-        "peak_rss_mb": {"after_fit": peak_rss_mb()},
+        "timings_s": {"build": t_build, **{k: v for k, v in timings.items() if k != "rss_mb"}},
+        "peak_rss_mb": {"after_feature_pass": timings.pop("rss_mb"), "after_fit": peak_rss_mb()},
     }
     return FittedFRE(detector, cfg, info)
 
@@ -208,6 +208,7 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     feats = extract_features(shell, fit_paths + hold_paths, batch_size=cfg.batch_size, progress=progress,
                              desc="feature pass")
     t_feat = time.perf_counter() - t0
+    rss_feat = peak_rss_mb()
 
     t0 = time.perf_counter()
     n_fit = len(fit_paths)
@@ -233,7 +234,8 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     scores = torch.cat(scores).double().numpy()
     maps = torch.cat(maps).double().numpy()
     t_thr = time.perf_counter() - t0
-    return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr}
+    return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
+                                               "rss_mb": rss_feat}
 
 
 def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client, partition_size):
@@ -264,6 +266,7 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     t0 = time.perf_counter()
     moments = run(partition_moments, (cj,), names, merge_moments, "feature sums")
     t_feat = time.perf_counter() - t0
+    rss_feat = peak_rss_mb()
     t0 = time.perf_counter()
     fres = []
     with torch.inference_mode(False):
@@ -284,4 +287,5 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
                       merge_scores, "threshold scores")
     t_thr = time.perf_counter() - t0
-    return heads, fres, fusion, scores, top, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr}
+    return heads, fres, fusion, scores, top, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
+                                              "rss_mb": rss_feat}

@@ -1,0 +1,165 @@
+"""The streamed fit (covariance from sums, partition by partition) and the fit on Dask: the same subspace,
+thresholds and scores as the one-process fit that holds every feature, on the demo sample and both shared
+sets; the exact pixel quantile from partitions' largest values; one line per bad --dask setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from fre_edge.errors import FreEdgeError
+from fre_edge.fit import FitConfig, fit_fre
+from fre_edge.fit.data import read_dataset
+from fre_edge.fit.estimator import FRE
+from fre_edge.fit.pca import Moments
+from fre_edge.fit.thresholds import TopValues
+from fre_edge.serve.process import fre_edge_cmd
+
+
+def _have_dask() -> bool:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail('the dask extra is missing on CI: pip install -e ".[test]"')
+        return False
+    return True
+
+
+@pytest.mark.parametrize("n", [1, 2, 999, 1001, 54321])
+def test_top_values_give_numpys_quantile_for_any_split(rng, n):
+    x = rng.gamma(2.0, size=n)
+    splits = [np.array_split(x, 5), np.array_split(np.sort(x)[::-1], 5),  # all large values in one partition
+              [x[:1], x[1:]]]
+    for parts in splits:
+        merged = TopValues(n)
+        for p in parts:
+            merged = merged.merge(TopValues(n).add(p))
+        assert merged.quantile() == np.quantile(x, 0.999)
+        assert merged.top.size <= merged.keep <= 0.001 * (n - 1) + 3  # a thousandth of the values, not all
+    with pytest.raises(ValueError, match="expected"):
+        TopValues(n + 1).add(x).quantile()
+
+
+def test_moments_add_up_and_fit_the_same_subspace(rng):
+    X = torch.tensor(rng.normal(size=(40, 3, 2, 2)) * np.linspace(4, 0.5, 12).reshape(3, 2, 2) + 2.0,
+                     dtype=torch.float32)
+    m = Moments.of(X[:15]) + Moments.of(X[15:])
+    whole = Moments.of(X)
+    assert m.n == 40 and torch.allclose(m.xtx, whole.xtx) and torch.allclose(m.sum, whole.sum)
+    a = FRE(5, strategy="gram").fit(X)
+    b = FRE(5).fit_moments(m, (3, 2, 2))
+    assert b.strategy_ == "covariance" and b.n_features_in_ == 12
+    np.testing.assert_allclose(np.abs((a.components_ * b.components_).sum(1)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(a.reconstruction_error(X), b.reconstruction_error(X), rtol=1e-4, atol=1e-5)
+    with pytest.raises(FreEdgeError, match="needs the features themselves"):
+        FRE(5, strategy="gram").fit_moments(m, (3, 2, 2))
+    with pytest.raises(FreEdgeError, match="12 features for a layer of shape"):
+        FRE(5).fit_moments(m, (3, 2, 3))
+
+
+def _assert_same_fit(a, b, test_paths, rtol=1e-5):
+    """Same subspace (up to sign), thresholds and scores of unseen images."""
+    assert a.info["n_components"] == b.info["n_components"]
+    for ha, hb in zip(a.detector.heads, b.detector.heads):
+        torch.testing.assert_close(ha.mean, hb.mean, rtol=1e-5, atol=1e-5)
+        cos = (ha.components.double() * hb.components.double()).sum(1).abs()
+        assert float(cos.min()) > 1 - 1e-5
+    for key in ("image", "pixel"):
+        assert b.info["thresholds"][key] == pytest.approx(a.info["thresholds"][key], rel=rtol)
+    from fre_edge.fit.features import load_batch
+
+    with torch.inference_mode():
+        batch = load_batch(test_paths, a.config.input_size)
+        (sa, ma), (sb, mb) = a.detector(batch), b.detector(batch)
+    np.testing.assert_allclose(sb.numpy(), sa.numpy(), rtol=rtol)
+    np.testing.assert_allclose(mb.numpy(), ma.numpy(), rtol=1e-4, atol=1e-4 * float(ma.abs().max()))
+
+
+def test_streamed_fit_equals_the_in_memory_fit_on_the_sample_with_two_layers(sample_root):
+    ds = read_dataset(sample_root)
+    train = [s.path for s in ds.train]
+    cfg = dict(input_size=224, pool=4, layers=("blocks.4", "blocks.10"))
+    held = fit_fre(train, FitConfig(**cfg), progress=False)
+    streamed = fit_fre(train, FitConfig(**cfg, strategy="covariance"), progress=False)
+    assert held.info["fitted_by"]["features"].startswith("held in memory")
+    assert streamed.info["fitted_by"]["features"].startswith("streamed")
+    assert streamed.info["strategies"] == ["covariance", "covariance"]
+    torch.testing.assert_close(streamed.detector.fusion, held.detector.fusion, rtol=1e-5, atol=1e-6)
+    _assert_same_fit(held, streamed, [s.path for s in ds.test[:8]])
+
+
+def test_streamed_fit_equals_the_in_memory_fit_on_magnetic_tile(mtd_root):
+    ds = read_dataset(mtd_root)
+    train = [s.path for s in ds.train[::3]]  # 254 of the 762: all of them only costs time
+    held = fit_fre(train, FitConfig(pool=4), progress=False)
+    streamed = fit_fre(train, FitConfig(pool=4, strategy="covariance"), progress=False)
+    assert held.info["strategies"] == ["gram"] and streamed.info["strategies"] == ["covariance"]
+    _assert_same_fit(held, streamed, [s.path for s in ds.test[:16]])
+
+
+def test_dask_fit_equals_the_one_process_fit_on_bottle(bottle_root):
+    if not _have_dask():
+        pytest.skip("dask.distributed not installed")
+    from fre_edge.cluster.engine import dask_client
+
+    ds = read_dataset(bottle_root)
+    train = [str(s.path.resolve()) for s in ds.train]
+    held = fit_fre(train, FitConfig(pool=4), progress=False)
+    with dask_client("local:2") as client:
+        assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        remote = fit_fre(train, FitConfig(pool=4), progress=False, client=client, partition_size=40)
+    by = remote.info["fitted_by"]
+    assert by["engine"] == "dask.distributed" and by["workers"] == 2 and by["fit_partitions"] == 5
+    _assert_same_fit(held, remote, [s.path for s in ds.test[::6]])
+
+
+def _fit_cli(tmp_path, *extra):
+    out = tmp_path / "model"
+    run = subprocess.run(fre_edge_cmd("fit", str(tmp_path / "data"), "-o", str(out), "--quiet", *extra),
+                         capture_output=True, text=True, timeout=600)
+    return run, out
+
+
+@pytest.fixture
+def sample_copy(sample_root, tmp_path):
+    import shutil
+
+    shutil.copytree(sample_root, tmp_path / "data")
+    return tmp_path
+
+
+def test_fit_cli_on_a_local_cluster_writes_the_same_model_as_here(sample_copy):
+    if not _have_dask():
+        pytest.skip("dask.distributed not installed")
+    import json
+
+    from fre_edge.fit.persist import load_model
+
+    run, out = _fit_cli(sample_copy, "--input-size", "224", "--pool", "4", "--dask", "local:2",
+                        "--partition-size", "5")
+    assert run.returncode == 0, run.stderr
+    info = json.loads((out / "model.json").read_text())["info"]
+    assert info["fitted_by"]["engine"] == "dask.distributed" and info["fitted_by"]["fit_partitions"] == 6
+    ds = read_dataset(sample_copy / "data")
+    here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4), progress=False)
+    _assert_same_fit(here, load_model(out), [s.path for s in ds.test[:6]])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--dask", "local:two"), "--dask local:two: write local:N"),
+    (("--dask", "local:2", "--strategy", "gram"), "--strategy gram needs every image's features in one process"),
+    (("--dask", "local:1", "--memory-budget", "0.5"), "its D x D sums need 1.1 GB, over the 0.5 GB memory budget"),
+    (("--memory-budget", "nan"), "is not a finite number"),
+])
+def test_bad_dask_fit_settings_are_one_line_and_write_nothing(sample_copy, extra, message):
+    if not _have_dask():
+        pytest.skip("dask.distributed not installed")
+    run, out = _fit_cli(sample_copy, *extra)
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
