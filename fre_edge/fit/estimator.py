@@ -75,16 +75,17 @@ class FRE(BaseEstimator):
                            progress=progress, epochs=self.ae_epochs)
         return self._set(sub, self.feature_shape_)
 
-    def fit_moments(self, moments: Moments, feature_shape: tuple[int, int, int]) -> "FRE":
+    def fit_moments(self, moments: Moments, feature_shape: tuple[int, int, int], *, overwrite: bool = False) -> "FRE":
         """Fit from the sums of x and x x^T over the good images (:class:`~.pca.Moments`, e.g. reduced from
-        partitions on a cluster): the ``covariance`` strategy, exactly, without the features themselves."""
+        partitions on a cluster): the ``covariance`` strategy, exactly, without the features themselves.
+        ``overwrite=True`` lets it turn the sums into the covariance in place (saves a D x D copy)."""
         self._validate_params()
         if self.strategy not in ("auto", "covariance"):
             raise FreEdgeError(f"strategy={self.strategy!r} needs the features themselves; fitting from sums is the "
                                f"covariance strategy (use auto or covariance)")
         if moments.sum.numel() != int(np.prod(feature_shape)):
             raise FreEdgeError(f"moments of {moments.sum.numel()} features for a layer of shape {tuple(feature_shape)}")
-        return self._set(subspace_from_moments(moments, self.n_components), tuple(feature_shape))
+        return self._set(subspace_from_moments(moments, self.n_components, overwrite), tuple(feature_shape))
 
     def _set(self, sub, feature_shape) -> "FRE":
         self.feature_shape_ = tuple(int(v) for v in feature_shape)

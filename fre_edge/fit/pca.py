@@ -73,7 +73,8 @@ def n_components_for(ratio_cumsum: np.ndarray, n_components: float | int, max_ra
 
 
 def _finish(mean64, eigvals, eigvecs_rows, n_components, strategy) -> Subspace:
-    """eigvals descending (float64), eigvecs_rows [m, D] matching, unit norm."""
+    """eigvals descending (float64), eigvecs_rows [m, D] matching, unit norm (or a function of k giving the
+    first k of them, so that a D x D matrix of eigenvectors is never copied whole)."""
     eigvals = torch.clamp(eigvals, min=0)
     total = float(eigvals.sum())
     if total <= 0:
@@ -83,7 +84,7 @@ def _finish(mean64, eigvals, eigvecs_rows, n_components, strategy) -> Subspace:
     k = n_components_for(torch.cumsum(ratio, 0).numpy(), n_components, rank)
     return Subspace(
         mean=mean64.float(),
-        components=eigvecs_rows[:k].float().contiguous(),
+        components=(eigvecs_rows(k) if callable(eigvecs_rows) else eigvecs_rows[:k]).float().contiguous(),
         explained_variance_ratio=ratio[:k].clone(),
         strategy=strategy,
     )
@@ -137,14 +138,22 @@ def covariance_bytes(d: int) -> int:
     return 3 * d * d * 8
 
 
-def subspace_from_moments(m: Moments, n_components) -> Subspace:
-    """Exact PCA from the sums: the covariance (N - 1 denominator) and its eigen-decomposition."""
+def subspace_from_moments(m: Moments, n_components, overwrite: bool = False) -> Subspace:
+    """Exact PCA from the sums: the covariance (N - 1 denominator) and its eigen-decomposition.
+
+    Memory: the D x D sums (turned into the covariance in place with ``overwrite``, else copied), the D x D
+    eigenvectors and eigh's workspace; only the k kept eigenvectors are copied out."""
     if m.n < 2:
         raise FreEdgeError(f"{m.n} training image(s); FRE needs at least 2 good images, preferably 50 or more")
     mean = m.sum / m.n
-    cov = (m.xtx - m.n * torch.outer(mean, mean)) / (m.n - 1)
+    cov = m.xtx if overwrite else m.xtx.clone()
+    cov.addr_(mean, mean, alpha=-m.n).div_(m.n - 1)
+    if overwrite:
+        m.xtx = None  # no longer the sums
     eigvals, V = torch.linalg.eigh(cov)
-    return _finish(mean, eigvals.flip(0), V.flip(1).T, n_components, "covariance")
+    del cov
+    d = V.shape[1]
+    return _finish(mean, eigvals.flip(0), lambda k: V[:, d - k:].flip(1).T, n_components, "covariance")
 
 
 def fit_covariance(X: torch.Tensor, n_components, chunk: int = 256) -> Subspace:
@@ -152,7 +161,7 @@ def fit_covariance(X: torch.Tensor, n_components, chunk: int = 256) -> Subspace:
     m = Moments(0, torch.zeros(D, dtype=torch.float64), torch.zeros(D, D, dtype=torch.float64))
     for i in range(0, N, chunk):
         m.add_(X[i : i + chunk])
-    return subspace_from_moments(m, n_components)
+    return subspace_from_moments(m, n_components, overwrite=True)
 
 
 def fit_autoencoder(

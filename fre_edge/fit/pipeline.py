@@ -255,6 +255,8 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc=desc, unit="img", disable=None if progress else True, leave=False)
+        if client is not None:  # the fitted heads (MBs) go to each worker once, not with every task
+            args = tuple(client.scatter(a, broadcast=True, hash=False) if isinstance(a, list) else a for a in args)
         jobs = [(*args, items[i : i + size]) for i in range(0, len(items), size)]
         try:
             if client is None:  # one partition here: the bar moves per batch
@@ -269,11 +271,11 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     rss_feat = peak_rss_mb()
     t0 = time.perf_counter()
     fres = []
-    with torch.inference_mode(False):
-        for m, shape in zip(moments, shapes):
-            fres.append(FRE(cfg.n_components, strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
-                        .fit_moments(m, shape))
-    del moments
+    while moments:  # each layer's sums are freed once its subspace is fitted
+        m, shape = moments.pop(0), shapes[len(fres)]
+        fres.append(FRE(cfg.n_components, strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
+                    .fit_moments(m, shape, overwrite=True))
+        del m
     heads = [fre.head() for fre in fres]
     payload = heads_payload(fres)
     t_pca = time.perf_counter() - t0
