@@ -163,3 +163,10 @@ def test_bad_dask_fit_settings_are_one_line_and_write_nothing(sample_copy, extra
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_a_bad_partition_size_is_refused_before_any_work(sample_root, bad):
+    ds = read_dataset(sample_root)
+    with pytest.raises(FreEdgeError, match="partition_size="):
+        fit_fre([s.path for s in ds.train], FitConfig(input_size=224), progress=False, partition_size=bad)

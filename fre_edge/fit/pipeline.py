@@ -153,6 +153,8 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             f"{len(paths)} good image(s) given, {len(fit_paths)} left to fit on after the holdout; "
             f"FRE needs at least {MIN_FIT_IMAGES} (50 or more recommended)"
         )
+    if isinstance(partition_size, bool) or not isinstance(partition_size, int) or partition_size < 1:
+        raise FreEdgeError(f"partition_size={partition_size!r}; use a whole number of images, 1 or more")
     if client is not None and cfg.strategy not in ("auto", "covariance"):
         raise FreEdgeError(f"--strategy {cfg.strategy} needs every image's features in one process; --dask fits by "
                            f"summing them over partitions (the covariance strategy): drop --strategy or --dask")
