@@ -140,11 +140,13 @@ def test_fit_cli_on_a_local_cluster_writes_the_same_model_as_here(sample_copy):
 
     from fre_edge.fit.persist import load_model
 
-    run, out = _fit_cli(sample_copy, "--input-size", "224", "--pool", "4", "--dask", "local:2",
-                        "--partition-size", "5")
+    run, out = _fit_cli(sample_copy, "--input-size", "224", "--pool", "4", "--dask", "local:2")
     assert run.returncode == 0, run.stderr
     info = json.loads((out / "model.json").read_text())["info"]
-    assert info["fitted_by"]["engine"] == "dask.distributed" and info["fitted_by"]["fit_partitions"] == 6
+    by, n = info["fitted_by"], info["data"]["fit_images"]
+    assert by["engine"] == "dask.distributed" and by["workers"] == 2
+    # by default about four partitions per worker: each returns the D x D sums, which are sent to be merged
+    assert by["partition_size"] == -(-n // 8) and by["fit_partitions"] == -(-n // by["partition_size"]) <= 8
     ds = read_dataset(sample_copy / "data")
     here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4), progress=False)
     _assert_same_fit(here, load_model(out), [s.path for s in ds.test[:6]])

@@ -400,7 +400,10 @@ def test_ctrl_c_in_a_real_process_exits_130(sample_bundle, sample_root, tmp_path
     loaded machine, where the signal may be handled seconds after it is sent)."""
     import signal
 
-    code = ("import sys, time, fre_edge.runtime.detector as d\n"
+    # the default Ctrl-C handler even where the test runner was started as a background job (whose children
+    # inherit SIGINT ignored, and Python then installs no handler)
+    code = ("import signal, sys, time, fre_edge.runtime.detector as d\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def slow(p, size):\n    print('reading', flush=True); time.sleep(10)\n"
             "d.read_for_model = slow\n"
             "from fre_edge.cli import main\n"

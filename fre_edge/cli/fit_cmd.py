@@ -54,8 +54,9 @@ def _n_components(ctx, param, value: str) -> float | int:
 @click.option("--dask", "address", default=None, metavar="ADDRESS",
               help="Run the feature passes on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
                    "(its workers must see DATA at the same path). Streams: memory D x D per layer, any N.")
-@click.option("--partition-size", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
-              help="With --dask: images per task.")
+@click.option("--partition-size", type=click.IntRange(1, 1_000_000), default=None,
+              help="With --dask: images per task (default: about four tasks per worker, since each task's "
+                   "result is the D x D sums).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, ae_epochs,

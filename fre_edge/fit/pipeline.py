@@ -137,13 +137,14 @@ def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
 
 @torch.inference_mode()
 def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = True,
-            data_summary: dict | None = None, client=None, partition_size: int = 256) -> FittedFRE:
+            data_summary: dict | None = None, client=None, partition_size: int | None = None) -> FittedFRE:
     """Fit FRE on good images (paths or HxWx3 arrays).
 
     The feature pass holds every image's features (N x D per layer) for the ``gram`` and ``autoencoder``
     strategies; for ``covariance`` (chosen by ``auto`` when N > D or N x D exceeds the memory budget) the fit
     streams instead (:mod:`.passes`): memory is the D x D sums whatever N. With a Dask ``client`` the
-    streamed passes run on its workers, ``partition_size`` images per task, reduced exactly.
+    streamed passes run on its workers, ``partition_size`` images per task, reduced exactly; by default
+    (None) about four tasks per worker (:func:`auto_partition_size`).
     """
     cfg = (cfg or FitConfig()).validate()
     paths = list(paths)
@@ -153,7 +154,8 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             f"{len(paths)} good image(s) given, {len(fit_paths)} left to fit on after the holdout; "
             f"FRE needs at least {MIN_FIT_IMAGES} (50 or more recommended)"
         )
-    if isinstance(partition_size, bool) or not isinstance(partition_size, int) or partition_size < 1:
+    if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(partition_size, int)
+                                       or partition_size < 1):
         raise FreEdgeError(f"partition_size={partition_size!r}; use a whole number of images, 1 or more")
     if client is not None and cfg.strategy not in ("auto", "covariance"):
         raise FreEdgeError(f"--strategy {cfg.strategy} needs every image's features in one process; --dask fits by "
@@ -193,14 +195,23 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     return FittedFRE(detector, cfg, info)
 
 
-def _fitted_by(streamed: bool, client, partition_size: int, n: int) -> dict:
+def auto_partition_size(n: int, client) -> int:
+    """About four partitions per worker: every partition returns the D x D sums (0.4 GB for Lite0), which
+    are sent between workers to be merged, so their number, not the images', sets the reduce's traffic;
+    four per worker still balances uneven workers and limits what a lost worker's re-run costs."""
+    workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    return max(1, -(-n // (4 * workers)))
+
+
+def _fitted_by(streamed: bool, client, partition_size: int | None, n: int) -> dict:
     """How the fit ran, for model.json: features held or streamed, and where."""
     out = {"features": "streamed: sums of x and x x^T per layer (memory D x D, any N)" if streamed
            else "held in memory (N x D per layer)", "engine": "this process"}
     if client is not None:
         info = client.scheduler_info()
+        size = partition_size or auto_partition_size(n, client)
         out.update(engine="dask.distributed", workers=len(info.get("workers", {})),
-                   partition_size=partition_size, fit_partitions=-(-n // partition_size))
+                   partition_size=size, fit_partitions=-(-n // size))
     return out
 
 
@@ -251,11 +262,13 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     cj = config_json(cfg)
     names = [str(p) if not isinstance(p, np.ndarray) else p for p in fit_paths]
     hold = [str(p) if not isinstance(p, np.ndarray) else p for p in hold_paths]
-    size = partition_size if client is not None else max(len(names), len(hold), 1)
-
     def run(fn, args, items, merge, desc):
         from tqdm.auto import tqdm
 
+        if client is None:  # one partition
+            size = max(len(items), 1)
+        else:
+            size = partition_size or auto_partition_size(len(items), client)
         bar = tqdm(total=len(items), desc=desc, unit="img", disable=None if progress else True, leave=False)
         if client is not None:  # the fitted heads (MBs) go to each worker once, not with every task
             args = tuple(client.scatter(a, broadcast=True, hash=False) if isinstance(a, list) else a for a in args)
