@@ -39,6 +39,12 @@ def build(name: str, backbone: str, coreset: float, weights: str, size: int):
 
         kw["pre_processor"] = PreProcessor(transform=v2.Compose([v2.Resize((size, size), antialias=True),
                                                                  v2.Normalize(mean=LITE_MEAN, std=LITE_STD)]))
+    if weights == "lite0":  # accuracy is measured: fre-edge's three figures
+        from anomalib.metrics import AUPRO, AUROC, Evaluator
+
+        kw["evaluator"] = Evaluator(test_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+                                                  AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
+                                                  AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_")])
     if name == "patchcore":
         model = Patchcore(backbone=backbone, layers=two, pre_trained=False, coreset_sampling_ratio=coreset, **kw)
     elif name == "fre":
