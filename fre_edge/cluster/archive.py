@@ -64,12 +64,9 @@ def score_partition(bundle: str, digest: str, paths: list[str], out_file: str, b
 
     for path, pred in det.iter_predict(paths, batch_size=batch_size, on_error=unreadable):
         d = pred.to_dict()
-        rows[index[path]] = {"path": path, "score": d["score"], "label": d["label"],
-                             "anomalous_pixels": d["anomalous_pixels"], "peak": d["peak"], "bbox": d["bbox"],
-                             "error": None}
+        rows[index[path]] = {**{k: d[k] for k in COLUMNS[1:-1]}, "path": path, "error": None}
     for i, message in errors.items():
-        rows[i] = {"path": paths[i], "score": None, "label": None, "anomalous_pixels": None, "peak": None,
-                   "bbox": None, "error": message}
+        rows[i] = {**dict.fromkeys(COLUMNS), "path": paths[i], "error": message}
     ordered = [rows[i] for i in range(len(paths))]
     schema = pa.schema([("path", pa.string()), ("score", pa.float64()), ("label", pa.string()),
                         ("anomalous_pixels", pa.int64()), ("peak", pa.float64()), ("bbox", pa.list_(pa.int64())),

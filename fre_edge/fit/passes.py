@@ -37,18 +37,26 @@ def config_json(cfg) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _shell(cfg_json: str):
-    """The backbone-only detector of these settings, built once per process."""
-    from .pipeline import FitConfig, build_detector
+def _config(cfg_json: str):
+    """The FitConfig that :func:`config_json` wrote."""
+    from .pipeline import FitConfig
 
     d = json.loads(cfg_json)
     d["layers"] = tuple(d["layers"])
-    return build_detector(FitConfig(**d).validate(), [], [])
+    return FitConfig(**d).validate()
+
+
+@functools.lru_cache(maxsize=1)
+def _shell(cfg_json: str):
+    """The backbone-only detector of these settings, built once per process."""
+    from .pipeline import build_detector
+
+    return build_detector(_config(cfg_json), [], [])
 
 
 def _batches(cfg_json: str, paths: Sequence, on_batch: Callable[[int], None] | None):
     shell = _shell(cfg_json)
-    bs = json.loads(cfg_json)["batch_size"]
+    bs = _config(cfg_json).batch_size
     for i in range(0, len(paths), bs):
         batch = load_batch(paths[i : i + bs], shell.input_size)
         yield shell, batch
@@ -117,11 +125,9 @@ def partition_scores(cfg_json: str, payload: list[dict], fusion: np.ndarray | No
                      paths: Sequence, on_batch=None) -> tuple[np.ndarray, TopValues]:
     """The fitted detector's image scores [n] (float64) on these images, and the largest of their map values
     out of ``total_pixels`` map values in all the threshold images (for the exact pixel quantile)."""
-    from .pipeline import FitConfig, assemble_detector
+    from .pipeline import assemble_detector
 
-    d = json.loads(cfg_json)
-    d["layers"] = tuple(d["layers"])
-    cfg = FitConfig(**d).validate()
+    cfg = _config(cfg_json)
     scores, top = [], TopValues(total_pixels)
     detector = None
     for shell, batch in _batches(cfg_json, paths, on_batch):

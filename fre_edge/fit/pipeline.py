@@ -44,6 +44,10 @@ class FitConfig:
     memory_budget_gb: float = 4.0
     ae_epochs: int = 250  # the autoencoder strategy's training epochs (the paper's)
 
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_gb * (1 << 30))
+
     def validate(self) -> "FitConfig":
         spec = get_spec(self.backbone)
         self.layers = resolve_layers(spec, self.layers)
@@ -121,14 +125,13 @@ def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
 
 def _strategies(cfg: FitConfig, n_fit: int, dims: list[int]) -> list[str]:
     """The strategy of each layer, resolved before the feature pass (``auto`` from N, D and the budget)."""
-    budget = int(cfg.memory_budget_gb * (1 << 30))
-    return [choose_strategy(n_fit, d, budget) if cfg.strategy == "auto" else cfg.strategy for d in dims]
+    return [choose_strategy(n_fit, d, cfg.memory_budget_bytes) if cfg.strategy == "auto" else cfg.strategy
+            for d in dims]
 
 
 def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
-    budget = int(cfg.memory_budget_gb * (1 << 30))
     for layer, d in zip(cfg.layers, dims):
-        if covariance_bytes(d) > budget:
+        if covariance_bytes(d) > cfg.memory_budget_bytes:
             raise FreEdgeError(
                 f"{engine}: layer {layer} has D = {d} features, so its D x D sums need "
                 f"{covariance_bytes(d) / (1 << 30):.1f} GB, over the {cfg.memory_budget_gb:g} GB memory budget; "
@@ -270,8 +273,6 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         else:
             size = partition_size or auto_partition_size(len(items), client)
         bar = tqdm(total=len(items), desc=desc, unit="img", disable=None if progress else True, leave=False)
-        if client is not None:  # the fitted heads (MBs) go to each worker once, not with every task
-            args = tuple(client.scatter(a, broadcast=True, hash=False) if isinstance(a, list) else a for a in args)
         jobs = [(*args, items[i : i + size]) for i in range(0, len(items), size)]
         try:
             if client is None:  # one partition here: the bar moves per batch
@@ -293,6 +294,8 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         del m
     heads = [fre.head() for fre in fres]
     payload = heads_payload(fres)
+    if client is not None:  # the fitted heads (MBs) go to each worker once, not with every task
+        payload = client.scatter(payload, broadcast=True, hash=False)
     t_pca = time.perf_counter() - t0
     t0 = time.perf_counter()
     fusion = None
