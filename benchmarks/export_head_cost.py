@@ -25,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from fre_edge.images import size_json
+
 from ._bundles import BACKBONES, bundle
 from ._common import environment, header_md, write
 from ._openvino import alternate_requests, latency_request
@@ -108,7 +110,7 @@ def main():
         full = load_detector(path, precision="f32", hint="latency", batch=batch)
         bb = load_backbone_only(path, precision="f32", hint="latency", batch=batch)
         assert full.adapter.precision_used == bb.adapter.precision_used == "f32"
-        x = np.random.default_rng(0).integers(0, 256, (batch, full.input_size, full.input_size, 3), dtype=np.uint8)
+        x = np.random.default_rng(0).integers(0, 256, (batch, *full.input_size, 3), dtype=np.uint8)
         other_form, other_req = other_form_request(name, batch)
         reqs = {"full": full.adapter.request(), "backbone": bb.adapter.request(),
                 "floor": floor_request(path, name, batch), "other_form": other_req}
@@ -118,7 +120,8 @@ def main():
         med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
         heads = fitted_model(name).detector.heads
         forms = full.metadata["head_forms"]
-        rows.append({"backbone": name, "batch": batch, "input_size": full.input_size, "layers": full.metadata["layers"],
+        rows.append({"backbone": name, "batch": batch, "input_size": size_json(full.input_size),
+                     "layers": full.metadata["layers"],
                      "n_components": full.metadata["n_components"], "head_forms": full.metadata.get("head_forms"),
                      "weights": full.metadata.get("backbone_weights"), "precision_used": "f32",
                      "full_median_ms": med["full"], "backbone_median_ms": med["backbone"],

@@ -19,12 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from fre_edge.images import size_json
+
 from ._bundles import BACKBONES, fitted_model
 from ._common import environment, header_md, write
 from ._openvino import alternate_requests, latency_request
 
 
-def convert(det, size: int, route: str, out: Path):
+def convert(det, size: tuple[int, int], route: str, out: Path):
     import openvino as ov
     import torch
 
@@ -36,7 +38,7 @@ def convert(det, size: int, route: str, out: Path):
         model = ov.convert_model(str(out / "model.onnx"))
     else:
         with torch.inference_mode():
-            model = ov.convert_model(det.eval(), example_input=torch.zeros(1, size, size, 3, dtype=torch.uint8),
+            model = ov.convert_model(det.eval(), example_input=torch.zeros(1, *size, 3, dtype=torch.uint8),
                                      input=[(ov.PartialShape([-1, size, size, 3]), ov.Type.u8)])
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=False)
     seconds = time.perf_counter() - t0
@@ -59,7 +61,7 @@ def main():
     for name in args.backbones.split(","):
         fitted = fitted_model(name)
         det, size = fitted.detector.eval(), fitted.config.input_size
-        x = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        x = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
         with tempfile.TemporaryDirectory() as tmp:
             facts, reqs = {}, {}
             for route in ("onnx", "direct"):
@@ -69,7 +71,7 @@ def main():
             scores = {r: np.array(q.infer({0: x})[0]).copy() for r, q in reqs.items()}
             lat, _ = alternate_requests(reqs, x, args.rounds, args.block)
         med = {r: statistics.median(v) * 1e3 for r, v in lat.items()}
-        rows.append({"backbone": name, "input_size": size, "head_forms": [h.form for h in det.heads],
+        rows.append({"backbone": name, "input_size": size_json(size), "head_forms": [h.form for h in det.heads],
                      "routes": {r: {**facts[r], "latency_ms": med[r]} for r in facts},
                      "direct_over_onnx_latency": med["direct"] / med["onnx"],
                      "score_max_rel_diff": float(np.max(np.abs(scores["direct"] / scores["onnx"] - 1)))})

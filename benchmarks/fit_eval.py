@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from fre_edge.images import size_json
+
 from ._common import DATASETS, REPO, environment, header_md, write
 
 RUNS = [
@@ -39,7 +41,8 @@ def one(dataset: str, strategy: str, layers: str | None) -> dict:
     metrics, _, _ = evaluate(fitted, ds.test, progress=False)
     t = fitted.info["timings_s"]
     return {
-        "dataset": dataset, "backbone": cfg.backbone, "layers": list(cfg.layers), "input_size": cfg.input_size,
+        "dataset": dataset, "backbone": cfg.backbone, "layers": list(cfg.layers),
+        "input_size": size_json(fitted.config.input_size),
         "pool": cfg.pool, "variance": cfg.n_components, "strategy": fitted.info["strategies"],
         "n_components": fitted.info["n_components"], "data": fitted.info["data"],
         "metrics": metrics, "fit_total_s": fit_s, "feature_pass_s": t["feature_pass"],

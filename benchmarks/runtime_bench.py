@@ -15,6 +15,8 @@ import argparse
 import statistics
 import sys
 
+from fre_edge.images import size_json
+
 from ._bundles import BACKBONES, bundle
 from ._common import environment, header_md, write
 
@@ -51,7 +53,8 @@ def main():
             rs = runs[c]
             det = dets[c]
             rows.append({
-                "backbone": name, "input_size": det.input_size, "weights": det.metadata.get("backbone_weights"),
+                "backbone": name, "input_size": size_json(det.input_size),
+                "weights": det.metadata.get("backbone_weights"),
                 "backend": c[0], "precision_requested": c[1], "precision_used": det.adapter.precision_used,
                 "hint": c[2] if c[0] == "openvino" else "none (sync, then async threads)", "batch": args.batch,
                 "latency_ms_median": statistics.median(x["sync"]["latency_ms"]["median"] for x in rs),

@@ -89,7 +89,7 @@ def main():
                 "grpc": load_detector(path, backend="kserve", url=server.grpc_url, model_name=name)}
         size = dets["local"].input_size
         rng = np.random.default_rng(0)
-        batches = {b: rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8) for b in (1, 8)}
+        batches = {b: rng.integers(0, 256, (b, *size, 3), dtype=np.uint8) for b in (1, 8)}
         for d in dets.values():  # warm every path and connection
             for b in batches.values():
                 d.infer_prepared(b)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .images import size_text
+
 # The poster's inference FPS (PatchCore / AST / FRE); backbone, input size and batch not published.
 PAPER_FPS = [
     {"platform": "NVidia 2080-Ti", "PatchCore": 18.4, "AST": 19.6, "FRE": 313.1},
@@ -120,8 +122,7 @@ def time_async(det, batch_u8: np.ndarray, duration: float, clients: int | None =
 
 def run_bench(det, *, batch: int = 1, duration: float = 10.0, warmup: int = 5, modes=("sync", "async"),
               clients: int | None = None) -> dict:
-    size = det.input_size
-    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    x = np.random.default_rng(0).integers(0, 256, (batch, *det.input_size, 3), dtype=np.uint8)
     for _ in range(warmup):
         det.adapter.infer(x)
     out = {"batch": batch, "duration_s": duration, "warmup_iterations": warmup}
@@ -162,7 +163,7 @@ def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overl
 def format_table(result: dict) -> str:
     r, m, b = result["runtime"], result["machine"], result["bench"]
     lines = [
-        f"fre-edge bench: {r['backbone']} @ {r['input_size']} px, {r['backend']} on {r['device']}, "
+        f"fre-edge bench: {r['backbone']} @ {size_text(r['input_size'])} px, {r['backend']} on {r['device']}, "
         f"precision {r['precision_used']} (asked {r['precision_requested']}), hint {r['hint']}, batch {b['batch']}"
         + ("  [backbone only]" if result.get("backbone_only") else ""),
         f"machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa']) or '-'}",

@@ -67,15 +67,58 @@ def load_image(path: str | Path) -> np.ndarray:
     return read_image(path)[0]
 
 
-def read_for_model(path: str | Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(size x size x 3 uint8 as the model sees it, (height, width) of the upright picture).
+def input_hw(size) -> tuple[int, int]:
+    """(height, width) of a model input from a side (square), a [height, width] pair or "HxW" text."""
+    if isinstance(size, str):
+        parts = size.lower().replace(" ", "").split("x")
+        if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
+            raise FreEdgeError(f"input size {size!r} is not N or HxW; use e.g. 256 or 192x480 (height x width)")
+        size = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in size)):
+        return int(size[0]), int(size[1])
+    raise FreEdgeError(f"input size {size!r} is not N or HxW; use e.g. 256 or 192x480 (height x width)")
 
-    A JPEG much larger than ``size`` is decoded at a reduced scale (1/2, 1/4 or 1/8, by the DCT) that still
-    leaves ``DRAFT_MARGIN`` pixels per model pixel, then resized exactly: a 5 MP camera picture decodes
-    several times faster, and fitting and the runtime both read through here.
+
+def size_json(size) -> int | list[int]:
+    """An input size as model.json and the manifest store it: one number when square (as bundles always
+    had), [height, width] otherwise."""
+    h, w = input_hw(size)
+    return h if h == w else [h, w]
+
+
+def size_text(size) -> str:
+    """"256" or "192x480" (height x width), for messages and tables."""
+    h, w = input_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def read_for_model(path: str | Path, size) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H x W x 3 uint8 as the model sees it, (height, width) of the upright picture); ``size`` is the
+    model's input (a side or (height, width)).
+
+    A JPEG much larger than the input is decoded at a reduced scale (1/2, 1/4 or 1/8, by the DCT) that still
+    leaves ``DRAFT_MARGIN`` pixels per model pixel on the input's longer side, whatever the picture's
+    orientation, then resized exactly: a 5 MP camera picture decodes several times faster, and fitting and
+    the runtime both read through here.
     """
-    image, hw = read_image(path, draft_size=DRAFT_MARGIN * size)
+    image, hw = read_image(path, draft_size=DRAFT_MARGIN * max(input_hw(size)))
     return resize_rgb(image, size), hw
+
+
+def picture_hw(item) -> tuple[int, int]:
+    """(height, width) of an image file as a viewer shows it (header only), or of an HxW(xC) array."""
+    if isinstance(item, np.ndarray):
+        return int(item.shape[0]), int(item.shape[1])
+    try:
+        with Image.open(Path(item)) as im:
+            w, h = im.size
+            return (w, h) if im.getexif().get(0x0112) in _TURNED else (h, w)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FreEdgeError(f"{item}: cannot read image ({exc.__class__.__name__}: {exc}); "
+                           f"replace or remove the file") from None
 
 
 def read_image(path: str | Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -127,15 +170,17 @@ def find_images(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     return sorted(found)
 
 
-def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize HxWx3 uint8 to size x size with Lanczos (the reference code's filter)."""
-    if image.shape[0] == size and image.shape[1] == size:
+def resize_rgb(image: np.ndarray, size) -> np.ndarray:
+    """Resize HxWx3 uint8 to the model's input (a side or (height, width)) with Lanczos (the reference
+    code's filter)."""
+    h, w = input_hw(size)
+    if image.shape[0] == h and image.shape[1] == w:
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
 
 
-def prepare(image: np.ndarray | str | Path, size: int) -> np.ndarray:
-    """Path or array -> size x size x 3 uint8 RGB, exactly as the model saw it at fit time."""
+def prepare(image: np.ndarray | str | Path, size) -> np.ndarray:
+    """Path or array -> the model's input (H x W x 3 uint8 RGB), exactly as the model saw it at fit time."""
     if isinstance(image, (str, Path)):
         return read_for_model(image, size)[0]
     return resize_rgb(to_rgb_uint8(image), size)

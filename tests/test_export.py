@@ -212,7 +212,7 @@ def test_backbone_only_is_for_timing_not_scoring(sample_bundle):
 
     bb, det = load_backbone_only(sample_bundle), load_detector(sample_bundle)
     assert isinstance(bb, BackboneOnly) and not hasattr(bb, "predict")
-    assert isinstance(det, AnomalyDetector) and bb.describe()["input_size"] == det.input_size == 224
+    assert isinstance(det, AnomalyDetector) and bb.describe()["input_size"] == 224 and det.input_size == (224, 224)
     assert isinstance(bb.adapter, InferenceAdapter) and isinstance(det.adapter, InferenceAdapter)
     assert isinstance(load_detector(sample_bundle, backend="onnxruntime").adapter, InferenceAdapter)
     with pytest.raises(FreEdgeError, match="--backbone-only is available with --backend openvino"):

@@ -33,7 +33,7 @@ def test_model_api_loads_it_and_agrees_with_fre_edge(sample_bundle, sample_root,
     labels = set()
     for path in paths:
         # at the model's input size, both runtimes see the same pixels (no resize on either side)
-        rgb = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.LANCZOS))
+        rgb = np.asarray(Image.open(path).convert("RGB").resize(size[::-1], Image.LANCZOS))
         ours, theirs = det.predict(rgb), model(rgb)
         assert theirs.pred_label == str(ours.anomalous)
         labels.add(theirs.pred_label)

@@ -251,6 +251,9 @@ def test_the_folder_and_its_lone_model_files_give_one_verdict(sample_bundle, sam
     (100000, "'input_size' is 100000, outside 32-2048"),
     (-5, "'input_size' is -5, outside 32-2048"),
     (300, "'input' does not describe uint8 NHWC images of 300 x 300"),
+    ([160], "'input_size' is [160], not a side or [height, width]"),
+    ([160, 100000], "'input_size' is [160, 100000], outside 32-2048"),
+    ([224, 288], "'input' does not describe uint8 NHWC images of 224 x 288"),
 ])
 def test_manifest_input_size_is_checked_before_anything_is_allocated(bundle, sample_root, size, message):
     edit_manifest(bundle, lambda m: m.update(input_size=size))

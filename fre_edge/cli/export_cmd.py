@@ -9,6 +9,7 @@ import click
 
 from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
 from ..fit.model import HEAD_FORMS
+from .params import INPUT_SIZE_HELP, InputSize
 
 
 @click.command("export")
@@ -22,15 +23,16 @@ from ..fit.model import HEAD_FORMS
                    "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
               help="One-step form only: backbone to fit with.")
-@click.option("--input-size", type=int, default=None, help="One-step form only: input size.")
+@click.option("--input-size", type=InputSize(), default="auto", show_default=True,
+              help="One-step form only: " + INPUT_SIZE_HELP)
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(source, output, formats, fp16, head_form, backbone, input_size, force, quiet):
     """Export SOURCE as one OpenVINO IR + ONNX graph with its manifest.
 
     SOURCE is a model folder written by `fre-edge fit`, or (one-step form) a folder of good images,
-    which is fitted with default settings first. The graph takes uint8 RGB images [N, S, S, 3] and
-    returns `score` [N] and `anomaly_map` [N, S, S].
+    which is fitted with default settings first. The graph takes uint8 RGB images [N, H, W, 3] at the
+    model's input size and returns `score` [N] and `anomaly_map` [N, H, W].
     """
     from . import echo_warnings
     from ..errors import FreEdgeError
@@ -41,6 +43,9 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
     check_output(output, kind="bundle", force=force, inputs=[source])  # before any work
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     if (source / SETTINGS).is_file():
+        if input_size != "auto":
+            raise FreEdgeError("--input-size applies to the one-step form (a folder of good images); a model "
+                               "folder keeps the size it was fitted at: drop --input-size or fit again")
         fitted = load_model(source)
     elif source.is_dir():
         from ..fit.data import read_dataset

@@ -10,7 +10,7 @@ from ..fit.data import LAYOUTS
 
 from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
 from ..fit.pca import STRATEGIES
-from .params import FiniteFloat
+from .params import INPUT_SIZE_HELP, FiniteFloat, InputSize
 
 
 def _n_components(ctx, param, value: str) -> float | int:
@@ -34,7 +34,7 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="Split file for the magnetic_tile layout (default DATA/split.json).")
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True)
 @click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
-@click.option("--input-size", type=int, default=None, help="Square input size in pixels (default: the backbone's).")
+@click.option("--input-size", type=InputSize(), default="auto", show_default=True, help=INPUT_SIZE_HELP)
 @click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
 @click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
@@ -71,6 +71,7 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     from ..fit import FitConfig, fit_fre
     from ..outputs import check_output
     from ..fit.persist import save_model
+    from ..images import size_json
     from ..cluster.engine import dask_client
     from contextlib import nullcontext
     from pathlib import Path
@@ -93,6 +94,6 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     info = fitted.info
     echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
-                           "input_size": cfg.input_size, "n_components": info["n_components"],
+                           "input_size": size_json(fitted.config.input_size), "n_components": info["n_components"],
                            "thresholds": {k: info["thresholds"][k] for k in ("image", "pixel", "source")},
                            "fitted_by": info["fitted_by"], "timings_s": info["timings_s"]}, indent=2))

@@ -27,6 +27,7 @@ def command(bundle, as_json):
     """
     from ..bench import cpu_info
     from ..runtime.bundle import read_manifest
+    from ..images import size_text
 
     manifest = read_manifest(bundle, verify=True)  # FreEdgeError -> one line, exit 2
     report = {
@@ -45,7 +46,7 @@ def command(bundle, as_json):
         f"bundle       {bundle} (schema {m['schema_version']}, fre-edge {m['fre_edge_version']}; checksums ok: "
         f"{', '.join(sorted(m['files']))})",
         f"model        FRE on {m['backbone']} {','.join(m['layers'])} ({m.get('backbone_weights', '?')} weights), "
-        f"{m['input_size']} px, pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
+        f"{size_text(m['input_size'])} px, pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
         f"head {','.join(m.get('head_forms') or ['?'])}",
         f"weights      {m['precision']}",
         f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "

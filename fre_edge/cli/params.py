@@ -21,6 +21,30 @@ class FiniteFloat(click.FloatRange):
 POSITIVE = FiniteFloat(min=0, min_open=True)
 
 
+class InputSize(click.ParamType):
+    """``auto``, ``N`` (square) or ``HxW`` (height x width), each side 32-2048 px; gives "auto" or (h, w)."""
+
+    name = "auto|N|HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple) or value == "auto":
+            return value
+        from ..errors import FreEdgeError
+        from ..images import input_hw
+
+        try:
+            hw = input_hw(str(value))
+        except FreEdgeError:
+            self.fail(f"{value!r} is not auto, N or HxW; use e.g. auto, 256 or 192x480 (height x width)", param, ctx)
+        if not all(32 <= x <= 2048 for x in hw):
+            self.fail(f"{value!r}: each side must be 32 to 2048 pixels", param, ctx)
+        return hw
+
+
+INPUT_SIZE_HELP = ("Model input: auto (the backbone's square pixel budget, in the fitting images' median aspect "
+                   "when it is 1.25 or more from square), N (N x N) or HxW, e.g. 192x480 (height x width).")
+
+
 def server_options(what: str):
     """``--server URL`` and ``--model-name NAME``, as predict and bench take them; ``what``: what the server does."""
     def decorate(f):

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import FreEdgeError
 from ..fit.model import HEAD_FORMS
+from ..images import input_hw, size_json
 from ..outputs import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .onnx_graph import export_onnx
@@ -29,9 +30,9 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         "backbone_weights": "imagenet" if cfg.pretrained else "random (timing only)",
         "layers": list(cfg.layers),
         "pool": cfg.pool,
-        "input_size": cfg.input_size,
+        "input_size": size_json(cfg.input_size),  # a side when square, else [height, width]
         "input": {"name": "images", "layout": "NHWC", "dtype": "uint8", "color": "RGB",
-                  "resize": "lanczos", "shape": [-1, cfg.input_size, cfg.input_size, 3]},
+                  "resize": "lanczos", "shape": [-1, *input_hw(cfg.input_size), 3]},
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "inside_graph": True},
         "n_components": info["n_components"],
         "head_forms": head_forms,  # fre_edge.fit.model.head_form
@@ -40,7 +41,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         "data": info.get("data", {}),
         "precision": precision,
         "outputs": [{"name": "score", "shape": [-1]},
-                    {"name": "anomaly_map", "shape": [-1, cfg.input_size, cfg.input_size]}],
+                    {"name": "anomaly_map", "shape": [-1, *input_hw(cfg.input_size)]}],
         "exporter": exporter,
     }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FreEdgeError
+from ..images import input_hw
 
 
 def backbone_features(compiled, batches) -> list[np.ndarray]:
@@ -36,7 +37,7 @@ def refit_heads(features: list[np.ndarray], n_components: list[int], shapes: lis
     return [FRE(int(k)).fit(X.reshape(len(X), *shape)) for X, k, shape in zip(features, n_components, shapes)]
 
 
-def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list, input_size: int,
+def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list, input_size,
                 fusion: np.ndarray | None, forms: list[str] | None = None):
     """OpenVINO model: the backbone's feature outputs followed by FRE heads (fitted ``FRE`` estimators, one
     per layer) -> score, anomaly_map. The folded forms are the same as ``FREHead``'s; tests compare them
@@ -89,8 +90,8 @@ def build_model(backbone_model, shapes: list[tuple[int, int, int]], heads: list,
             e2 = ops.maximum(e2, const(np.float32(0.0)))
             s = ops.reduce_sum(e2, i64(1), keep_dims=False)
             m = ops.divide(ops.reshape(e2, i64(-1, h, w), False), const(np.float32(C)))
-        rows = linear_resize_matrix(h, input_size).numpy()
-        cols_t = linear_resize_matrix(w, input_size).numpy().T
+        rows = linear_resize_matrix(h, input_hw(input_size)[0]).numpy()
+        cols_t = linear_resize_matrix(w, input_hw(input_size)[1]).numpy().T
         m = ops.matmul(ops.matmul(const(rows), m, False, False), const(cols_t), False, False)
         if fusion is not None:
             st = fusion[i]
@@ -122,4 +123,4 @@ def refit_int8_model(quantized_full, manifest: dict, refit_batches, check_batche
     from ..fit.estimator import fusion_statistics
 
     fusion = fusion_statistics(heads, feats).numpy() if len(heads) > 1 else None
-    return build_model(backbone, shapes, heads, int(manifest["input_size"]), fusion, manifest.get("head_forms")), heads
+    return build_model(backbone, shapes, heads, manifest["input_size"], fusion, manifest.get("head_forms")), heads

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from ..errors import FreEdgeError
+from ..images import input_hw
 
 OPSET = 18
 
 
-def export_onnx(module: nn.Module, path: Path, input_size: int, output_names: list[str]) -> dict:
-    """Write ``module`` (uint8 NHWC in) to ``path`` with a dynamic batch; returns exporter facts."""
-    example = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
+def export_onnx(module: nn.Module, path: Path, input_size, output_names: list[str]) -> dict:
+    """Write ``module`` (uint8 NHWC in, ``input_size`` a side or (height, width)) to ``path`` with a dynamic
+    batch; returns exporter facts."""
+    example = torch.zeros(2, *input_hw(input_size), 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=1024)
     try:
         with warnings.catch_warnings():

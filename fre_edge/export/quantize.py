@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FreEdgeError
-from ..images import prepare
+from ..images import input_hw, prepare
 from ..outputs import atomic_dir, check_output
 from ..runtime.adapters import head_starts, reason
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
@@ -91,7 +91,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     if len(calibration) < MIN_CALIBRATION:
         raise FreEdgeError(f"{len(calibration)} calibration image(s); INT8 calibration needs at least "
                            f"{MIN_CALIBRATION} good images (300 recommended)")
-    size = int(manifest["input_size"])
+    size = input_hw(manifest["input_size"])
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(calibration))
     # good images kept out of calibration and refit, to set INT8 thresholds: 10% as at fit time, at least

@@ -19,7 +19,7 @@ from .metrics import aupro, auroc
 @torch.inference_mode()
 def score_images(detector, images: Sequence, *, batch_size: int = 16, progress: bool = True,
                  desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
-    """Scores [N] and anomaly maps [N, S, S] (model input size) of paths or arrays."""
+    """Scores [N] and anomaly maps [N, H, W] (model input size) of paths or arrays."""
     from tqdm.auto import tqdm
 
     scores, maps = [], []
@@ -46,8 +46,7 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
         }
     out["operating_points"] = operating_points(scores[labels == 0], scores[labels == 1])
     if any(s.mask is not None for s in samples if s.label):
-        size = maps.shape[1]
-        masks = np.stack([load_mask(s.mask, size, size) for s in samples])
+        masks = np.stack([load_mask(s.mask, *maps.shape[1:]) for s in samples])
         out["pixel_auroc"] = auroc(masks, maps)
         out["aupro"] = aupro(masks, maps)
     return out
@@ -124,12 +123,12 @@ def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Pat
         kinds.setdefault(smp.defect, []).append(float(sc))
     chart = out_dir / "scores.png"
     score_chart(kinds, fitted.image_threshold).save(chart)
-    size = maps.shape[1]
+    size = maps.shape[1:]
     vmax = 2.0 * fitted.pixel_threshold
     written = []
     for rank, i in enumerate(pick_for_pictures(samples, scores, n)):
         s = samples[i]
-        mask = load_mask(s.mask, size, size) if s.label else np.zeros((size, size), bool)
+        mask = load_mask(s.mask, *size) if s.label else np.zeros(size, bool)
         title = f"{s.defect} {s.path.name}  score={scores[i]:.4g}  (threshold {fitted.image_threshold:.4g})"
         path = out_dir / f"{rank:02d}_{s.defect}_{s.path.stem}.png"
         save_panel(path, prepare(s.path, size), maps[i], vmax, mask=mask, title=title)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..images import input_hw
 from .pca import Subspace
 
 
@@ -156,14 +157,14 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 class FREDetector(nn.Module):
-    """uint8 NHWC RGB at ``input_size`` -> (score [N], anomaly_map [N, S, S])."""
+    """uint8 NHWC RGB at ``input_size`` (a side, or (height, width)) -> (score [N], anomaly_map [N, H, W])."""
 
     def __init__(
         self,
         backbone: nn.Module,
         heads: list[FREHead],
         *,
-        input_size: int,
+        input_size: int | tuple[int, int],
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         pool: int = 2,
@@ -173,7 +174,7 @@ class FREDetector(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
-        self.input_size = int(input_size)
+        self.input_size = input_hw(input_size)  # (height, width)
         self.pool = int(pool)
         self.blur_sigma = float(blur_sigma)
         std_t = torch.tensor(std, dtype=torch.float32)
@@ -185,8 +186,8 @@ class FREDetector(nn.Module):
         self.register_buffer("fusion", fusion if fusion is not None else torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
         for i, head in enumerate(self.heads):
             _, h, w = head.shape
-            self.register_buffer(f"up_rows{i}", linear_resize_matrix(h, self.input_size), persistent=False)
-            self.register_buffer(f"up_cols_t{i}", linear_resize_matrix(w, self.input_size).T.contiguous(),
+            self.register_buffer(f"up_rows{i}", linear_resize_matrix(h, self.input_size[0]), persistent=False)
+            self.register_buffer(f"up_cols_t{i}", linear_resize_matrix(w, self.input_size[1]).T.contiguous(),
                                  persistent=False)
 
     def with_head_form(self, form: str) -> "FREDetector":

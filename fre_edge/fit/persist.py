@@ -16,6 +16,7 @@ import torch
 from .. import __version__
 from ..errors import FreEdgeError
 from .pipeline import FitConfig, FittedFRE, build_detector
+from ..images import size_json
 from ..outputs import atomic_dir
 from .pca import Subspace
 from ..runtime.bundle import check_thresholds, sha256_file as file_sha256
@@ -38,7 +39,7 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
     settings = {
         "schema": MODEL_SCHEMA,
         "kind": "fre-edge model",
-        "config": {**asdict(cfg), "layers": list(cfg.layers)},
+        "config": {**asdict(cfg), "layers": list(cfg.layers), "input_size": size_json(cfg.input_size)},
         "info": fitted.info,
     }
     if cfg.weights:
@@ -50,7 +51,7 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
 
 
 # FitConfig field -> the JSON types its value may have
-_CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int,), "pool": (int,),
+_CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int, list), "pool": (int,),
                  "n_components": (int, float), "strategy": (str,), "holdout": (int, float),
                  "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
                  "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,)}
@@ -75,8 +76,10 @@ def _config(settings: dict, where: Path) -> FitConfig:
         if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) or (
                 isinstance(v, float) and not math.isfinite(v)):
             raise FreEdgeError(f"{where}: config: {name} = {v!r} has the wrong type or value; fit the model again")
-    cfg = FitConfig(**{**c, "layers": tuple(c["layers"])})
-    return cfg.validate()
+    try:
+        return FitConfig(**{**c, "layers": tuple(c["layers"])}).validate()
+    except FreEdgeError as exc:
+        raise FreEdgeError(f"{where}: config: {exc}; or fit the model again") from None
 
 
 def _info(settings: dict, where: Path) -> dict:

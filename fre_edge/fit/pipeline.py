@@ -7,6 +7,7 @@ with ``holdout=0`` the fitting images are used instead (biased low, recorded as 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ import torch
 from .. import __version__
 from .backbones import DEFAULT_BACKBONE, create_backbone, get_spec, resolve_layers
 from ..errors import FreEdgeError
+from ..images import input_hw, size_json, size_text
 from .features import extract_features
 from .model import FREDetector, FREHead
 from .estimator import FRE, fusion_statistics
+from .sizing import auto_input_size
 from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
 from .thresholds import threshold_warnings, thresholds_from_scores
 
@@ -31,7 +34,7 @@ MIN_FIT_IMAGES = 2
 class FitConfig:
     backbone: str = DEFAULT_BACKBONE
     layers: tuple[str, ...] | None = None
-    input_size: int | None = None
+    input_size: int | tuple[int, int] | str | None = "auto"  # a side, (height, width), "HxW" or "auto"
     pool: int = 2
     n_components: float | int = 0.97
     strategy: str = "auto"
@@ -51,10 +54,13 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         spec = get_spec(self.backbone)
         self.layers = resolve_layers(spec, self.layers)
-        if self.input_size is None:
-            self.input_size = spec.input_size
-        if not 32 <= int(self.input_size) <= 2048:
-            raise FreEdgeError(f"input size {self.input_size} is out of range; use 32 to 2048 pixels")
+        if self.input_size is None or (isinstance(self.input_size, str) and self.input_size.lower() == "auto"):
+            self.input_size = "auto"  # resolved from the fitting images by fit_fre (.sizing)
+        else:
+            hw = input_hw(self.input_size)
+            if not all(32 <= x <= 2048 for x in hw):
+                raise FreEdgeError(f"input size {size_text(hw)} is out of range; use 32 to 2048 pixels a side")
+            self.input_size = hw
         if self.pool < 1:
             raise FreEdgeError(f"pool={self.pool}; the pooling kernel must be 1 (none) or more")
         if not 0.0 <= self.holdout < 0.9:
@@ -151,6 +157,10 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     """
     cfg = (cfg or FitConfig()).validate()
     paths = list(paths)
+    sizing = {"rule": "given"}
+    if cfg.input_size == "auto":
+        hw, sizing = auto_input_size(paths, get_spec(cfg.backbone).input_size)
+        cfg = dataclasses.replace(cfg, input_size=hw)
     fit_paths, hold_paths = _split(paths, cfg.holdout, cfg.seed)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise FreEdgeError(
@@ -165,8 +175,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
                            f"summing them over partitions (the covariance strategy): drop --strategy or --dask")
     t0 = time.perf_counter()
     shell = build_detector(cfg, [], [])
-    shapes = [tuple(f.shape[1:]) for f in shell.features(torch.zeros(1, cfg.input_size, cfg.input_size, 3,
-                                                                       dtype=torch.uint8))]
+    shapes = [tuple(f.shape[1:]) for f in shell.features(torch.zeros(1, *cfg.input_size, 3, dtype=torch.uint8))]
     dims = [int(np.prod(s)) for s in shapes]
     strategies = _strategies(cfg, len(fit_paths), dims)
     if client is not None:
@@ -191,6 +200,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
             thr_scores, thr_maps, "holdout" if hold_paths else "fit images (biased low: no holdout)"),
         "warnings": threshold_warnings(len(thr_scores), bool(hold_paths)),
         "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
+        "input_size": {**sizing, "chosen": size_json(cfg.input_size)},
         "fitted_by": _fitted_by(streamed, client, partition_size, len(fit_paths)),
         "timings_s": {"build": t_build, **{k: v for k, v in timings.items() if k != "rss_mb"}},
         "peak_rss_mb": {"after_feature_pass": timings.pop("rss_mb"), "after_fit": peak_rss_mb()},
@@ -303,7 +313,7 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
         fusion = fusion_from_sums(sums)
     thr = hold or names
-    pixels = len(thr) * cfg.input_size * cfg.input_size
+    pixels = len(thr) * math.prod(cfg.input_size)
     scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
                       merge_scores, "threshold scores")
     t_thr = time.perf_counter() - t0

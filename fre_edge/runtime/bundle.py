@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FreEdgeError
+from ..images import input_hw
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -38,7 +39,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "backbone_weights": (str, False),  # "imagenet" or "random (timing only)"
     "layers": (list, True),
     "pool": (int, True),
-    "input_size": (int, True),
+    "input_size": ((int, list), True),  # a side when square, else [height, width]
     "input": (dict, True),  # layout, dtype, colour order, resize filter
     "normalization": (dict, True),  # mean, std (applied inside the graph)
     "n_components": (list, True),
@@ -88,8 +89,12 @@ def _check_values(meta: dict, where: str) -> None:
         raise FreEdgeError(f"{where}: metadata field {field!r} {why}; re-export the bundle")
 
     size = meta["input_size"]
-    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        bad("input_size", f"is {size}, outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE} pixels")
+    try:
+        h, w = input_hw(size)
+    except FreEdgeError:
+        bad("input_size", f"is {size!r}, not a side or [height, width]")
+    if not all(MIN_INPUT_SIZE <= x <= MAX_INPUT_SIZE for x in (h, w)):
+        bad("input_size", f"is {size}, outside {MIN_INPUT_SIZE}-{MAX_INPUT_SIZE} pixels a side")
     if meta["pool"] < 1:
         bad("pool", f"is {meta['pool']}, below 1")
     if not meta["layers"] or not all(isinstance(x, str) for x in meta["layers"]):
@@ -107,8 +112,8 @@ def _check_values(meta: dict, where: str) -> None:
     if any(x <= 0 for x in norm["std"]):
         bad("normalization", "has a std that is not above 0")
     inp = meta["input"]
-    if inp.get("shape") != [-1, size, size, 3] or inp.get("dtype") != "uint8" or inp.get("layout") != "NHWC":
-        bad("input", f"does not describe uint8 NHWC images of {size} x {size}")
+    if inp.get("shape") != [-1, h, w, 3] or inp.get("dtype") != "uint8" or inp.get("layout") != "NHWC":
+        bad("input", f"does not describe uint8 NHWC images of {h} x {w}")
     if [o.get("name") if isinstance(o, dict) else None for o in meta["outputs"]] != ["score", "anomaly_map"]:
         bad("outputs", "does not name score and anomaly_map")
     if meta["precision"] not in PRECISIONS:

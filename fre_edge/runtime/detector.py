@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import FreEdgeError
-from ..images import read_for_model, resize_map, resize_rgb, to_rgb_uint8
+from ..images import input_hw, read_for_model, resize_map, resize_rgb, size_json, to_rgb_uint8
 from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, served_name, validate_metadata
 
@@ -139,14 +139,14 @@ class _LoadedGraph:
         self.adapter = adapter
         self.metadata = metadata
         self.source = source
-        self.input_size = int(metadata["input_size"])
+        self.input_size = input_hw(metadata["input_size"])  # (height, width)
 
     def describe(self) -> dict:
         """Where the graph runs and how: backend, device, precision asked and used, versions."""
         return {"source": str(self.source), "backend": self.adapter.name, "device": self.adapter.device,
                 "precision_requested": self.adapter.requested_precision,
                 "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
-                "backbone": self.metadata["backbone"], "input_size": self.input_size,
+                "backbone": self.metadata["backbone"], "input_size": size_json(self.input_size),
                 "weights_precision": self.metadata["precision"], **self.adapter.versions()}
 
 
@@ -158,6 +158,7 @@ class AnomalyDetector(_LoadedGraph):
     """A loaded bundle. Thread-safe: one instance can serve several cameras at once.
 
     ``image_threshold`` and ``pixel_threshold`` start as the bundle's and may be set (finite, above 0).
+    ``input_size`` is the graph's (height, width); pictures of any size are resized to it.
     """
 
     def __init__(self, adapter: InferenceAdapter, metadata: dict, source: Path):
@@ -171,7 +172,7 @@ class AnomalyDetector(_LoadedGraph):
 
     # -- raw --------------------------------------------------------------------------------------
     def infer_prepared(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Batch [N, S, S, 3] uint8 at the model's input size -> scores [N], maps [N, S, S]."""
+        """Batch [N, H, W, 3] uint8 at the model's input size -> scores [N], maps [N, H, W]."""
         out = self.adapter.infer(np.ascontiguousarray(batch_u8, dtype=np.uint8))
         return out["score"].astype(np.float32), out["anomaly_map"].astype(np.float32)
 
@@ -189,7 +190,7 @@ class AnomalyDetector(_LoadedGraph):
         return self._predict_prepared([self.prepare(i) for i in images])
 
     def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
-        """(the model's S x S x 3 uint8 input, (H, W) of the picture) for a path or an array."""
+        """(the model's input, H x W x 3 uint8, and the picture's (height, width)) for a path or an array."""
         if isinstance(image, (str, Path)):
             return read_for_model(image, self.input_size)
         rgb = to_rgb_uint8(image)
@@ -275,9 +276,9 @@ def _open(path, backend: str, verify: bool, **adapter_options) -> tuple[Inferenc
         if meta is None:
             raise FreEdgeError(f"{model_file}: carries no fre-edge metadata; export it with `fre-edge export`")
         manifest = validate_metadata(meta, str(model_file))
-    size = manifest["input_size"]
-    if adapter.input_hw() != (size, size):
-        raise FreEdgeError(f"{path}: the metadata says {size} x {size} input, the graph takes "
+    h, w = input_hw(manifest["input_size"])
+    if tuple(adapter.input_hw()) != (h, w):
+        raise FreEdgeError(f"{path}: the metadata says {h} x {w} input, the graph takes "
                            f"{' x '.join(map(str, adapter.input_hw()))}; re-export the bundle")
     return adapter, manifest, path
 

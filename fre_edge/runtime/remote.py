@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import FreEdgeError
+from ..images import input_hw
 from .bundle import bundle_digest, serving_version
 
 SCHEMES = ("http", "grpc")
@@ -108,13 +109,13 @@ class KServeAdapter:
             raise FreEdgeError(f"server {self.url} serves {self.model_name!r} as version {', '.join(versions)}, "
                                f"this bundle is version {self.version}: it runs another bundle; serve this bundle "
                                f"there or point to its server")
-        size = int(self.manifest["input_size"])
+        h, w = input_hw(self.manifest["input_size"])
         inputs = {t["name"]: t for t in meta.get("inputs", [])}
         got = inputs.get(self.input_name)
         shape = [int(d) for d in got.get("shape", [])] if got else []
-        if got is None or got.get("datatype") != "UINT8" or shape[-3:] != [size, size, 3]:
+        if got is None or got.get("datatype") != "UINT8" or shape[-3:] != [h, w, 3]:
             raise FreEdgeError(f"server {self.url}: model {self.model_name!r} does not take this bundle's "
-                               f"{self.input_name!r} UINT8 [N, {size}, {size}, 3] input; it serves another model")
+                               f"{self.input_name!r} UINT8 [N, {h}, {w}, 3] input; it serves another model")
         missing = set(self.output_names) - {t["name"] for t in meta.get("outputs", [])}
         if missing:
             raise FreEdgeError(f"server {self.url}: model {self.model_name!r} has no {sorted(missing)[0]!r} output; "
@@ -135,8 +136,7 @@ class KServeAdapter:
         return None  # the local bundle's manifest describes the model
 
     def input_hw(self) -> tuple:
-        size = int(self.manifest["input_size"])
-        return size, size
+        return input_hw(self.manifest["input_size"])
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         parts = [self._infer(batch[i:i + MAX_BATCH]) for i in range(0, len(batch), MAX_BATCH)]

@@ -9,7 +9,7 @@ them; this flavour adds them to the bundle's own graph (torch-free, with OpenVIN
 - ``anomaly_map`` = clip(0.5 * map / pixel_threshold, 0, 1), and ``pred_mask`` = map > pixel_threshold.
 
 Model API resizes the picture into the graph itself (``resize_type`` standard: bilinear, stretched to the
-square input; fre-edge's runtime uses Lanczos), so it takes RGB pictures of any size. The thresholds are
+model's input; fre-edge's runtime uses Lanczos), so it takes RGB pictures of any size. The thresholds are
 those of the bundle; to change them, re-export the bundle.
 """
 

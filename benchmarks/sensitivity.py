@@ -1,0 +1,218 @@
+"""How much each setting of FRE matters (#14 item 4): one knob at a time away from the defaults, on the shared
+sets, with image AUROC, pixel AUROC, AUPRO, graph FPS and bundle size.
+
+    python -m benchmarks.sensitivity                 # every knob on the three sets (about an hour on 2 cores)
+    python -m benchmarks.sensitivity --sets mtd_wide --knobs default,square256,square320
+
+Sets: MVTec bottle (512 x 512 pictures); Magnetic Tile with its fixed split (mixed aspects, 0.4-2.6 w/h); and
+``mtd_wide``: the Magnetic Tile pictures of that split that are at least 1.5 times as wide as high (a real
+long-part set: 127 good pictures to fit on, 34 good and 100 defective to test, median aspect 1.65).
+
+Every fit uses fre-edge's defaults except the one knob a row names. The metrics are computed on each map
+resized (bilinear) to 256 x 256 and each mask to 256 x 256 (nearest), whatever the model's input, so rows with
+other input sizes or aspects are scored on the same pixels: for the default 256 x 256 input these are
+exactly `fre-edge eval`'s figures. FPS: the exported OpenVINO IR, f32, batch 1, sync, latency hint, graph
+only (no decode/resize), every bundle of a set timed in the same alternating rounds (fre_edge.timing).
+Bundle size: model.xml + model.bin. Each fit runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ._common import DATASETS, REPO, WORK, environment, header_md, write
+
+# name -> (FitConfig overrides, what it varies)
+KNOBS: dict[str, tuple[dict, str]] = {
+    "default": ({}, "defaults: blocks.10, pool 2, variance 0.97, input auto (256 x 256 unless the pictures "
+                    "are 1.25 or more from square), no blur"),
+    "variance0.90": ({"n_components": 0.90}, "variance ratio"),
+    "variance0.95": ({"n_components": 0.95}, "variance ratio"),
+    "variance0.99": ({"n_components": 0.99}, "variance ratio"),
+    "pool1": ({"pool": 1}, "pooling"),
+    "pool4": ({"pool": 4}, "pooling"),
+    "stride8+16": ({"layers": ("blocks.4", "blocks.10")}, "layers"),
+    "deeper3": ({"layers": ("blocks.7", "blocks.10", "blocks.14")}, "layers"),
+    "square192": ({"input_size": 192}, "input size"),
+    "square256": ({"input_size": 256}, "input size and aspect"),
+    "square320": ({"input_size": 320}, "input size"),
+    "blur4": ({"blur_sigma": 4.0}, "blur"),
+}
+SETS = ("mvtec_bottle", "magnetic_tile", "mtd_wide")
+EVAL_HW = (256, 256)
+WIDE = 1.5
+
+
+def dataset(name: str):
+    """(fit paths, test samples, summary) of a set."""
+    from fre_edge.fit.data import read_dataset
+    from fre_edge.images import picture_hw
+
+    if name != "mtd_wide":
+        ds = read_dataset(DATASETS / name)
+        return [s.path for s in ds.train], ds.test, ds.summary()
+    ds = read_dataset(DATASETS / "magnetic_tile")
+
+    def wide(s):
+        h, w = picture_hw(s.path)
+        return w >= WIDE * h
+
+    train, test = [s for s in ds.train if wide(s)], [s for s in ds.test if wide(s)]
+    return [s.path for s in train], test, {**ds.summary(), "name": "mtd_wide",
+                                          "filter": f"width >= {WIDE} x height", "train_images": len(train),
+                                          "test_images": len(test)}
+
+
+def one(set_name: str, knob: str, out: Path) -> dict:
+    """Fit, evaluate and export one (set, knob); the bundle goes to ``out``."""
+    import numpy as np
+
+    from fre_edge.export import export_bundle
+    from fre_edge.fit import FitConfig, fit_fre
+    from fre_edge.fit.evaluate import compute_metrics, score_images
+    from fre_edge.images import resize_map, size_json
+
+    train, test, summary = dataset(set_name)
+    cfg = FitConfig(**KNOBS[knob][0])
+    t0 = time.perf_counter()
+    fitted = fit_fre(train, cfg, progress=False, data_summary=summary)
+    fit_s = time.perf_counter() - t0
+    scores, maps = score_images(fitted.detector, [s.path for s in test], progress=False)
+    if maps.shape[1:] != EVAL_HW:
+        maps = np.stack([resize_map(m, *EVAL_HW) for m in maps])
+    metrics = compute_metrics(test, scores, maps, fitted.image_threshold)
+    export_bundle(fitted, out, force=True)
+    return {"set": set_name, "knob": knob, "varies": KNOBS[knob][1], "config": KNOBS[knob][0],
+            "input_size": size_json(fitted.config.input_size), "input_rule": fitted.info["input_size"],
+            "layers": list(fitted.config.layers), "pool": fitted.config.pool,
+            "n_components": fitted.info["n_components"], "fit_images": len(train), "test_images": len(test),
+            "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc", math.nan),
+            "aupro": metrics.get("aupro", math.nan), "at_threshold": metrics.get("at_threshold"),
+            "fit_s": fit_s, "bundle_bytes": sum((out / f).stat().st_size for f in ("model.xml", "model.bin")),
+            "bundle": str(out)}
+
+
+def time_bundles(rows: list[dict], rounds: int, block: float) -> None:
+    """Graph FPS of every row's bundle, all of a set timed in the same alternating rounds."""
+    import numpy as np
+    import openvino as ov
+
+    from fre_edge.timing import alternate, spread
+
+    from ._openvino import latency_request
+
+    core = ov.Core()
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        mine = [r for r in rows if r["set"] == set_name]
+        reqs, inputs = {}, {}
+        for r in mine:
+            model = core.read_model(str(Path(r["bundle"]) / "model.xml"))
+            reqs[r["knob"]] = latency_request(model, 1)
+            h, w = model.input(0).get_partial_shape()[1:3].to_shape()
+            inputs[r["knob"]] = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        calls = {k: (lambda q=q, x=inputs[k]: q.infer({0: x})) for k, q in reqs.items()}
+        lat, per_round = alternate(calls, rounds, block)
+        for r in mine:
+            per = [1.0 / m[r["knob"]] for m in per_round]
+            r["fps"] = 1.0 / statistics.median(lat[r["knob"]])
+            r["fps_rounds"] = {**{q: v for q, v in spread(per).items() if q != "median"}, "per_round": per}
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Each metric against the knobs, one marker per set, the default's value as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    knobs = list(dict.fromkeys(r["knob"] for r in rows))
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    metrics = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"), ("fps", "FPS")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.38 * len(knobs) + 1.6), sharey=True)
+    markers = {s: m for s, m in zip(sets, "os^Dv")}
+    for ax, (key, title) in zip(axes, metrics):
+        for s in sets:
+            by = {r["knob"]: r.get(key, math.nan) for r in rows if r["set"] == s}
+            ys = [i for i, k in enumerate(knobs) if k in by]
+            ax.plot([by[knobs[i]] for i in ys], ys, markers[s], label=s, alpha=0.8)
+            if "default" in by:
+                ax.axvline(by["default"], color=ax.lines[-1].get_color(), lw=0.8, ls=":")
+        ax.set_title(title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(knobs)), knobs)
+    axes[0].invert_yaxis()
+    axes[-1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("FRE sensitivity: one knob at a time from the defaults (dotted: each set's default)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(env: dict, rows: list[dict], rounds: int) -> str:
+    from fre_edge.timing import markdown_table
+
+    md = ["# Sensitivity of FRE to its settings (#14)", "", header_md(env), __doc__.split("\n\n", 2)[2].strip(), "",
+          f"FPS rounds: {rounds} (median over all timed calls; quartiles of the per-round values in the JSON).", "",
+          "![sensitivity](sensitivity.png)", ""]
+    for s in dict.fromkeys(r["set"] for r in rows):
+        mine = [r for r in rows if r["set"] == s]
+        base = next((r for r in mine if r["knob"] == "default"), None)
+        md += [f"## {s} ({mine[0]['fit_images']} fitting pictures, {mine[0]['test_images']} test pictures)", ""]
+
+        def delta(r, k):
+            return "" if base is None or r is base else f" ({r[k] - base[k]:+.3f})"
+
+        md.append(markdown_table(
+            ["knob", "input", "k", "image AUROC", "pixel AUROC", "AUPRO", "FPS", "bundle MB"],
+            [[r["knob"], r["input_size"] if isinstance(r["input_size"], int) else "x".join(map(str, r["input_size"])),
+              ",".join(map(str, r["n_components"])), f"{r['image_auroc']:.4f}{delta(r, 'image_auroc')}",
+              f"{r['pixel_auroc']:.4f}{delta(r, 'pixel_auroc')}", f"{r['aupro']:.4f}{delta(r, 'aupro')}",
+              f"{r.get('fps', math.nan):.1f}", f"{r['bundle_bytes'] / 1e6:.1f}"] for r in mine]))
+        md.append("")
+    return "\n".join(md) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--knobs", default=",".join(KNOBS))
+    ap.add_argument("--rounds", type=int, default=3, help="alternating FPS rounds per set")
+    ap.add_argument("--block", type=float, default=1.0, help="seconds per bundle per FPS round")
+    ap.add_argument("--one", nargs=3, metavar=("SET", "KNOB", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], args.one[1], Path(args.one[2]))))
+        return
+    sets, knobs = args.sets.split(","), args.knobs.split(",")
+    bad = [s for s in sets if s not in SETS] + [k for k in knobs if k not in KNOBS]
+    if bad:
+        sys.exit(f"unknown set or knob {bad[0]!r}; sets: {', '.join(SETS)}; knobs: {', '.join(KNOBS)}")
+    env = environment()
+    rows = []
+    for s in sets:
+        for k in knobs:
+            out = WORK / "sensitivity" / s / k
+            cmd = [sys.executable, "-m", "benchmarks.sensitivity", "--one", s, k, str(out)]
+            print("running", s, k, file=sys.stderr, flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            if done.returncode != 0:
+                sys.exit(f"{s} {k} failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    time_bundles(rows, args.rounds, args.block)
+    from ._common import RESULTS
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    chart(rows, RESULTS / "sensitivity.png")
+    write("sensitivity", {"environment": env, "eval_grid": list(EVAL_HW), "rows": rows}, markdown(env, rows,
+                                                                                                   args.rounds))
+
+
+if __name__ == "__main__":
+    main()
