@@ -74,7 +74,7 @@ def _assert_same_fit(a, b, test_paths, rtol=1e-5):
     from fre_edge.fit.features import load_batch
 
     with torch.inference_mode():
-        batch = load_batch(test_paths, a.config.input_size)
+        batch = load_batch(test_paths, a.config.input_size, a.tiling)
         (sa, ma), (sb, mb) = a.detector(batch), b.detector(batch)
     np.testing.assert_allclose(sb.numpy(), sa.numpy(), rtol=rtol)
     np.testing.assert_allclose(mb.numpy(), ma.numpy(), rtol=1e-4, atol=1e-4 * float(ma.abs().max()))

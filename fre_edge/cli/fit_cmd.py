@@ -35,6 +35,13 @@ def _n_components(ctx, param, value: str) -> float | int:
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True)
 @click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True, help=INPUT_SIZE_HELP)
+@click.option("--tiles", default=None, metavar="RxC",
+              help="Score each picture as R x C overlapping tiles of the input size, all by the one graph (for "
+                   "pictures much larger than the input; one subspace shared by every tile, image score the "
+                   "largest tile's, map stitched). With --input-size auto the tile is shaped so the grid has the "
+                   "pictures' aspect.")
+@click.option("--tile-overlap", type=FiniteFloat(0, 0.5), default=0.25, show_default=True,
+              help="With --tiles: the fraction of a tile shared with its neighbour.")
 @click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
 @click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
@@ -59,8 +66,9 @@ def _n_components(ctx, param, value: str) -> float | int:
                    "result is the D x D sums).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(data, output, layout, split, backbone, layers, input_size, pool, n_components, strategy, ae_epochs,
-            holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size, force, quiet):
+def command(data, output, layout, split, backbone, layers, input_size, tiles, tile_overlap, pool, n_components,
+            strategy, ae_epochs, holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size,
+            force, quiet):
     """Fit FRE on the good images of DATA and write a model folder.
 
     DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
@@ -80,7 +88,7 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
                     pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
                     blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs,
-                    memory_budget_gb=memory_budget_gb).validate()
+                    memory_budget_gb=memory_budget_gb, tiles=tiles, tile_overlap=tile_overlap).validate()
     if address:
         from ..cluster.engine import check_address
 
@@ -94,6 +102,8 @@ def command(data, output, layout, split, backbone, layers, input_size, pool, n_c
     info = fitted.info
     echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
-                           "input_size": size_json(fitted.config.input_size), "n_components": info["n_components"],
+                           "input_size": size_json(fitted.config.input_size),
+                           "tiles": None if fitted.tiling is None else fitted.tiling.to_json(),
+                           "n_components": info["n_components"],
                            "thresholds": {k: info["thresholds"][k] for k in ("image", "pixel", "source")},
                            "fitted_by": info["fitted_by"], "timings_s": info["timings_s"]}, indent=2))

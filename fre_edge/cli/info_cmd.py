@@ -46,7 +46,10 @@ def command(bundle, as_json):
         f"bundle       {bundle} (schema {m['schema_version']}, fre-edge {m['fre_edge_version']}; checksums ok: "
         f"{', '.join(sorted(m['files']))})",
         f"model        FRE on {m['backbone']} {','.join(m['layers'])} ({m.get('backbone_weights', '?')} weights), "
-        f"{size_text(m['input_size'])} px, pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
+        f"{size_text(m['input_size'])} px"
+        + (f" tiles, {m['tiling']['grid'][0]}x{m['tiling']['grid'][1]} a picture (canvas "
+           f"{size_text(m['tiling']['canvas'])})" if m.get("tiling") else "")
+        + f", pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
         f"head {','.join(m.get('head_forms') or ['?'])}",
         f"weights      {m['precision']}",
         f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "

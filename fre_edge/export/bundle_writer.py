@@ -43,6 +43,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         "outputs": [{"name": "score", "shape": [-1]},
                     {"name": "anomaly_map", "shape": [-1, *input_hw(cfg.input_size)]}],
         "exporter": exporter,
+        **({} if fitted.tiling is None else {"tiling": fitted.tiling.to_json()}),
     }
 
 

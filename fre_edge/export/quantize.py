@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import input_hw, prepare
+from ..tiling import Tiling, tiles_of
 from ..outputs import atomic_dir, check_output
 from ..runtime.adapters import head_starts, reason
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
@@ -38,22 +39,25 @@ from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifes
 MIN_CALIBRATION = 8
 
 
-def _prepared(paths: Sequence, size: int) -> list[np.ndarray]:
+def _prepared(paths: Sequence, size, tiling: Tiling | None = None) -> list[np.ndarray]:
+    """One model input per picture: [1, H, W, 3], or with ``tiling`` its tiles [tiles, H, W, 3]."""
+    if tiling is not None:
+        return [tiles_of(p, tiling)[0] for p in paths]
     return [prepare(p, size)[None] for p in paths]
 
 
-def _infer(compiled, batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _infer(compiled, batches: list[np.ndarray], tiling: Tiling | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each picture's score and map (with ``tiling``: the largest tile score, the stitched map)."""
     req = compiled.create_infer_request()
     scores, maps = [], []
     for b in batches:
         req.infer({0: b})
-        scores.append(float(req.get_tensor("score").data[0]))
-        maps.append(req.get_tensor("anomaly_map").data[0].copy())
+        s, m = req.get_tensor("score").data.copy(), req.get_tensor("anomaly_map").data.copy()
+        if tiling is not None:
+            s, m = tiling.reduce(s, m)
+        scores.append(float(s[0]))
+        maps.append(m[0])
     return np.array(scores), np.stack(maps)
-
-
-def _scores(compiled, batches: list[np.ndarray]) -> np.ndarray:
-    return _infer(compiled, batches)[0]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -92,14 +96,15 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         raise FreEdgeError(f"{len(calibration)} calibration image(s); INT8 calibration needs at least "
                            f"{MIN_CALIBRATION} good images (300 recommended)")
     size = input_hw(manifest["input_size"])
+    tiling = Tiling.from_json(manifest["tiling"]) if manifest.get("tiling") else None
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(calibration))
     # good images kept out of calibration and refit, to set INT8 thresholds: 10% as at fit time, at least
     # min(check_size, a quarter)
     n_check = max(min(check_size, len(calibration) // 4), int(round(0.1 * len(calibration))))
     check_idx, rest_idx = order[:n_check], order[n_check:]
-    rest = _prepared([calibration[i] for i in rest_idx], size)  # reads every image: bad files fail here
-    check = _prepared([calibration[i] for i in check_idx], size)
+    rest = _prepared([calibration[i] for i in rest_idx], size, tiling)  # reads every image: bad files fail here
+    check = _prepared([calibration[i] for i in check_idx], size, tiling)
     calib = rest[:subset_size]  # NNCF's statistics need a few hundred; the head refit uses them all
 
     core = ov.Core()
@@ -115,14 +120,15 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     mode = "basic"
     val_metric = {}
     if validation is not None:
-        val_items = [(prepare(s.path, size)[None], int(s.label)) for s in validation]
+        val_items = [(x, int(s.label)) for x, s in zip(_prepared([s.path for s in validation], size, tiling),
+                                                       validation)]
         labels = [y for _, y in val_items]
         if len(set(labels)) < 2:
             raise FreEdgeError("the validation set needs both good and anomalous images for accuracy control")
 
         def validate(compiled, data) -> float:
             data = list(data)
-            return auroc([y for _, y in data], _scores(compiled, [x for x, _ in data]))
+            return auroc([y for _, y in data], _infer(compiled, [x for x, _ in data], tiling)[0])
 
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(calib), nncf.Dataset(val_items, lambda item: item[0]), validate,
@@ -152,7 +158,7 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
         q_c = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     agreement, thresholds = {}, dict(manifest["thresholds"])
     if check:
-        (s32, m32), (s8, m8) = _infer(f32_c, check), _infer(q_c, check)
+        (s32, m32), (s8, m8) = _infer(f32_c, check, tiling), _infer(q_c, check, tiling)
         if refitted:
             # the refitted head has its own scale: thresholds from its scores on good images it did not see
             thresholds = thresholds_from_scores(

@@ -18,18 +18,22 @@ from .metrics import aupro, auroc
 
 @torch.inference_mode()
 def score_images(detector, images: Sequence, *, batch_size: int = 16, progress: bool = True,
-                 desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
-    """Scores [N] and anomaly maps [N, H, W] (model input size) of paths or arrays."""
+                 desc: str = "scoring", tiling=None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [N] and anomaly maps [N, H, W] (model input size; with ``tiling``, the canvas's) of paths or
+    arrays."""
     from tqdm.auto import tqdm
 
     scores, maps = [], []
     with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar:
-        for i in range(0, len(images), batch_size):
-            batch = load_batch(images[i : i + batch_size], detector.input_size)
-            s, m = detector(batch)
-            scores.append(s.numpy())
-            maps.append(m.numpy())
-            bar.update(len(batch))
+        step = max(1, batch_size // (1 if tiling is None else tiling.count))  # batch_size inputs (tiles) a pass
+        for i in range(0, len(images), step):
+            batch = load_batch(images[i : i + step], detector.input_size, tiling)
+            s, m = (t.numpy() for t in detector(batch))
+            if tiling is not None:
+                s, m = tiling.reduce(s, m)
+            scores.append(s)
+            maps.append(m)
+            bar.update(len(s))
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -76,6 +80,7 @@ class BundleScorer:
     def __init__(self, det):
         self.det = det
         self.input_size = det.input_size
+        self.tiling = det.tiling
 
     def __call__(self, batch):
         s, m = self.det.infer_prepared(np.asarray(batch))
@@ -89,7 +94,8 @@ def evaluate(fitted, samples: Sequence[Sample], *, batch_size: int = 16,
         raise FreEdgeError("the dataset has no test images; evaluation needs test/good and test/<defect> images")
     scorer = fitted.detector if hasattr(fitted, "config") else BundleScorer(fitted)
     t0 = time.perf_counter()
-    scores, maps = score_images(scorer, [s.path for s in samples], batch_size=batch_size, progress=progress)
+    scores, maps = score_images(scorer, [s.path for s in samples], batch_size=batch_size, progress=progress,
+                                tiling=fitted.tiling)
     t_score = time.perf_counter() - t0
     metrics = compute_metrics(samples, scores, maps, fitted.image_threshold)
     metrics["scoring_seconds"] = t_score

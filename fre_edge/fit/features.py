@@ -9,28 +9,34 @@ import numpy as np
 import torch
 
 from ..images import prepare
+from ..tiling import Tiling, tiles_of
 
 
-def load_batch(paths: Sequence[str | Path | np.ndarray], size: int) -> torch.Tensor:
+def load_batch(paths: Sequence[str | Path | np.ndarray], size, tiling: Tiling | None = None) -> torch.Tensor:
+    """The model's uint8 input for pictures (paths or arrays): one row each, or with ``tiling`` its tiles each."""
+    if tiling is not None:
+        return torch.from_numpy(np.concatenate([tiles_of(p, tiling)[0] for p in paths]))
     return torch.from_numpy(np.stack([prepare(p, size) for p in paths]))
 
 
 @torch.inference_mode()
 def extract_features(detector, paths: Sequence, *, batch_size: int = 16, progress: bool = True,
-                     desc: str = "features") -> list[torch.Tensor]:
-    """Pooled features of every image, one [N, C, h, w] float32 tensor per layer (preallocated)."""
+                     desc: str = "features", tiling: Tiling | None = None) -> list[torch.Tensor]:
+    """Pooled features of every image, one [N, C, h, w] float32 tensor per layer (preallocated); with
+    ``tiling``, of every tile: [N x tiles, C, h, w], each picture's tiles in a row."""
     from tqdm.auto import tqdm
 
     out: list[torch.Tensor] | None = None
-    n = len(paths)
+    n, per = len(paths), 1 if tiling is None else tiling.count
     bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
-    for i in range(0, n, batch_size):
-        batch = load_batch(paths[i : i + batch_size], detector.input_size)
+    step = max(1, batch_size // per)  # batch_size inputs (tiles) a forward pass
+    for i in range(0, n, step):
+        batch = load_batch(paths[i : i + step], detector.input_size, tiling)
         feats = detector.features(batch)
         if out is None:
-            out = [torch.empty((n, *f.shape[1:]), dtype=torch.float32) for f in feats]
+            out = [torch.empty((n * per, *f.shape[1:]), dtype=torch.float32) for f in feats]
         for o, f in zip(out, feats):
-            o[i : i + f.shape[0]] = f
-        bar.update(batch.shape[0])
+            o[i * per : i * per + f.shape[0]] = f
+        bar.update(batch.shape[0] // per)
     bar.close()
     return out

@@ -55,13 +55,16 @@ def _shell(cfg_json: str):
 
 
 def _batches(cfg_json: str, paths: Sequence, on_batch: Callable[[int], None] | None):
-    shell = _shell(cfg_json)
-    bs = _config(cfg_json).batch_size
-    for i in range(0, len(paths), bs):
-        batch = load_batch(paths[i : i + bs], shell.input_size)
+    """(shell, uint8 batch) over ``paths``: batch_size inputs at a time, whole pictures (with tiles, every tile
+    of a picture in its batch); ``on_batch(pictures)`` after each."""
+    shell, cfg = _shell(cfg_json), _config(cfg_json)
+    tiling = cfg.tiling
+    step = max(1, cfg.batch_size // (1 if tiling is None else tiling.count))
+    for i in range(0, len(paths), step):
+        batch = load_batch(paths[i : i + step], shell.input_size, tiling)
         yield shell, batch
         if on_batch is not None:
-            on_batch(batch.shape[0])
+            on_batch(len(paths[i : i + step]))
 
 
 def heads_payload(fres) -> list[dict]:
@@ -124,7 +127,8 @@ def fusion_from_sums(sums: np.ndarray) -> torch.Tensor:
 def partition_scores(cfg_json: str, payload: list[dict], fusion: np.ndarray | None, total_pixels: int,
                      paths: Sequence, on_batch=None) -> tuple[np.ndarray, TopValues]:
     """The fitted detector's image scores [n] (float64) on these images, and the largest of their map values
-    out of ``total_pixels`` map values in all the threshold images (for the exact pixel quantile)."""
+    out of ``total_pixels`` map values in all the threshold images (for the exact pixel quantile). With tiles,
+    the pictures' scores and stitched maps, as the runtime makes them."""
     from .pipeline import assemble_detector
 
     cfg = _config(cfg_json)
@@ -134,9 +138,11 @@ def partition_scores(cfg_json: str, payload: list[dict], fusion: np.ndarray | No
         if detector is None:
             detector = assemble_detector(cfg, shell.backbone, _heads(payload),
                                          None if fusion is None else torch.from_numpy(np.asarray(fusion)))
-        s, m = detector(batch)
-        scores.append(s.double().numpy())
-        top.add(m.numpy())
+        s, m = (t.numpy() for t in detector(batch))
+        if cfg.tiling is not None:
+            s, m = cfg.tiling.reduce(s, m)
+        scores.append(s.astype(np.float64))
+        top.add(m)
     return np.concatenate(scores), top
 
 

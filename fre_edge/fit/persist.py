@@ -54,9 +54,10 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
 _CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int, list), "pool": (int,),
                  "n_components": (int, float), "strategy": (str,), "holdout": (int, float),
                  "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
-                 "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,)}
+                 "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,),
+                 "tiles": (list, type(None)), "tile_overlap": (int, float)}
 # settings added after models were first saved: a model.json without them takes the default they had
-_ADDED_LATER = {"ae_epochs": 250}
+_ADDED_LATER = {"ae_epochs": 250, "tiles": None, "tile_overlap": 0.25}
 
 
 def _config(settings: dict, where: Path) -> FitConfig:

@@ -24,6 +24,7 @@ from .features import extract_features
 from .model import FREDetector, FREHead
 from .estimator import FRE, fusion_statistics
 from .sizing import auto_input_size
+from ..tiling import Tiling, parse_grid
 from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
 from .thresholds import threshold_warnings, thresholds_from_scores
 
@@ -46,6 +47,8 @@ class FitConfig:
     weights: str | None = None
     memory_budget_gb: float = 4.0
     ae_epochs: int = 250  # the autoencoder strategy's training epochs (the paper's)
+    tiles: str | tuple[int, int] | None = None  # "RxC": score R x C overlapping tiles of input_size (..tiling)
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -73,7 +76,15 @@ class FitConfig:
             raise FreEdgeError(f"ae_epochs={self.ae_epochs!r}; use a whole number of epochs, 1 or more")
         if self.batch_size < 1:
             raise FreEdgeError(f"batch size {self.batch_size}; use 1 or more")
+        if self.tiles is not None:
+            self.tiles = parse_grid(self.tiles)
+            Tiling(self.tiles, (32, 32), self.tile_overlap)  # checks the overlap
         return self
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """The tiling of a fitted config (input size resolved), or None."""
+        return None if self.tiles is None else Tiling(self.tiles, self.input_size, self.tile_overlap)
 
 
 def peak_rss_mb() -> float | None:
@@ -103,6 +114,10 @@ class FittedFRE:
     @property
     def pixel_threshold(self) -> float:
         return self.info["thresholds"]["pixel"]
+
+    @property
+    def tiling(self) -> Tiling | None:
+        return self.config.tiling
 
 
 def assemble_detector(cfg: FitConfig, backbone, heads, fusion=None) -> FREDetector:
@@ -159,8 +174,11 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     paths = list(paths)
     sizing = {"rule": "given"}
     if cfg.input_size == "auto":
-        hw, sizing = auto_input_size(paths, get_spec(cfg.backbone).input_size)
+        hw, sizing = auto_input_size(paths, get_spec(cfg.backbone).input_size,
+                                     None if cfg.tiles is None else (cfg.tiles, cfg.tile_overlap))
         cfg = dataclasses.replace(cfg, input_size=hw)
+    tiling = cfg.tiling
+    per = 1 if tiling is None else tiling.count
     fit_paths, hold_paths = _split(paths, cfg.holdout, cfg.seed)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise FreEdgeError(
@@ -177,7 +195,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     shell = build_detector(cfg, [], [])
     shapes = [tuple(f.shape[1:]) for f in shell.features(torch.zeros(1, *cfg.input_size, 3, dtype=torch.uint8))]
     dims = [int(np.prod(s)) for s in shapes]
-    strategies = _strategies(cfg, len(fit_paths), dims)
+    strategies = _strategies(cfg, len(fit_paths) * per, dims)  # with tiles, every tile is a sample
     if client is not None:
         _check_streamable(cfg, dims, "--dask")
     t_build = time.perf_counter() - t0
@@ -201,6 +219,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "warnings": threshold_warnings(len(thr_scores), bool(hold_paths)),
         "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
         "input_size": {**sizing, "chosen": size_json(cfg.input_size)},
+        "tiling": None if tiling is None else tiling.to_json(),
         "fitted_by": _fitted_by(streamed, client, partition_size, len(fit_paths)),
         "timings_s": {"build": t_build, **{k: v for k, v in timings.items() if k != "rss_mb"}},
         "peak_rss_mb": {"after_feature_pass": timings.pop("rss_mb"), "after_fit": peak_rss_mb()},
@@ -231,13 +250,15 @@ def _fitted_by(streamed: bool, client, partition_size: int | None, n: int) -> di
 def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     """One feature pass holding every image's features, the subspaces, then the held-out scores."""
     t0 = time.perf_counter()
+    tiling = cfg.tiling
+    per = 1 if tiling is None else tiling.count
     feats = extract_features(shell, fit_paths + hold_paths, batch_size=cfg.batch_size, progress=progress,
-                             desc="feature pass")
+                             desc="feature pass", tiling=tiling)
     t_feat = time.perf_counter() - t0
     rss_feat = peak_rss_mb()
 
     t0 = time.perf_counter()
-    n_fit = len(fit_paths)
+    n_fit = len(fit_paths) * per  # rows: with tiles, every tile of every fitting picture
     fres = []
     for f in feats:
         with torch.inference_mode(False):
@@ -252,13 +273,16 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     detector = assemble_detector(cfg, shell.backbone, heads, fusion)
     sel = slice(n_fit, None) if hold_paths else slice(0, n_fit)
     scores, maps = [], []
-    for i in range(0, (len(hold_paths) or n_fit), 64):
-        chunk = [f[sel][i : i + 64] for f in feats]
-        s, m = detector.score_features(chunk)
+    step = 64 * per  # whole pictures a chunk
+    for i in range(0, (len(hold_paths) * per or n_fit), step):
+        chunk = [f[sel][i : i + step] for f in feats]
+        s, m = (t.numpy() for t in detector.score_features(chunk))
+        if tiling is not None:  # the pictures' scores and maps, as the runtime makes them
+            s, m = tiling.reduce(s, m)
         scores.append(s)
         maps.append(m)
-    scores = torch.cat(scores).double().numpy()
-    maps = torch.cat(maps).double().numpy()
+    scores = np.concatenate(scores).astype(np.float64)
+    maps = np.concatenate(maps).astype(np.float64)
     t_thr = time.perf_counter() - t0
     return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
                                                "rss_mb": rss_feat}
@@ -313,7 +337,7 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
         fusion = fusion_from_sums(sums)
     thr = hold or names
-    pixels = len(thr) * math.prod(cfg.input_size)
+    pixels = len(thr) * math.prod(cfg.input_size if cfg.tiling is None else cfg.tiling.canvas)
     scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
                       merge_scores, "threshold scores")
     t_thr = time.perf_counter() - t0

@@ -34,17 +34,21 @@ def _round(x: float) -> int:
     return int(min(MAX_SIDE, max(MIN_SIDE, MULTIPLE * round(x / MULTIPLE))))
 
 
-def auto_input_size(items: Sequence, side: int) -> tuple[tuple[int, int], dict]:
+def auto_input_size(items: Sequence, side: int, tiles: tuple | None = None) -> tuple[tuple[int, int], dict]:
     """((height, width), a record of the decision for model.json) for pictures ``items`` (paths or arrays)
-    and the backbone's square side ``side``."""
+    and the backbone's square side ``side``. With ``tiles`` = ((rows, cols), overlap) the size is a tile's,
+    shaped so that the canvas of tiles has the pictures' aspect."""
     n = len(items)
     pick = np.unique(np.linspace(0, n - 1, min(n, SAMPLE)).round().astype(int)) if n else []
     aspects = [w / h for h, w in (picture_hw(items[i]) for i in pick)]
-    aspect = float(np.median(aspects)) if aspects else 1.0
+    picture_aspect = aspect = float(np.median(aspects)) if aspects else 1.0
+    if tiles is not None:  # canvas width / height = tile aspect x (1 + (1 - o)(cols - 1)) / (1 + (1 - o)(rows - 1))
+        (rows, cols), o = tiles
+        aspect *= (1 + (1 - o) * (rows - 1)) / (1 + (1 - o) * (cols - 1))
     if max(aspect, 1 / aspect) < SQUARE_TOLERANCE:
         hw = (side, side)
     else:
         hw = (_round(side / math.sqrt(aspect)), _round(side * math.sqrt(aspect)))
-    record = {"rule": "auto", "median_aspect_w_over_h": round(aspect, 4), "images_sampled": len(aspects),
+    record = {"rule": "auto", "median_aspect_w_over_h": round(picture_aspect, 4), "images_sampled": len(aspects),
               "square_tolerance": SQUARE_TOLERANCE, "pixel_budget": side * side, "multiple_of": MULTIPLE}
     return hw, record

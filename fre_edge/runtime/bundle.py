@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import FreEdgeError
 from ..images import input_hw
+from ..tiling import Tiling
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,6 +52,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "outputs": (list, True),
     "exporter": (dict, False),
     "quantization": (dict, False),
+    "tiling": (dict, False),  # fre_edge.tiling: pictures scored as overlapping tiles of the input size
 }
 
 
@@ -116,6 +118,13 @@ def _check_values(meta: dict, where: str) -> None:
         bad("input", f"does not describe uint8 NHWC images of {h} x {w}")
     if [o.get("name") if isinstance(o, dict) else None for o in meta["outputs"]] != ["score", "anomaly_map"]:
         bad("outputs", "does not name score and anomaly_map")
+    if "tiling" in meta:
+        try:
+            tiling = Tiling.from_json(meta["tiling"])
+        except FreEdgeError as exc:
+            bad("tiling", f"is not valid ({exc})")
+        if tiling.tile != (h, w):
+            bad("tiling", f"has tiles of {tiling.tile[0]} x {tiling.tile[1]}, not the input's {h} x {w}")
     if meta["precision"] not in PRECISIONS:
         bad("precision", f"is {meta['precision']!r}, not one of {', '.join(PRECISIONS)}")
     check_thresholds(meta["thresholds"], where)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import input_hw, read_for_model, resize_map, resize_rgb, size_json, to_rgb_uint8
+from ..tiling import Tiling, tiles_of
 from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, served_name, validate_metadata
 
@@ -140,6 +141,7 @@ class _LoadedGraph:
         self.metadata = metadata
         self.source = source
         self.input_size = input_hw(metadata["input_size"])  # (height, width)
+        self.tiling = Tiling.from_json(metadata["tiling"]) if metadata.get("tiling") else None
 
     def describe(self) -> dict:
         """Where the graph runs and how: backend, device, precision asked and used, versions."""
@@ -147,6 +149,7 @@ class _LoadedGraph:
                 "precision_requested": self.adapter.requested_precision,
                 "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
                 "backbone": self.metadata["backbone"], "input_size": size_json(self.input_size),
+                "tiles_per_picture": 1 if self.tiling is None else self.tiling.count,
                 "weights_precision": self.metadata["precision"], **self.adapter.versions()}
 
 
@@ -158,7 +161,9 @@ class AnomalyDetector(_LoadedGraph):
     """A loaded bundle. Thread-safe: one instance can serve several cameras at once.
 
     ``image_threshold`` and ``pixel_threshold`` start as the bundle's and may be set (finite, above 0).
-    ``input_size`` is the graph's (height, width); pictures of any size are resized to it.
+    ``input_size`` is the graph's (height, width); pictures of any size are resized to it, or, when the
+    bundle was fitted with tiles, to ``tiling.canvas`` and cut into ``tiling.count`` overlapping tiles of
+    that size (:mod:`fre_edge.tiling`: the score is the largest tile's, the map stitched).
     """
 
     def __init__(self, adapter: InferenceAdapter, metadata: dict, source: Path):
@@ -190,7 +195,10 @@ class AnomalyDetector(_LoadedGraph):
         return self._predict_prepared([self.prepare(i) for i in images])
 
     def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
-        """(the model's input, H x W x 3 uint8, and the picture's (height, width)) for a path or an array."""
+        """(the model's input, H x W x 3 uint8 (with tiles: [tiles, H, W, 3]), and the picture's (height,
+        width)) for a path or an array."""
+        if self.tiling is not None:
+            return tiles_of(image, self.tiling)
         if isinstance(image, (str, Path)):
             return read_for_model(image, self.input_size)
         rgb = to_rgb_uint8(image)
@@ -199,7 +207,10 @@ class AnomalyDetector(_LoadedGraph):
     def _predict_prepared(self, prepared: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[Prediction]:
         if not prepared:
             return []
-        scores, maps = self.infer_prepared(np.stack([x for x, _ in prepared]))
+        if self.tiling is not None:  # every tile of every picture in one call, then each picture's score and map
+            scores, maps = self.tiling.reduce(*self.infer_prepared(np.concatenate([x for x, _ in prepared])))
+        else:
+            scores, maps = self.infer_prepared(np.stack([x for x, _ in prepared]))
         return [Prediction(s, s > self.image_threshold, m, hw, self.pixel_threshold)
                 for s, m, (_, hw) in zip(scores, maps, prepared)]
 

@@ -41,6 +41,9 @@ def build_model_api_model(bundle: Path):
     manifest = read_manifest(bundle, verify=True)
     if "model.xml" not in manifest["files"]:
         raise FreEdgeError(f"{bundle}: this bundle has no OpenVINO IR (model.xml); re-export it with openvino")
+    if manifest.get("tiling"):
+        raise FreEdgeError(f"{bundle}: this bundle scores pictures as tiles, which Model API's one-image wrapper "
+                           f"cannot cut; use fre-edge's runtime or `fre-edge serve` for it, or fit without --tiles")
     model = ov.Core().read_model(str(Path(bundle) / "model.xml"))
     th_image, th_pixel = manifest["thresholds"]["image"], manifest["thresholds"]["pixel"]
     score = model.output("score").get_node().input_value(0)  # what the Result nodes read
