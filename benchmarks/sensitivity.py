@@ -3,6 +3,7 @@ sets, with image AUROC, pixel AUROC, AUPRO, graph FPS and bundle size.
 
     python -m benchmarks.sensitivity                 # every knob on the three sets (about an hour on 2 cores)
     python -m benchmarks.sensitivity --sets mtd_wide --knobs default,square256,square320
+    python -m benchmarks.sensitivity --knobs tiles2x2 --merge   # add rows to the committed ones, re-time all
 
 Sets: MVTec bottle (512 x 512 pictures); Magnetic Tile with its fixed split (mixed aspects, 0.4-2.6 w/h); and
 ``mtd_wide``: the Magnetic Tile pictures of that split that are at least 1.5 times as wide as high (a real
@@ -13,7 +14,9 @@ resized (bilinear) to 256 x 256 and each mask to 256 x 256 (nearest), whatever t
 other input sizes or aspects are scored on the same pixels: for the default 256 x 256 input these are
 exactly `fre-edge eval`'s figures. FPS: the exported OpenVINO IR, f32, batch 1, sync, latency hint, graph
 only (no decode/resize), every bundle of a set timed in the same alternating rounds (fre_edge.timing).
-Bundle size: model.xml + model.bin. Each fit runs in its own process.
+With tiles, FPS counts pictures (the graph's
+tile rate / tiles a picture, batch 1 tile). Bundle size: model.xml + model.bin. Each fit runs in its own
+process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ KNOBS: dict[str, tuple[dict, str]] = {
     "square256": ({"input_size": 256}, "input size and aspect"),
     "square320": ({"input_size": 320}, "input size"),
     "blur4": ({"blur_sigma": 4.0}, "blur"),
+    "tiles2x2": ({"tiles": (2, 2)}, "tiling: 2 x 2 tiles of the auto input, overlap 0.25 (4 tiles a picture)"),
 }
 SETS = ("mvtec_bottle", "magnetic_tile", "mtd_wide")
 EVAL_HW = (256, 256)
@@ -84,19 +88,22 @@ def one(set_name: str, knob: str, out: Path) -> dict:
     t0 = time.perf_counter()
     fitted = fit_fre(train, cfg, progress=False, data_summary=summary)
     fit_s = time.perf_counter() - t0
-    scores, maps = score_images(fitted.detector, [s.path for s in test], progress=False)
+    scores, maps = score_images(fitted.detector, [s.path for s in test], progress=False, tiling=fitted.tiling)
     if maps.shape[1:] != EVAL_HW:
         maps = np.stack([resize_map(m, *EVAL_HW) for m in maps])
     metrics = compute_metrics(test, scores, maps, fitted.image_threshold)
     export_bundle(fitted, out, force=True)
-    return {"set": set_name, "knob": knob, "varies": KNOBS[knob][1], "config": KNOBS[knob][0],
+    row = {"set": set_name, "knob": knob, "varies": KNOBS[knob][1], "config": KNOBS[knob][0],
             "input_size": size_json(fitted.config.input_size), "input_rule": fitted.info["input_size"],
             "layers": list(fitted.config.layers), "pool": fitted.config.pool,
             "n_components": fitted.info["n_components"], "fit_images": len(train), "test_images": len(test),
+            "tiles_per_picture": 1 if fitted.tiling is None else fitted.tiling.count,
             "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc", math.nan),
             "aupro": metrics.get("aupro", math.nan), "at_threshold": metrics.get("at_threshold"),
             "fit_s": fit_s, "bundle_bytes": sum((out / f).stat().st_size for f in ("model.xml", "model.bin")),
             "bundle": str(out)}
+    (out / "row.json").write_text(json.dumps(row))  # kept beside the bundle for --reuse
+    return row
 
 
 def time_bundles(rows: list[dict], rounds: int, block: float) -> None:
@@ -120,8 +127,8 @@ def time_bundles(rows: list[dict], rounds: int, block: float) -> None:
         calls = {k: (lambda q=q, x=inputs[k]: q.infer({0: x})) for k, q in reqs.items()}
         lat, per_round = alternate(calls, rounds, block)
         for r in mine:
-            per = [1.0 / m[r["knob"]] for m in per_round]
-            r["fps"] = 1.0 / statistics.median(lat[r["knob"]])
+            per = [1.0 / m[r["knob"]] / r.get("tiles_per_picture", 1) for m in per_round]
+            r["fps"] = 1.0 / statistics.median(lat[r["knob"]]) / r.get("tiles_per_picture", 1)
             r["fps_rounds"] = {**{q: v for q, v in spread(per).items() if q != "median"}, "per_round": per}
 
 
@@ -156,9 +163,13 @@ def chart(rows: list[dict], path: Path) -> None:
 
 
 def markdown(env: dict, rows: list[dict], rounds: int) -> str:
+    from fre_edge.images import size_text
     from fre_edge.timing import markdown_table
 
-    md = ["# Sensitivity of FRE to its settings (#14)", "", header_md(env), __doc__.split("\n\n", 2)[2].strip(), "",
+    merged = (f"Rows of other knobs fitted and scored by `{env['command_before_merge']}` on this machine earlier; "
+              f"every bundle's FPS measured again in this run.\n\n" if env.get("command_before_merge") else "")
+    about = __doc__.split("\n\n", 2)[2].strip()
+    md = ["# Sensitivity of FRE to its settings (#14)", "", header_md(env), merged + about, "",
           f"FPS rounds: {rounds} (median over all timed calls; quartiles of the per-round values in the JSON).", "",
           "![sensitivity](sensitivity.png)", ""]
     for s in dict.fromkeys(r["set"] for r in rows):
@@ -171,10 +182,15 @@ def markdown(env: dict, rows: list[dict], rounds: int) -> str:
 
         md.append(markdown_table(
             ["knob", "input", "k", "image AUROC", "pixel AUROC", "AUPRO", "FPS", "bundle MB"],
-            [[r["knob"], r["input_size"] if isinstance(r["input_size"], int) else "x".join(map(str, r["input_size"])),
+            [[r["knob"], size_text(r["input_size"])
+              + (f" ({r['tiles_per_picture']} tiles)" if r.get("tiles_per_picture", 1) > 1 else ""),
               ",".join(map(str, r["n_components"])), f"{r['image_auroc']:.4f}{delta(r, 'image_auroc')}",
               f"{r['pixel_auroc']:.4f}{delta(r, 'pixel_auroc')}", f"{r['aupro']:.4f}{delta(r, 'aupro')}",
               f"{r.get('fps', math.nan):.1f}", f"{r['bundle_bytes'] / 1e6:.1f}"] for r in mine]))
+        twin = next((r for r in mine if r["knob"] == "square256"), None)
+        if base is not None and twin is not None and base["input_size"] == twin["input_size"]:
+            md.append(f"\n`default` and `square256` are the same graph here (the pictures are near square): "
+                      f"{base['fps']:.1f} against {twin['fps']:.1f} FPS is this machine's noise between bundles.")
         md.append("")
     return "\n".join(md) + "\n"
 
@@ -185,6 +201,11 @@ def main():
     ap.add_argument("--knobs", default=",".join(KNOBS))
     ap.add_argument("--rounds", type=int, default=3, help="alternating FPS rounds per set")
     ap.add_argument("--block", type=float, default=1.0, help="seconds per bundle per FPS round")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the committed rows of other (set, knob) pairs and time every bundle again")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take a (set, knob)'s figures from its bundle folder's row.json when it has one (made by "
+                         "this script's fit of it; the FPS are always measured again)")
     ap.add_argument("--one", nargs=3, metavar=("SET", "KNOB", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -195,19 +216,29 @@ def main():
     if bad:
         sys.exit(f"unknown set or knob {bad[0]!r}; sets: {', '.join(SETS)}; knobs: {', '.join(KNOBS)}")
     env = environment()
+    from ._common import RESULTS
+
     rows = []
+    if args.merge and (RESULTS / "sensitivity.json").is_file():
+        done = {(s, k) for s in sets for k in knobs}
+        rows = [r for r in json.loads((RESULTS / "sensitivity.json").read_text())["rows"]
+                if (r["set"], r["knob"]) not in done and Path(r["bundle"]).is_dir()]
+        env["command_before_merge"] = json.loads((RESULTS / "sensitivity.json").read_text())["environment"]["command"]
     for s in sets:
         for k in knobs:
             out = WORK / "sensitivity" / s / k
+            if args.reuse and (out / "row.json").is_file():
+                rows.append(json.loads((out / "row.json").read_text()))
+                continue
             cmd = [sys.executable, "-m", "benchmarks.sensitivity", "--one", s, k, str(out)]
             print("running", s, k, file=sys.stderr, flush=True)
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if done.returncode != 0:
                 sys.exit(f"{s} {k} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    order = {s: i for i, s in enumerate(SETS)}
+    rows.sort(key=lambda r: (order[r["set"]], list(KNOBS).index(r["knob"])))
     time_bundles(rows, args.rounds, args.block)
-    from ._common import RESULTS
-
     RESULTS.mkdir(parents=True, exist_ok=True)
     chart(rows, RESULTS / "sensitivity.png")
     write("sensitivity", {"environment": env, "eval_grid": list(EVAL_HW), "rows": rows}, markdown(env, rows,
