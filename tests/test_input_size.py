@@ -11,25 +11,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from fre_edge.cli import cli
+from cli_helpers import one_error_line, run
 from fre_edge.errors import FreEdgeError
 from fre_edge.images import input_hw, picture_hw, size_json, size_text
 
 HW = (160, 288)  # height x width: a wide input, both sides multiples of 32
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_error_line(r, code=2):
-    assert r.exit_code == code, (r.exit_code, r.output)
-    lines = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

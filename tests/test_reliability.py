@@ -17,26 +17,12 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from fre_edge.cli import cli
+from cli_helpers import one_error_line, run
 from fre_edge.errors import FreEdgeError
 from fre_edge.outputs import atomic_dir
 from fre_edge.runtime import load_detector
-
-
-def run(*args):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    return r
-
-
-def one_error_line(r, code=2):
-    """The command failed with ``code`` and said so in exactly one line, with no traceback."""
-    assert r.exit_code == code, (r.exit_code, r.output)
-    lines = [line for line in r.stderr.splitlines() if line.startswith(("Error:", "Internal error:"))]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    return lines[0]
 
 
 @pytest.fixture

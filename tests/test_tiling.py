@@ -12,24 +12,12 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from fre_edge.cli import cli
+from cli_helpers import one_error_line, run
 from fre_edge.errors import FreEdgeError
 from fre_edge.tiling import Tiling, parse_grid, tiles_of
 
 TILE = 160
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_error_line(r, code=2):
-    assert r.exit_code == code, (r.exit_code, r.output)
-    lines = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- geometry
