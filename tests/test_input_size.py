@@ -71,6 +71,19 @@ def test_auto_keeps_the_pixel_budget_in_the_pictures_aspect():
     assert auto_input_size([np.zeros((10, 4000), np.uint8)], 256)[0] == (32, 2048)
 
 
+def test_auto_with_tiles_shapes_the_tile_so_the_grid_has_the_pictures_aspect():
+    from fre_edge.fit.sizing import auto_input_size
+    from fre_edge.tiling import Tiling
+
+    square = [np.zeros((900, 900), np.uint8)] * 3
+    # 2 rows x 3 columns of square tiles would make a 448 x 640 canvas; tiles of 320 x 224 make it square
+    hw, record = auto_input_size(square, 256, ((2, 3), 0.25))
+    assert hw == (320, 224) and record["median_aspect_w_over_h"] == 1.0
+    assert Tiling((2, 3), hw, 0.25).canvas == (560, 560)
+    # a grid that already has the pictures' aspect keeps the square tile
+    assert auto_input_size([np.zeros((900, 1320), np.uint8)], 256, ((2, 3), 0.25))[0] == (256, 256)
+
+
 def test_picture_sizes_are_read_upright_from_the_header(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: a viewer shows it 400 high, 100 wide
