@@ -179,11 +179,18 @@ def resize_rgb(image: np.ndarray, size) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.LANCZOS))
 
 
+def model_input(image: np.ndarray | str | Path, size) -> tuple[np.ndarray, tuple[int, int]]:
+    """Path or array -> (H x W x 3 uint8 RGB at ``size``, exactly as the model saw it at fit time, and the
+    picture's own (height, width))."""
+    if isinstance(image, (str, Path)):
+        return read_for_model(image, size)
+    rgb = to_rgb_uint8(image)
+    return resize_rgb(rgb, size), rgb.shape[:2]
+
+
 def prepare(image: np.ndarray | str | Path, size) -> np.ndarray:
     """Path or array -> the model's input (H x W x 3 uint8 RGB), exactly as the model saw it at fit time."""
-    if isinstance(image, (str, Path)):
-        return read_for_model(image, size)[0]
-    return resize_rgb(to_rgb_uint8(image), size)
+    return model_input(image, size)[0]
 
 
 def resize_rgb_to(image: np.ndarray, height: int, width: int) -> np.ndarray:

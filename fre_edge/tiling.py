@@ -25,11 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FreEdgeError
-from .images import input_hw
+from .images import input_hw, model_input
 
 MAX_TILES = 64
 IMAGE_SCORE = "the largest tile score"
 MAP_RULE = "each pixel the mean of the tile maps that cover it"
+
+
+def check_overlap(overlap) -> float:
+    if isinstance(overlap, bool) or not (isinstance(overlap, (int, float)) and 0 <= overlap <= 0.5):
+        raise FreEdgeError(f"tile overlap {overlap!r}; use a fraction of a tile from 0 to 0.5, e.g. 0.25")
+    return overlap
 
 
 def parse_grid(value) -> tuple[int, int]:
@@ -54,10 +60,9 @@ class Tiling:
     overlap: float = 0.25  # fraction of a tile shared with its neighbour
 
     def __post_init__(self):
-        object.__setattr__(self, "grid", parse_grid(list(self.grid)))
-        object.__setattr__(self, "tile", input_hw(list(self.tile)))
-        if not (isinstance(self.overlap, (int, float)) and 0 <= self.overlap <= 0.5):
-            raise FreEdgeError(f"tile overlap {self.overlap!r}; use a fraction of a tile from 0 to 0.5, e.g. 0.25")
+        object.__setattr__(self, "grid", parse_grid(self.grid))
+        object.__setattr__(self, "tile", input_hw(self.tile))
+        check_overlap(self.overlap)
 
     @property
     def count(self) -> int:
@@ -107,8 +112,7 @@ class Tiling:
     def from_json(cls, d) -> "Tiling":
         if not isinstance(d, dict) or not {"grid", "overlap", "tile"} <= set(d):
             raise FreEdgeError("tiling is not an object with grid, overlap and tile")
-        t = cls(tuple(d["grid"]) if isinstance(d["grid"], list) else d["grid"],
-                tuple(d["tile"]) if isinstance(d["tile"], list) else d["tile"], d["overlap"])
+        t = cls(d["grid"], d["tile"], d["overlap"])
         if "canvas" in d and d["canvas"] != list(t.canvas):
             raise FreEdgeError(f"tiling canvas {d['canvas']} does not follow from its grid, tile and overlap")
         return t
@@ -116,13 +120,20 @@ class Tiling:
 
 def tiles_of(image, tiling: Tiling) -> tuple[np.ndarray, tuple[int, int]]:
     """([count, H, W, 3] tiles, the picture's (height, width)) for a path or an array."""
-    from pathlib import Path
-
-    from .images import read_for_model, resize_rgb, to_rgb_uint8
-
-    if isinstance(image, (str, Path)):
-        canvas, hw = read_for_model(image, tiling.canvas)
-    else:
-        rgb = to_rgb_uint8(image)
-        canvas, hw = resize_rgb(rgb, tiling.canvas), rgb.shape[:2]
+    canvas, hw = model_input(image, tiling.canvas)
     return tiling.split(canvas), hw
+
+
+def inputs_of(image, size, tiling: Tiling | None) -> np.ndarray:
+    """A picture's rows of the model's input: [1, H, W, 3], or with ``tiling`` its tiles [count, H, W, 3]."""
+    return model_input(image, size)[0][None] if tiling is None else tiles_of(image, tiling)[0]
+
+
+def per_picture(tiling: Tiling | None) -> int:
+    """Model inputs (rows) a picture makes: 1, or its tile count."""
+    return 1 if tiling is None else tiling.count
+
+
+def pictures_per_batch(batch_size: int, tiling: Tiling | None) -> int:
+    """Whole pictures in a batch of about ``batch_size`` model inputs (at least one picture)."""
+    return max(1, batch_size // per_picture(tiling))

@@ -240,6 +240,7 @@ def test_model_api_refuses_a_tiled_bundle_in_one_line(tiled, tmp_path):
     (lambda t: t.update(tile=[128, 128], canvas=[224, 224]), "has tiles of 128 x 128, not the input's 160 x 160"),
     (lambda t: t.update(canvas=[300, 300]), "canvas [300, 300] does not follow from its grid"),
     (lambda t: t.update(grid=[0, 2]), "tiles [0, 2] is not RxC"),
+    (lambda t: t.update(grid=2), "tiles 2 is not RxC"),
 ])
 def test_a_tampered_tiling_is_refused(tiled, tmp_path, test_images, change, message):
     from fre_edge.runtime.bundle import validate_metadata

@@ -30,8 +30,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FreEdgeError
-from ..images import input_hw, prepare
-from ..tiling import Tiling, tiles_of
+from ..images import input_hw
+from ..tiling import Tiling, inputs_of
 from ..outputs import atomic_dir, check_output
 from ..runtime.adapters import head_starts, reason
 from ..runtime.bundle import MANIFEST, METADATA_KEY, metadata_json, read_manifest, sha256_file
@@ -41,9 +41,7 @@ MIN_CALIBRATION = 8
 
 def _prepared(paths: Sequence, size, tiling: Tiling | None = None) -> list[np.ndarray]:
     """One model input per picture: [1, H, W, 3], or with ``tiling`` its tiles [tiles, H, W, 3]."""
-    if tiling is not None:
-        return [tiles_of(p, tiling)[0] for p in paths]
-    return [prepare(p, size)[None] for p in paths]
+    return [inputs_of(p, size, tiling) for p in paths]
 
 
 def _infer(compiled, batches: list[np.ndarray], tiling: Tiling | None = None) -> tuple[np.ndarray, np.ndarray]:

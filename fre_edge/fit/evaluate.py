@@ -14,6 +14,7 @@ from ..errors import FreEdgeError
 from .features import load_batch
 from ..images import load_mask
 from .metrics import aupro, auroc
+from ..tiling import pictures_per_batch
 
 
 @torch.inference_mode()
@@ -25,7 +26,7 @@ def score_images(detector, images: Sequence, *, batch_size: int = 16, progress: 
 
     scores, maps = [], []
     with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar:
-        step = max(1, batch_size // (1 if tiling is None else tiling.count))  # batch_size inputs (tiles) a pass
+        step = pictures_per_batch(batch_size, tiling)
         for i in range(0, len(images), step):
             batch = load_batch(images[i : i + step], detector.input_size, tiling)
             s, m = (t.numpy() for t in detector(batch))

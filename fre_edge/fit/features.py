@@ -8,15 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..images import prepare
-from ..tiling import Tiling, tiles_of
+from ..tiling import Tiling, inputs_of, per_picture, pictures_per_batch
 
 
 def load_batch(paths: Sequence[str | Path | np.ndarray], size, tiling: Tiling | None = None) -> torch.Tensor:
     """The model's uint8 input for pictures (paths or arrays): one row each, or with ``tiling`` its tiles each."""
-    if tiling is not None:
-        return torch.from_numpy(np.concatenate([tiles_of(p, tiling)[0] for p in paths]))
-    return torch.from_numpy(np.stack([prepare(p, size) for p in paths]))
+    return torch.from_numpy(np.concatenate([inputs_of(p, size, tiling) for p in paths]))
 
 
 @torch.inference_mode()
@@ -27,9 +24,9 @@ def extract_features(detector, paths: Sequence, *, batch_size: int = 16, progres
     from tqdm.auto import tqdm
 
     out: list[torch.Tensor] | None = None
-    n, per = len(paths), 1 if tiling is None else tiling.count
+    n, per = len(paths), per_picture(tiling)
     bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
-    step = max(1, batch_size // per)  # batch_size inputs (tiles) a forward pass
+    step = pictures_per_batch(batch_size, tiling)
     for i in range(0, n, step):
         batch = load_batch(paths[i : i + step], detector.input_size, tiling)
         feats = detector.features(batch)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .features import load_batch
+from ..tiling import pictures_per_batch
 from .pca import Moments, Subspace
 from .thresholds import TopValues
 
@@ -58,10 +59,9 @@ def _batches(cfg_json: str, paths: Sequence, on_batch: Callable[[int], None] | N
     """(shell, uint8 batch) over ``paths``: batch_size inputs at a time, whole pictures (with tiles, every tile
     of a picture in its batch); ``on_batch(pictures)`` after each."""
     shell, cfg = _shell(cfg_json), _config(cfg_json)
-    tiling = cfg.tiling
-    step = max(1, cfg.batch_size // (1 if tiling is None else tiling.count))
+    step = pictures_per_batch(cfg.batch_size, cfg.tiling)
     for i in range(0, len(paths), step):
-        batch = load_batch(paths[i : i + step], shell.input_size, tiling)
+        batch = load_batch(paths[i : i + step], shell.input_size, cfg.tiling)
         yield shell, batch
         if on_batch is not None:
             on_batch(len(paths[i : i + step]))

@@ -24,7 +24,7 @@ from .features import extract_features
 from .model import FREDetector, FREHead
 from .estimator import FRE, fusion_statistics
 from .sizing import auto_input_size
-from ..tiling import Tiling, parse_grid
+from ..tiling import Tiling, check_overlap, parse_grid, per_picture
 from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
 from .thresholds import threshold_warnings, thresholds_from_scores
 
@@ -78,7 +78,7 @@ class FitConfig:
             raise FreEdgeError(f"batch size {self.batch_size}; use 1 or more")
         if self.tiles is not None:
             self.tiles = parse_grid(self.tiles)
-            Tiling(self.tiles, (32, 32), self.tile_overlap)  # checks the overlap
+            check_overlap(self.tile_overlap)
         return self
 
     @property
@@ -178,7 +178,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
                                      None if cfg.tiles is None else (cfg.tiles, cfg.tile_overlap))
         cfg = dataclasses.replace(cfg, input_size=hw)
     tiling = cfg.tiling
-    per = 1 if tiling is None else tiling.count
+    per = per_picture(tiling)
     fit_paths, hold_paths = _split(paths, cfg.holdout, cfg.seed)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise FreEdgeError(
@@ -251,7 +251,7 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     """One feature pass holding every image's features, the subspaces, then the held-out scores."""
     t0 = time.perf_counter()
     tiling = cfg.tiling
-    per = 1 if tiling is None else tiling.count
+    per = per_picture(tiling)
     feats = extract_features(shell, fit_paths + hold_paths, batch_size=cfg.batch_size, progress=progress,
                              desc="feature pass", tiling=tiling)
     t_feat = time.perf_counter() - t0

@@ -13,8 +13,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import FreEdgeError
-from ..images import input_hw, read_for_model, resize_map, resize_rgb, size_json, to_rgb_uint8
-from ..tiling import Tiling, tiles_of
+from ..images import input_hw, model_input, resize_map, size_json
+from ..tiling import Tiling, per_picture, tiles_of
 from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
 from .bundle import check_threshold, read_manifest, served_name, validate_metadata
 
@@ -149,7 +149,7 @@ class _LoadedGraph:
                 "precision_requested": self.adapter.requested_precision,
                 "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
                 "backbone": self.metadata["backbone"], "input_size": size_json(self.input_size),
-                "tiles_per_picture": 1 if self.tiling is None else self.tiling.count,
+                "tiles_per_picture": per_picture(self.tiling),
                 "weights_precision": self.metadata["precision"], **self.adapter.versions()}
 
 
@@ -197,12 +197,7 @@ class AnomalyDetector(_LoadedGraph):
     def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
         """(the model's input, H x W x 3 uint8 (with tiles: [tiles, H, W, 3]), and the picture's (height,
         width)) for a path or an array."""
-        if self.tiling is not None:
-            return tiles_of(image, self.tiling)
-        if isinstance(image, (str, Path)):
-            return read_for_model(image, self.input_size)
-        rgb = to_rgb_uint8(image)
-        return resize_rgb(rgb, self.input_size), rgb.shape[:2]
+        return model_input(image, self.input_size) if self.tiling is None else tiles_of(image, self.tiling)
 
     def _predict_prepared(self, prepared: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[Prediction]:
         if not prepared:
