@@ -394,7 +394,7 @@ def test_ctrl_c_in_a_real_process_exits_130(sample_bundle, sample_root, tmp_path
     code = ("import signal, sys, time, fre_edge.runtime.detector as d\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def slow(p, size):\n    print('reading', flush=True); time.sleep(10)\n"
-            "d.read_for_model = slow\n"
+            "d.model_input = slow\n"
             "from fre_edge.cli import main\n"
             f"main(['predict', {str(sample_bundle)!r}, {str(sample_root / BROKEN)!r}, '--out', "
             f"{str(tmp_path / 'res')!r}])\n")
