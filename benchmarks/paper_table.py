@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -155,7 +156,10 @@ def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, 
         if model == "patchcore":
             cmd += ["--coreset", str(coreset)]
         print("peer:", model, dataset, file=sys.stderr, flush=True)
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        # the peer imports fre_edge (Lite0's weights and normalisation) from this checkout, wherever fre-edge
+        # itself is installed
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        run = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if run.returncode != 0:  # the peer's own error, not just its exit status
             sys.stderr.write(run.stdout[-4000:] + run.stderr[-4000:])
             raise SystemExit(f"peer {model} on {dataset} failed (exit {run.returncode}); its output is above")
