@@ -218,6 +218,27 @@ def test_a_served_tiled_bundle_gives_the_local_scores(tiled, test_images, tmp_pa
     assert got[0].model_map.shape == (280, 280)
 
 
+def test_archive_scoring_of_a_tiled_bundle_equals_predict(tiled, test_images, tmp_path):
+    if not (importlib.util.find_spec("distributed") and importlib.util.find_spec("pyarrow")):
+        if os.environ.get("CI"):
+            pytest.fail('the dask extra is missing on CI: pip install -e ".[test]"')
+        pytest.skip("dask.distributed or pyarrow not installed")
+    from fre_edge.cluster.archive import read_scores
+    from fre_edge.runtime import load_detector
+
+    det = load_detector(tiled[1])
+    expected = {str(p.resolve()): det.predict(p).to_dict() for p in test_images}
+    r = run("archive", tiled[1], test_images[0].parent.parent, "--out", tmp_path / "a", "--partition-size", "4",
+            "--quiet")
+    assert r.exit_code == 1, r.output  # the sample's test set holds defects
+    rows = read_scores(tmp_path / "a").to_pylist()
+    assert [x["path"] for x in rows] == sorted(expected)
+    for x in rows:
+        e = expected[x["path"]]
+        assert x["score"] == pytest.approx(e["score"], rel=1e-5) and x["label"] == e["label"]
+        assert x["bbox"] == e["bbox"] and x["error"] is None
+
+
 # ----------------------------------------------------------------------------- bad input: one line each
 @pytest.mark.parametrize("args, message", [
     (("--tiles", "9x9"), "tiles 9x9 make 81 tiles a picture; use at most 64"),
