@@ -1,0 +1,194 @@
+"""What each lever on the FRE head's batch-1 cost buys, measured on one real fit (issue 17, item 2).
+
+    python -m benchmarks.head_levers [--dataset magnetic_tile] [--rounds 20] [--block 0.2]
+
+The default Lite0 model fitted on the dataset's good pictures (Magnetic Tile: k = 438 components of D = 7168,
+the issue's case), exported as `fre-edge export` does (ONNX -> OpenVINO, f32 inference, latency hint, batch
+1). Graphs, all timed in the same alternating rounds against the backbone alone (fre_edge.timing):
+
+- ``backbone``: the pooled features only (the denominator of every ratio).
+- ``f32``: the bundle's graph (reconstruct head, V stored once, map upsampled in the graph).
+- ``f32_grid_map``: the same head, the map left at the feature grid (h x w) for the host to upsample: what
+  the upsampling and the full-size map output cost.
+- ``score_only``: the floor of any head that reads V once: z = x V^T - b and |d|^2 - |z|^2 (V orthonormal),
+  no map.
+- ``int8``: ``f32`` with V stored as INT8 (NNCF weight compression, INT8_ASYM per output channel; both
+  matmuls read the one INT8 constant); ``int8_grid_map`` the same on ``f32_grid_map``.
+- ``int8_projection``: only the projection's copy of V in INT8, the reconstruction's in f32 (the file then
+  holds V in both precisions): the projection's coefficients minimise the reconstruction error, so their
+  error reaches the score to second order only.
+
+Score error of the variants that change values: their scores against the ``f32`` graph's on every test
+picture of the dataset (relative, max and median over the good ones, where the residual is smallest), and
+image AUROC from each. Bytes: the head's constants in the IR (.bin growth over the backbone's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from ._common import DATASETS, environment, header_md, write
+
+NAMES = ("f32", "f32_grid_map", "score_only", "int8", "int8_grid_map", "int8_projection")
+
+
+def torch_graphs(det, tmp: Path) -> dict[str, Path]:
+    """ONNX files of the torch-side variants (backbone, f32, f32_grid_map, score_only)."""
+    import torch
+
+    from fre_edge.export.onnx_graph import export_onnx
+
+    head = det.heads[0].in_form("reconstruct")
+    size = det.input_size
+
+    class Backbone(torch.nn.Module):
+        def forward(self, x):
+            return tuple(det.features(x))
+
+    class GridMap(torch.nn.Module):
+        def forward(self, x):
+            return head(det.features(x)[0])
+
+    class ScoreOnly(torch.nn.Module):
+        def forward(self, x):
+            f = det.features(x)[0].reshape(x.shape[0], -1)
+            z = torch.nn.functional.linear(f, head.components, -head.bias)
+            d = f - head.mean
+            return (d * d).sum(1) - (z * z).sum(1)
+
+    out = {}
+    for name, module, outputs in (("backbone", Backbone(), ["features"]),
+                                  ("f32", det.with_head_form("reconstruct"), ["score", "anomaly_map"]),
+                                  ("f32_grid_map", GridMap(), ["score", "anomaly_map"]),
+                                  ("score_only", ScoreOnly(), ["score"])):
+        out[name] = tmp / f"{name}.onnx"
+        export_onnx(module, out[name], size, outputs)
+    return out
+
+
+def head_matmuls(model, big: int = 1 << 16) -> dict[str, tuple]:
+    """MatMul name -> its constant operand's shape, for MatMuls reading a constant of >= ``big`` values."""
+    import numpy as np
+
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        src = op.input_value(1).get_node()
+        if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= big:
+            out[op.get_friendly_name()] = tuple(src.get_output_shape(0))
+    return out
+
+
+def openvino_models(onnx: dict[str, Path]) -> dict:
+    import nncf
+    import openvino as ov
+
+    from fre_edge.export.bundle_writer import share_transposed_constants
+
+    def converted(name, share=True):
+        m = ov.convert_model(str(onnx[name]))
+        if share:
+            share_transposed_constants(m)
+        return m
+
+    def int8(model, keep: set[str] = frozenset()):
+        """INT8_ASYM weights for the head's big MatMuls only (not the backbone's convolutions, not ``keep``)."""
+        ignored = [op.get_friendly_name() for op in model.get_ops()
+                   if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+                   and (op.get_type_name() != "MatMul" or op.get_friendly_name() not in head_matmuls(model)
+                        or op.get_friendly_name() in keep)]
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                     ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+
+    models = {name: converted(name) for name in ("backbone", "f32", "f32_grid_map", "score_only")}
+    models["int8"] = int8(converted("f32"))
+    models["int8_grid_map"] = int8(converted("f32_grid_map"))
+    plain = converted("f32", share=False)  # V and V^T as two constants: compress the projection's only
+    tall = {n for n, shape in head_matmuls(plain).items() if shape[0] > shape[1]}  # [D, k]: the reconstruction
+    models["int8_projection"] = int8(plain, keep=tall)
+    return models
+
+
+def ir_bytes(model, tmp: Path, name: str) -> int:
+    import openvino as ov
+
+    xml = tmp / f"{name}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml.with_suffix(".bin").stat().st_size
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="magnetic_tile")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--block", type=float, default=0.2)
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from fre_edge.fit.data import read_dataset
+    from fre_edge.fit.features import load_batch
+    from fre_edge.fit.metrics import auroc
+    from fre_edge.timing import alternate, markdown_table, ratio_spread
+
+    from ._bundles import fitted_model
+    from ._openvino import latency_request
+
+    env = environment()
+    fitted = fitted_model("efficientnet_lite0", args.dataset)
+    det = fitted.detector
+    k = det.heads[0].n_components
+    test = read_dataset(DATASETS / args.dataset).test
+    labels = np.array([s.label for s in test])
+    pictures = load_batch([s.path for s in test], det.input_size).numpy()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        models = openvino_models(torch_graphs(det, tmp))
+        size = {n: ir_bytes(m, tmp, n) for n, m in models.items()}
+        reqs = {n: latency_request(m, 1) for n, m in models.items()}
+    scores = {n: np.array([float(reqs[n].infer({0: pictures[i:i + 1]})[0][0]) for i in range(len(pictures))])
+              for n in NAMES}
+    x = pictures[:1]
+    calls = {n: (lambda r=r: r.infer({0: x})) for n, r in reqs.items()}
+    lat, per_round = alternate(calls, args.rounds, args.block)
+    base = statistics.median(lat["backbone"])
+    good = labels == 0
+    ref = scores["f32"]
+    rows = []
+    for n in NAMES:
+        rel = np.abs(scores[n] - ref) / np.abs(ref)
+        sp = ratio_spread(per_round, n, "backbone")
+        rows.append({"graph": n, "ms": statistics.median(lat[n]) * 1e3, "ratio": statistics.median(lat[n]) / base,
+                     "ratio_round_quartiles": [sp["q1"], sp["q3"]],
+                     "head_bytes": size[n] - size["backbone"], "image_auroc": auroc(labels, scores[n]),
+                     "rel_score_error_good": None if n in ("f32", "f32_grid_map", "score_only") else
+                     {"max": float(rel[good].max()), "median": float(np.median(rel[good]))},
+                     "score_only_vs_f32_good": {"max": float(rel[good].max()), "median": float(np.median(rel[good]))}
+                     if n == "score_only" else None})
+    data = {"environment": env, "settings": vars(args), "k": k, "D": int(det.heads[0].components.shape[1]),
+            "backbone_ms": base * 1e3, "test_pictures": len(test), "good_test_pictures": int(good.sum()),
+            "rows": rows}
+    table = []
+    for r in rows:
+        err = r["rel_score_error_good"] or r["score_only_vs_f32_good"]
+        table.append([r["graph"], f"{r['ms']:.2f}", f"{r['ratio']:.3f}",
+                      f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f}",
+                      f"{r['head_bytes'] / 1e6:.2f}", f"{r['image_auroc']:.4f}",
+                      "-" if err is None else f"{err['max']:.1e} / {err['median']:.1e}"])
+    md = ["# Levers on the FRE head's batch-1 cost (issue 17)", "", header_md(env),
+          __doc__.split("\n\n", 2)[2].strip(), "",
+          f"{args.dataset}: k = {k}, D = {data['D']}; backbone alone {base * 1e3:.2f} ms (median); "
+          f"{args.rounds} rounds of alternating {args.block:g} s blocks; score error on the "
+          f"{data['good_test_pictures']} good test pictures (of {len(test)}). Goal (issue 17): <= 1.10 at k = 438 "
+          "on AVX2 at batch 1.", "",
+          markdown_table(["graph", "ms", "/ backbone", "per-round quartiles", "head MB in .bin", "image AUROC",
+                          "rel. score error vs f32, max / median (good)"], table), ""]
+    write("head_levers", data, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
