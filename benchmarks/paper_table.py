@@ -11,6 +11,10 @@ lite0``, the default; peers/lite0_timm.py, tested to give fre-edge's features): 
 measured, and fre-edge's Lite0 rows are the same-backbone comparison. ``--peer-weights random`` runs them on
 ResNet-50 with random weights as before (their accuracy cells then hold the paper's figures). fre-edge also
 runs ResNet-50 (random weights, speed only).
+
+Each peer writes its JSON under models/bench/ as it finishes (with the machine it ran on). A run cut short
+resumes with ``--reuse-peers``: peers already measured on this machine are read back, the rest are run;
+fre-edge's rows and the interleaved f32 timing of every row are always measured again in the run.
 """
 
 from __future__ import annotations
@@ -137,15 +141,26 @@ def _peer_row(r: dict, dataset: str, model: str, fre_epochs: int) -> dict:
             "metrics_random_weights": r.get("metrics_random_weights"), "ir": r.get("ir")}
 
 
+def this_machine() -> dict:
+    """The peers' JSON records the machine it was measured on (anomalib_run.machine): the same fields."""
+    from fre_edge.bench import cpu_info
+
+    return {k: v for k, v in cpu_info().items() if k in ("cpu", "logical_cores", "isa", "caches")}
+
+
 def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, reuse: bool,
               coreset: float, weights: str = "lite0") -> list[dict]:
     root, category = mvtec_layout(dataset)
     rows = []
     for model in ("dfm", "fre", "patchcore"):
         out = WORK / f"peer_{model}_{dataset}_{weights}.json"
-        if reuse and out.is_file():  # only to re-render after a crash; the JSON keeps its own timings
-            rows.append(_peer_row(json.loads(out.read_text()), dataset, model, fre_epochs))
-            continue
+        if reuse and out.is_file():  # a peer measured earlier on this machine: its JSON keeps its own timings
+            old = json.loads(out.read_text())
+            if old.get("machine") == this_machine():
+                rows.append(_peer_row(old, dataset, model, fre_epochs))
+                continue
+            print(f"peer: {out.name} was measured on another machine (or does not say): measuring again",
+                  file=sys.stderr, flush=True)
         cmd = [str(venv_python), str(REPO / "benchmarks" / "peers" / "anomalib_run.py"), "--model", model,
                "--root", str(root), "--category", category, "--json", str(out), "--seconds", str(seconds),
                "--work", str(WORK / "peers"), "--weights", weights]
@@ -229,7 +244,9 @@ def main():
     ap.add_argument("--peer-weights", choices=("lite0", "random"), default="lite0",
                     help="lite0: the peers on fre-edge's Lite0 ImageNet weights (accuracy measured); random: ResNet-50 "
                          "with random weights (speed only)")
-    ap.add_argument("--reuse-peers", action="store_true", help="reuse peer JSON already measured (re-render only)")
+    ap.add_argument("--reuse-peers", action="store_true",
+                    help="reuse the peer JSONs already measured on this machine (same CPU, cores, ISA and caches; "
+                         "others are measured again); fre-edge's rows and the interleaved timing are always re-run")
     ap.add_argument("--render", metavar="JSON", help="only re-draw the table and chart from a results JSON")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the interleaved f32 timing")
     ap.add_argument("--retime", metavar="JSON", help="re-run only the interleaved f32 timing of a finished run's "
