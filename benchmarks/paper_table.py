@@ -249,6 +249,8 @@ def main():
                          "others are measured again); fre-edge's rows and the interleaved timing are always re-run")
     ap.add_argument("--render", metavar="JSON", help="only re-draw the table and chart from a results JSON")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the interleaved f32 timing")
+    ap.add_argument("--note", default="", help="a sentence for the table's header: what else shared the machine "
+                    "while a reused peer was measured, for instance")
     ap.add_argument("--retime", metavar="JSON", help="re-run only the interleaved f32 timing of a finished run's "
                     "models (their artefacts must still be on disk) and rewrite the results")
     args = ap.parse_args()
@@ -282,7 +284,7 @@ def main():
     retime(rows, datasets, args.rounds, args.seconds)
     render({"environment": env, "settings": {"datasets": datasets, "seconds": args.seconds,
                                              "fre_ae_epochs": args.fre_ae_epochs, "coreset": coresets,
-                                             "peer_weights": args.peer_weights},
+                                             "peer_weights": args.peer_weights, "note": args.note},
             "rows": rows, "retimed": {"command": "(in the same run)", "rounds": args.rounds, "seconds": args.seconds}})
 
 
@@ -308,7 +310,8 @@ def render(data: dict, write_json: bool = True) -> None:
              "one), so every accuracy cell is measured. " if st.get("peer_weights") == "lite0" else
              "Peers: anomalib 2.7.0 in its own venv, random backbone weights (timm cannot download ImageNet weights "
              "here), so their image-AUROC cells hold the paper's figure (in italics) for that method and backbone. ")
-          + f"Both FRE-AE implementations run {st.get('fre_ae_epochs', 10)} epochs here (paper: 250).", ""]
+          + f"Both FRE-AE implementations run {st.get('fre_ae_epochs', 10)} epochs here (paper: 250)."
+          + (f" Note: {st['note']}" if st.get("note") else ""), ""]
     for d in datasets:
         md += [f"## {d}", "", "| method | variant | backbone | train s (what) | image AUROC | pixel AUROC | AUPRO "
                "| latency FPS | throughput FPS | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
