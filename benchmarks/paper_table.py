@@ -141,22 +141,17 @@ def _peer_row(r: dict, dataset: str, model: str, fre_epochs: int) -> dict:
             "metrics_random_weights": r.get("metrics_random_weights"), "ir": r.get("ir")}
 
 
-def this_machine() -> dict:
-    """The peers' JSON records the machine it was measured on (anomalib_run.machine): the same fields."""
-    from fre_edge.bench import cpu_info
-
-    return {k: v for k, v in cpu_info().items() if k in ("cpu", "logical_cores", "isa", "caches")}
-
-
 def peer_rows(dataset: str, venv_python: Path, fre_epochs: int, seconds: float, reuse: bool,
               coreset: float, weights: str = "lite0") -> list[dict]:
+    from fre_edge.bench import machine_identity
+
     root, category = mvtec_layout(dataset)
     rows = []
     for model in ("dfm", "fre", "patchcore"):
         out = WORK / f"peer_{model}_{dataset}_{weights}.json"
         if reuse and out.is_file():  # a peer measured earlier on this machine: its JSON keeps its own timings
             old = json.loads(out.read_text())
-            if old.get("machine") == this_machine():
+            if old.get("machine") == machine_identity():
                 rows.append(_peer_row(old, dataset, model, fre_epochs))
                 continue
             print(f"peer: {out.name} was measured on another machine (or does not say): measuring again",

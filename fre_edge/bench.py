@@ -46,6 +46,11 @@ def cpu_info() -> dict:
             "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}"}
 
 
+def machine_identity() -> dict:
+    """The fields of ``cpu_info`` that tell one machine's timings from another's: CPU, cores, ISA, caches."""
+    return {k: v for k, v in cpu_info().items() if k in ("cpu", "logical_cores", "isa", "caches")}
+
+
 def _caches() -> dict:
     """{"L2": "2048K", "L3": "32768K", ...} as cpu 0 sees them (Linux sysfs; empty elsewhere)."""
     out = {}

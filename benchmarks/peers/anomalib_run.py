@@ -63,13 +63,6 @@ def build(name: str, backbone: str, coreset: float, weights: str, size: int):
     return model
 
 
-def machine() -> dict:
-    """What identifies the machine a peer ran on (its timings belong to it): CPU, cores, ISA, caches."""
-    from fre_edge.bench import cpu_info
-
-    return {k: v for k, v in cpu_info().items() if k in ("cpu", "logical_cores", "isa", "caches")}
-
-
 def time_ir(xml: Path, seconds: float) -> dict:
     from ov_timing import IRTimer  # beside this script: the same timing loop as benchmarks/paper_table.py
 
@@ -104,6 +97,8 @@ def main():
 
     import anomalib
     from anomalib.data import MVTecAD
+
+    from fre_edge.bench import machine_identity  # the peer's timings belong to this machine
     from anomalib.engine import Engine
 
     work = Path(args.work) / f"{args.model}_{args.category}"
@@ -136,7 +131,7 @@ def main():
               "train_s": train_s, "test_s": test_s, "export_s": export_s,
               ("metrics_random_weights" if args.weights == "random" else "metrics"):
                   {k: float(v) for k, v in (test[0] if test else {}).items()},
-              "openvino": time_ir(xml, args.seconds), "ir": str(xml), "machine": machine()}
+              "openvino": time_ir(xml, args.seconds), "ir": str(xml), "machine": machine_identity()}
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
