@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
+from ..export.head_weights import DEFAULT_BOUND, HEAD_WEIGHTS
 from ..fit.model import HEAD_FORMS
 from .params import INPUT_SIZE_HELP, InputSize
 
@@ -21,13 +22,24 @@ from .params import INPUT_SIZE_HELP, InputSize
 @click.option("--head-form", type=click.Choice(HEAD_FORMS), default="auto", show_default=True,
               help="How the graph computes the FRE head; same results, different speed. auto: fastest at batch 1; "
                    "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
+@click.option("--head-weights", type=click.Choice(HEAD_WEIGHTS), default="f32", show_default=True,
+              help="int8: store the head's components as INT8 in the OpenVINO IR (a quarter of the bytes; scores "
+                   "move slightly, so it needs --check-images and --format openvino). See "
+                   "benchmarks/results/head_levers.md.")
+@click.option("--check-images", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="With --head-weights int8: a folder of good pictures the model was NOT fitted on; the export is "
+                   "refused if INT8 weights move any of their scores by more than --score-bound.")
+@click.option("--score-bound", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              default=DEFAULT_BOUND, show_default=True,
+              help="With --head-weights int8: the largest relative score change allowed on --check-images.")
 @click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
               help="One-step form only: backbone to fit with.")
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True,
               help="One-step form only: " + INPUT_SIZE_HELP)
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(source, output, formats, fp16, head_form, backbone, input_size, force, quiet):
+def command(source, output, formats, fp16, head_form, head_weights, check_images, score_bound, backbone,
+            input_size, force, quiet):
     """Export SOURCE as one OpenVINO IR + ONNX graph with its manifest.
 
     SOURCE is a model folder written by `fre-edge fit`, or (one-step form) a folder of good images,
@@ -41,6 +53,16 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
     from ..fit.persist import SETTINGS, load_model
 
     check_output(output, kind="bundle", force=force, inputs=[source])  # before any work
+    checks = []
+    if head_weights == "int8":
+        from ..images import find_images
+
+        if check_images is None:
+            raise FreEdgeError("--head-weights int8 needs --check-images DIR: good pictures the model was not "
+                               "fitted on, to check the INT8 scores against the float ones")
+        checks = find_images(check_images)
+    elif check_images is not None:
+        raise FreEdgeError("--check-images applies to --head-weights int8 only; drop it")
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
     if (source / SETTINGS).is_file():
         if input_size != "auto":
@@ -57,7 +79,9 @@ def command(source, output, formats, fp16, head_form, backbone, input_size, forc
         echo_warnings(fitted.info)
     else:
         raise FreEdgeError(f"{source}: no such model or image folder; pass a `fre-edge fit` output or good images")
-    manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, head_form=head_form, force=force)
+    manifest = export_bundle(fitted, output, formats=fmt, fp16=fp16, head_form=head_form, force=force,
+                             head_weights=head_weights, check_images=checks, bound=score_bound)
     click.echo(json.dumps({"bundle": str(output), "files": manifest["files"], "precision": manifest["precision"],
                            "head_forms": manifest["head_forms"],
+                           **({"head_weights": manifest["head_weights"]} if "head_weights" in manifest else {}),
                            "thresholds": {k: manifest["thresholds"][k] for k in ("image", "pixel")}}, indent=2))

@@ -51,7 +51,7 @@ def command(bundle, as_json):
            f"{size_text(m['tiling']['canvas'])})" if m.get("tiling") else "")
         + f", pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
         f"head {','.join(m.get('head_forms') or ['?'])}",
-        f"weights      {m['precision']}",
+        f"weights      {m['precision']}" + head_weights_text(m.get("head_weights")),
         f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "
         f"source: {th.get('source', '?')})",
         f"fitted on    {data.get('name', '?')}: {data.get('fit_images', '?')} good images"
@@ -62,3 +62,11 @@ def command(bundle, as_json):
     if "model.xml" in m["files"] and not report["runtimes"]["openvino"]:
         lines.append("note         pip install openvino to run the IR (or onnxruntime for model.onnx)")
     click.echo("\n".join(lines))
+
+
+def head_weights_text(hw: dict | None) -> str:
+    """" (head components int8, ...)" for a bundle exported with --head-weights int8, else ""."""
+    if not hw:
+        return ""
+    return (f" (head components {hw['dtype']}: scores within {hw['max_rel_score_difference']:.1e} of f32 on "
+            f"{hw['check_inputs']} check inputs, bound {hw['bound']:g})")

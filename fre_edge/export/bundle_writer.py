@@ -11,6 +11,7 @@ from ..fit.model import HEAD_FORMS
 from ..images import input_hw, size_json
 from ..outputs import atomic_dir
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
+from .head_weights import DEFAULT_BOUND, HEAD_WEIGHTS, check_inputs, compress_head, score_difference
 from .onnx_graph import export_onnx
 
 FORMATS = ("openvino", "onnx")
@@ -93,22 +94,32 @@ def share_transposed_constants(model, min_elements: int = 1 << 16) -> int:
     return rewired
 
 
-def _write_ir(onnx_path: Path, xml_path: Path, meta_json: str, fp16: bool) -> None:
+def _convert(onnx_path: Path):
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
     share_transposed_constants(model)
+    return model
+
+
+def _write_ir(model, xml_path: Path, meta_json: str, fp16: bool) -> None:
+    import openvino as ov
+
     model.set_rt_info(meta_json, ["model_info", METADATA_KEY])
     model.set_rt_info("fre", ["model_info", "model_type"])
     ov.save_model(model, str(xml_path), compress_to_fp16=fp16)
 
 
 def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = False, head_form: str = "auto",
-                  force: bool = False) -> dict:
+                  force: bool = False, head_weights: str = "f32", check_images=(),
+                  bound: float = DEFAULT_BOUND) -> dict:
     """Write the bundle (ONNX and/or OpenVINO IR + manifest) atomically; returns its manifest.
 
     ``head_form``: ``auto`` (the batch-1 rule of ``fre_edge.fit.model.head_form``), ``reconstruct`` or
     ``one_pass``; all give the same scores and maps up to float rounding, only the speed differs.
+    ``head_weights="int8"`` stores the head's components as INT8 in the IR (OpenVINO only; see
+    ``fre_edge.export.head_weights``): checked on ``check_images`` (good pictures the model was not fitted on)
+    against the float graph, refused when a score moves by more than ``bound`` (relative).
     """
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
@@ -116,6 +127,22 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
         raise FreEdgeError(f"unknown format(s) {','.join(bad) or '(none)'}; use openvino, onnx or both")
     if head_form not in HEAD_FORMS:
         raise FreEdgeError(f"unknown head form {head_form!r}; use {', '.join(HEAD_FORMS)}")
+    if head_weights not in HEAD_WEIGHTS:
+        raise FreEdgeError(f"unknown head weights {head_weights!r}; use {' or '.join(HEAD_WEIGHTS)}")
+    rows = None
+    if head_weights == "int8":
+        if formats != ("openvino",):
+            raise FreEdgeError("--head-weights int8 is for the OpenVINO IR only (the ONNX graph would keep other "
+                               "scores); add --format openvino")
+        if fp16:
+            raise FreEdgeError("--head-weights int8 and --fp16 do not go together; choose one")
+        if head_form == "one_pass":
+            raise FreEdgeError("--head-weights int8 compresses the reconstruct head's matmuls; use --head-form "
+                               "reconstruct or auto")
+        head_form = "reconstruct"  # two matmuls reading one INT8 V: 2 D k bytes, less than one_pass reads in f32
+        if not (isinstance(bound, (int, float)) and 0 < bound < 1):
+            raise FreEdgeError(f"score bound {bound!r}; use a fraction above 0 and below 1, e.g. 0.01")
+        rows = check_inputs(list(check_images), fitted.config.input_size, fitted.tiling)  # before any work
     detector = fitted.detector.with_head_form(head_form)
     out_dir = Path(out_dir)
     precision = "fp16" if fp16 else "fp32"
@@ -124,10 +151,22 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
         exporter = export_onnx(detector, onnx_path, fitted.config.input_size, OUTPUTS)
         exporter["openvino_ir"] = "openvino.convert_model(model.onnx)"
         meta = bundle_metadata(fitted, precision, exporter, [h.form for h in detector.heads])
+        model = _convert(onnx_path) if "openvino" in formats else None
+        if head_weights == "int8":
+            f32_model = model.clone()
+            model = compress_head(model)
+            check = score_difference(f32_model, model, rows)
+            if check["max_rel_score_difference"] > bound:
+                raise FreEdgeError(f"INT8 head weights moved a check picture's score by "
+                                   f"{check['max_rel_score_difference']:.2g} (relative), over the bound {bound:g}; "
+                                   "export with --head-weights f32, or allow more with --score-bound")
+            meta["head_weights"] = {"dtype": "int8", "method": "NNCF compress_weights INT8_ASYM, per channel, "
+                                    "the head's matmuls only", "bound": bound,
+                                    "check_inputs": int(len(rows)), **check}
         meta_json = metadata_json(meta)
         _embed_onnx(onnx_path, meta_json)
-        if "openvino" in formats:
-            _write_ir(onnx_path, tmp / "model.xml", meta_json, fp16)
+        if model is not None:
+            _write_ir(model, tmp / "model.xml", meta_json, fp16)
         if "onnx" not in formats:
             onnx_path.unlink()
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}

@@ -87,6 +87,8 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     manifest = read_manifest(bundle_dir)
     if manifest["precision"] == "int8":
         raise FreEdgeError(f"{bundle_dir} is already INT8; quantize the f32 bundle it came from")
+    if manifest.get("head_weights"):
+        raise FreEdgeError(f"{bundle_dir} has INT8 head weights; quantize a bundle exported with --head-weights f32")
     if "model.xml" not in manifest["files"]:
         raise FreEdgeError(f"{bundle_dir} has no OpenVINO IR; re-export it with --format openvino")
     calibration = list(calibration)

@@ -53,6 +53,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "exporter": (dict, False),
     "quantization": (dict, False),
     "tiling": (dict, False),  # fre_edge.tiling: pictures scored as overlapping tiles of the input size
+    "head_weights": (dict, False),  # fre_edge.export.head_weights: the head's components stored as INT8
 }
 
 

@@ -1,0 +1,79 @@
+"""The FRE head's component matrix stored as INT8 in the OpenVINO IR (``fre-edge export --head-weights int8``).
+
+At batch 1 the head costs what it reads: V is 4 D k bytes in f32, read by both of its matmuls. NNCF's weight
+compression (INT8_ASYM, one scale and zero point per output channel) stores it in D k bytes; the CPU plugin
+decompresses it inside the matmul. Only the head's large matmuls are compressed: the backbone, the map's
+upsampling and everything else stay as exported. ``benchmarks/results/head_levers.md`` measures what this
+buys and what it costs in score error.
+
+It changes the scores, so it is checked when the bundle is written: the good pictures given with
+``--check-images`` (pictures the model was not fitted on: the fitting pictures reconstruct almost exactly, so
+their relative error says nothing) are scored by the float graph and by the compressed one, and the export is
+refused in one line when the largest relative score difference exceeds the bound. The check's figures go into
+the manifest (``head_weights``). Thresholds stay those of the float fit: the bound keeps the scores within
+that fraction of the float ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import FreEdgeError
+
+HEAD_WEIGHTS = ("f32", "int8")
+DEFAULT_BOUND = 0.01  # largest relative score change allowed on the check pictures
+MIN_CHECK_PICTURES = 4
+BIG = 1 << 16  # a head matmul's constant holds D x k values; the map's upsampling matrices are far smaller
+
+
+def head_matmuls(model) -> list[str]:
+    """Names of the MatMuls that read a constant of at least ``BIG`` values: the FRE head's."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        src = op.input_value(1).get_node()
+        if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= BIG:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def compress_head(model):
+    """``model`` with the head matmuls' weights in INT8 (NNCF INT8_ASYM per channel); the rest untouched."""
+    import nncf
+
+    head = set(head_matmuls(model))
+    if not head:
+        raise FreEdgeError("the graph has no head matmul to compress (too few components?); export with "
+                           "--head-weights f32")
+    ignored = [op.get_friendly_name() for op in model.get_ops()
+               if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+               and op.get_friendly_name() not in head]
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                 ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+
+
+def check_inputs(paths: Sequence[Path], input_size, tiling) -> np.ndarray:
+    """The model's uint8 input rows for the check pictures (their tiles with ``tiling``)."""
+    from ..tiling import inputs_of
+
+    if len(paths) < MIN_CHECK_PICTURES:
+        raise FreEdgeError(f"--check-images has {len(paths)} pictures; give at least {MIN_CHECK_PICTURES} good "
+                           f"pictures the model was not fitted on")
+    return np.concatenate([inputs_of(p, input_size, tiling) for p in paths])
+
+
+def score_difference(f32_model, int8_model, rows: np.ndarray) -> dict:
+    """Largest and median relative difference of the compressed graph's scores from the float graph's."""
+    import openvino as ov
+
+    core, config = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    scores = []
+    for model in (f32_model, int8_model):
+        compiled = core.compile_model(model, "CPU", config)
+        scores.append(np.concatenate([compiled(rows[i:i + 8])[0] for i in range(0, len(rows), 8)]))
+    rel = np.abs(scores[1] - scores[0]) / np.maximum(np.abs(scores[0]), 1e-30)
+    return {"max_rel_score_difference": float(rel.max()), "median_rel_score_difference": float(np.median(rel))}

@@ -1,0 +1,89 @@
+"""fre-edge export --head-weights int8: the head's components stored once as INT8 in the IR, checked at export
+against the float graph on good pictures, recorded in the manifest; bad settings one line each."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from cli_helpers import one_error_line, run
+
+
+def _big_constants(xml) -> list[tuple[str, list[int]]]:
+    model = ov.Core().read_model(str(xml))
+    return [(str(op.get_element_type()), list(op.get_output_shape(0))) for op in model.get_ops()
+            if op.get_type_name() == "Constant" and int(np.prod(op.get_output_shape(0))) >= 1 << 16]
+
+
+@pytest.fixture(scope="module")
+def bundles(sample_model, sample_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("head_weights")
+    r = run("export", sample_model[0], "-o", root / "int8", "--format", "openvino", "--head-weights", "int8",
+            "--check-images", sample_root / "test" / "good", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("export", sample_model[0], "-o", root / "f32", "--format", "openvino", "--head-form", "reconstruct",
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    return root / "int8", root / "f32"
+
+
+def test_the_components_are_stored_once_as_int8_and_the_check_is_recorded(bundles, sample_model):
+    int8, f32 = bundles
+    k, d = sample_model[1].detector.heads[0].components.shape
+    assert ("<Type: 'uint8_t'>", [k, d]) in _big_constants(int8 / "model.xml")
+    assert ("<Type: 'float32'>", [k, d]) in _big_constants(f32 / "model.xml")
+    assert not any(shape in ([k, d], [d, k]) for t, shape in _big_constants(int8 / "model.xml") if "float" in t)
+    saved = (f32 / "model.bin").stat().st_size - (int8 / "model.bin").stat().st_size
+    assert 3 * d * k * 0.95 <= saved <= 3 * d * k  # 4 bytes a value -> 1, less the per-channel scales
+    manifest = json.loads((int8 / "manifest.json").read_text())
+    hw = manifest["head_weights"]
+    assert hw["dtype"] == "int8" and hw["bound"] == 0.01 and hw["check_inputs"] == 4
+    assert 0 < hw["max_rel_score_difference"] <= 0.01 and manifest["head_forms"] == ["reconstruct"]
+    assert manifest["files"].keys() == {"model.xml", "model.bin"}
+
+
+def test_its_scores_stay_within_the_bound_of_the_float_bundle(bundles, sample_root):
+    from fre_edge.runtime import load_detector
+
+    paths = sorted((sample_root / "test").rglob("*.png"))
+    got = load_detector(bundles[0]).predict_batch(paths)
+    ref = load_detector(bundles[1]).predict_batch(paths)
+    s, r = np.array([p.score for p in got]), np.array([p.score for p in ref])
+    assert not np.array_equal(s, r)  # the weights did change
+    np.testing.assert_allclose(s, r, rtol=0.01)
+    assert [p.anomalous for p in got] == [p.anomalous for p in ref]
+    np.testing.assert_allclose(np.stack([p.model_map for p in got]), np.stack([p.model_map for p in ref]),
+                               atol=0.02 * max(float(p.model_map.max()) for p in ref))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--format", "openvino", "--head-weights", "int8"), "--head-weights int8 needs --check-images DIR"),
+    (("--head-weights", "int8", "--check-images", "GOOD"), "for the OpenVINO IR only"),
+    (("--format", "openvino", "--head-weights", "int8", "--check-images", "GOOD", "--fp16"), "do not go together"),
+    (("--format", "openvino", "--head-weights", "int8", "--check-images", "GOOD", "--head-form", "one_pass"),
+     "use --head-form reconstruct or auto"),
+    (("--format", "openvino", "--head-weights", "int8", "--check-images", "GOOD", "--score-bound", "1e-9"),
+     "over the bound 1e-09"),
+    (("--check-images", "GOOD"), "--check-images applies to --head-weights int8 only"),
+    (("--format", "openvino", "--head-weights", "int8", "--check-images", "ONE"), "give at least 4 good pictures"),
+])
+def test_bad_head_weight_settings_are_one_line_and_write_nothing(sample_model, sample_root, tmp_path, args,
+                                                                 message):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.png").write_bytes((sample_root / "test" / "good" / "000.png").read_bytes())
+    folders = {"GOOD": sample_root / "test" / "good", "ONE": one}
+    r = run("export", sample_model[0], "-o", tmp_path / "b", *(folders.get(a, a) for a in args), "--quiet")
+    assert message in one_error_line(r)
+    assert not (tmp_path / "b").exists()
+
+
+def test_info_shows_it_and_quantize_refuses_it(bundles, sample_root, tmp_path):
+    r = run("info", bundles[0])
+    assert r.exit_code == 0 and "head components int8: scores within" in r.stdout
+    r = run("quantize", bundles[0], "-o", tmp_path / "q", "--calib", sample_root / "train" / "good")
+    assert "has INT8 head weights; quantize a bundle exported with --head-weights f32" in one_error_line(r)
+    assert not (tmp_path / "q").exists()
