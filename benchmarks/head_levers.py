@@ -69,25 +69,12 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
     return out
 
 
-def head_matmuls(model, big: int = 1 << 16) -> dict[str, tuple]:
-    """MatMul name -> its constant operand's shape, for MatMuls reading a constant of >= ``big`` values."""
-    import numpy as np
-
-    out = {}
-    for op in model.get_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        src = op.input_value(1).get_node()
-        if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= big:
-            out[op.get_friendly_name()] = tuple(src.get_output_shape(0))
-    return out
-
-
 def openvino_models(onnx: dict[str, Path]) -> dict:
-    import nncf
+    """The OpenVINO variants; INT8 ones through ``fre_edge.export.head_weights`` (what --head-weights int8 does)."""
     import openvino as ov
 
     from fre_edge.export.bundle_writer import share_transposed_constants
+    from fre_edge.export.head_weights import compress_head, head_matmuls
 
     def converted(name, share=True):
         m = ov.convert_model(str(onnx[name]))
@@ -95,21 +82,12 @@ def openvino_models(onnx: dict[str, Path]) -> dict:
             share_transposed_constants(m)
         return m
 
-    def int8(model, keep: set[str] = frozenset()):
-        """INT8_ASYM weights for the head's big MatMuls only (not the backbone's convolutions, not ``keep``)."""
-        ignored = [op.get_friendly_name() for op in model.get_ops()
-                   if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
-                   and (op.get_type_name() != "MatMul" or op.get_friendly_name() not in head_matmuls(model)
-                        or op.get_friendly_name() in keep)]
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                     ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
-
     models = {name: converted(name) for name in ("backbone", "f32", "f32_grid_map", "score_only")}
-    models["int8"] = int8(converted("f32"))
-    models["int8_grid_map"] = int8(converted("f32_grid_map"))
+    models["int8"] = compress_head(converted("f32"))
+    models["int8_grid_map"] = compress_head(converted("f32_grid_map"))
     plain = converted("f32", share=False)  # V and V^T as two constants: compress the projection's only
     tall = {n for n, shape in head_matmuls(plain).items() if shape[0] > shape[1]}  # [D, k]: the reconstruction
-    models["int8_projection"] = int8(plain, keep=tall)
+    models["int8_projection"] = compress_head(plain, keep=frozenset(tall))
     return models
 
 

@@ -29,23 +29,24 @@ MIN_CHECK_PICTURES = 4
 BIG = 1 << 16  # a head matmul's constant holds D x k values; the map's upsampling matrices are far smaller
 
 
-def head_matmuls(model) -> list[str]:
-    """Names of the MatMuls that read a constant of at least ``BIG`` values: the FRE head's."""
-    names = []
+def head_matmuls(model) -> dict[str, tuple[int, ...]]:
+    """The MatMuls that read a constant of at least ``BIG`` values (the FRE head's): name -> that constant's shape."""
+    out = {}
     for op in model.get_ops():
         if op.get_type_name() != "MatMul":
             continue
         src = op.input_value(1).get_node()
         if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= BIG:
-            names.append(op.get_friendly_name())
-    return names
+            out[op.get_friendly_name()] = tuple(src.get_output_shape(0))
+    return out
 
 
-def compress_head(model):
-    """``model`` with the head matmuls' weights in INT8 (NNCF INT8_ASYM per channel); the rest untouched."""
+def compress_head(model, keep: frozenset[str] = frozenset()):
+    """``model`` with the head matmuls' weights (all but those named in ``keep``) in INT8 (NNCF INT8_ASYM per
+    channel); the rest untouched."""
     import nncf
 
-    head = set(head_matmuls(model))
+    head = set(head_matmuls(model)) - set(keep)
     if not head:
         raise FreEdgeError("the graph has no head matmul to compress (too few components?); export with "
                            "--head-weights f32")
