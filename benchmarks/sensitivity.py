@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import DATASETS, REPO, WORK, environment, header_md, write
+from ._common import REPO, WORK, environment, header_md, write
+from ._sets import EVAL_HW, dataset
 
 # name -> (FitConfig overrides, what it varies)
 KNOBS: dict[str, tuple[dict, str]] = {
@@ -50,28 +51,6 @@ KNOBS: dict[str, tuple[dict, str]] = {
     "tiles2x2": ({"tiles": (2, 2)}, "tiling: 2 x 2 tiles of the auto input, overlap 0.25 (4 tiles a picture)"),
 }
 SETS = ("mvtec_bottle", "magnetic_tile", "mtd_wide")
-EVAL_HW = (256, 256)
-WIDE = 1.5
-
-
-def dataset(name: str):
-    """(fit paths, test samples, summary) of a set."""
-    from fre_edge.fit.data import read_dataset
-    from fre_edge.images import picture_hw
-
-    if name != "mtd_wide":
-        ds = read_dataset(DATASETS / name)
-        return [s.path for s in ds.train], ds.test, ds.summary()
-    ds = read_dataset(DATASETS / "magnetic_tile")
-
-    def wide(s):
-        h, w = picture_hw(s.path)
-        return w >= WIDE * h
-
-    train, test = [s for s in ds.train if wide(s)], [s for s in ds.test if wide(s)]
-    return [s.path for s in train], test, {**ds.summary(), "name": "mtd_wide",
-                                          "filter": f"width >= {WIDE} x height", "train_images": len(train),
-                                          "test_images": len(test)}
 
 
 def one(set_name: str, knob: str, out: Path) -> dict:
@@ -82,6 +61,7 @@ def one(set_name: str, knob: str, out: Path) -> dict:
     from fre_edge.fit import FitConfig, fit_fre
     from fre_edge.fit.evaluate import compute_metrics, score_images
     from fre_edge.images import resize_map, size_json
+    from fre_edge.tiling import per_picture
 
     train, test, summary = dataset(set_name)
     cfg = FitConfig(**KNOBS[knob][0])
@@ -97,7 +77,7 @@ def one(set_name: str, knob: str, out: Path) -> dict:
             "input_size": size_json(fitted.config.input_size), "input_rule": fitted.info["input_size"],
             "layers": list(fitted.config.layers), "pool": fitted.config.pool,
             "n_components": fitted.info["n_components"], "fit_images": len(train), "test_images": len(test),
-            "tiles_per_picture": 1 if fitted.tiling is None else fitted.tiling.count,
+            "tiles_per_picture": per_picture(fitted.tiling),
             "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc", math.nan),
             "aupro": metrics.get("aupro", math.nan), "at_threshold": metrics.get("at_threshold"),
             "fit_s": fit_s, "bundle_bytes": sum((out / f).stat().st_size for f in ("model.xml", "model.bin")),

@@ -20,7 +20,7 @@ import argparse
 import math
 
 from ._common import environment, header_md, write
-from .sensitivity import EVAL_HW, dataset
+from ._sets import EVAL_HW, dataset
 
 SETS = ("mvtec_bottle", "mtd_wide")
 
