@@ -65,7 +65,7 @@ def command(bundle, as_json):
 
 
 def head_weights_text(hw: dict | None) -> str:
-    """" (head components int8, ...)" for a bundle exported with --head-weights int8, else ""."""
+    """What the weights line adds for a bundle exported with --head-weights int8 (its export check), else ""."""
     if not hw:
         return ""
     return (f" (head components {hw['dtype']}: scores within {hw['max_rel_score_difference']:.1e} of f32 on "
