@@ -15,6 +15,12 @@ runs ResNet-50 (random weights, speed only).
 Each peer writes its JSON under models/bench/ as it finishes (with the machine it ran on). A run cut short
 resumes with ``--reuse-peers``: peers already measured on this machine are read back, the rest are run;
 fre-edge's rows and the interleaved f32 timing of every row are always measured again in the run.
+
+Each dataset's rows are written as one part, ``results/paper_table_<dataset>.json``, with the command, date and
+machine of the run that measured them (every ratio is within one dataset, measured in one run); the combined
+``paper_table.md`` / ``.json`` / ``.png`` are drawn from the parts on disk. So the two datasets may be measured in
+separate runs (``--datasets mvtec_bottle``, then ``--datasets magnetic_tile``): on 2 cores the whole comparison
+takes over three hours, most of it anomalib's PatchCore coreset.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pathlib import Path
 from ._bundles import bundle, int8_bundle
 from ._common import DATASETS, REPO, WORK, environment, header_md, write
 from .peers.ov_timing import IRTimer
+
+PARTS = ("mvtec_bottle", "magnetic_tile")  # the datasets of the comparison, in the order of the combined table
 
 PAPER = {  # from ../shared/docs/fre-method.md
     "mvtec_bottle": {"note": "paper, MVTec AD average over 15 categories",
@@ -229,7 +237,7 @@ def parse_coresets(text: str) -> dict[str, float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="mvtec_bottle,magnetic_tile")
+    ap.add_argument("--datasets", default=",".join(PARTS))
     ap.add_argument("--venv", default=str(REPO / ".venv-peers"))
     ap.add_argument("--fre-ae-epochs", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -242,12 +250,13 @@ def main():
     ap.add_argument("--reuse-peers", action="store_true",
                     help="reuse the peer JSONs already measured on this machine (same CPU, cores, ISA and caches; "
                          "others are measured again); fre-edge's rows and the interleaved timing are always re-run")
-    ap.add_argument("--render", metavar="JSON", help="only re-draw the table and chart from a results JSON")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-draw the combined table and chart from the parts in benchmarks/results")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the interleaved f32 timing")
     ap.add_argument("--note", default="", help="a sentence for the table's header: what else shared the machine "
                     "while a reused peer was measured, for instance")
-    ap.add_argument("--retime", metavar="JSON", help="re-run only the interleaved f32 timing of a finished run's "
-                    "models (their artefacts must still be on disk) and rewrite the results")
+    ap.add_argument("--retime", metavar="JSON", help="re-run only the interleaved f32 timing of one part's models "
+                    "(results/paper_table_<dataset>.json; their artefacts must still be on disk) and rewrite it")
     args = ap.parse_args()
     if args.retime:
         data = json.loads(Path(args.retime).read_text())
@@ -259,11 +268,11 @@ def main():
         retime(data["rows"], datasets, args.rounds, args.seconds)
         data["retimed"] = {"command": environment()["command"], "date_utc": environment()["date_utc"],
                            "rounds": args.rounds, "seconds": args.seconds}
-        render(data)
+        write_part(data)
+        render()
         return
     if args.render:
-        data = json.loads(Path(args.render).read_text())
-        render(data, write_json=False)
+        render()
         return
     venv_python = Path(args.venv) / "bin" / "python"
     if not venv_python.is_file():
@@ -277,22 +286,60 @@ def main():
         rows += peer_rows(d, venv_python, args.fre_ae_epochs, args.seconds, args.reuse_peers, coresets.get(d, 0.1),
                           args.peer_weights)
     retime(rows, datasets, args.rounds, args.seconds)
-    render({"environment": env, "settings": {"datasets": datasets, "seconds": args.seconds,
-                                             "fre_ae_epochs": args.fre_ae_epochs, "coreset": coresets,
-                                             "peer_weights": args.peer_weights, "note": args.note},
-            "rows": rows, "retimed": {"command": "(in the same run)", "rounds": args.rounds, "seconds": args.seconds}})
+    for d in datasets:
+        write_part({"environment": env, "settings": {"datasets": [d], "seconds": args.seconds,
+                                                     "fre_ae_epochs": args.fre_ae_epochs,
+                                                     "coreset": {d: coresets.get(d, 0.1)},
+                                                     "peer_weights": args.peer_weights, "note": args.note},
+                    "rows": [r for r in rows if r["dataset"] == d],
+                    "retimed": {"command": "(in the same run)", "rounds": args.rounds, "seconds": args.seconds}})
+    render()
 
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if a >= b else f"1/{b / a:.0f}"
 
 
-def render(data: dict, write_json: bool = True) -> None:
+def write_part(data: dict) -> None:
+    """results/paper_table_<dataset>.json: one dataset's rows with the run that measured them (the peers' IR paths,
+    this machine's, stay out)."""
+    from ._common import RESULTS
+
+    (d,) = data["settings"]["datasets"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    clean = {**data, "rows": [{k: v for k, v in r.items() if k != "ir"} for r in data["rows"]]}
+    (RESULTS / f"paper_table_{d}.json").write_text(json.dumps(clean, indent=2))
+
+
+def render() -> None:
+    """The combined paper_table.md / .json / .png from the parts on disk, each dataset under its own run's header."""
+    from ._common import RESULTS
+
+    parts = [json.loads((RESULTS / f"paper_table_{d}.json").read_text()) for d in PARTS
+             if (RESULTS / f"paper_table_{d}.json").is_file()]
+    if not parts:
+        raise SystemExit("no part to draw: run python -m benchmarks.paper_table first")
+    md = ["# The paper's comparison on this machine", "",
+          "Each dataset was measured in one run, whose command, date and machine head its section; every ratio "
+          "below compares rows of one run.", ""]
+    for part in parts:
+        md += section_md(part)
+    missing = [d for d in PARTS if d not in {p["settings"]["datasets"][0] for p in parts}]
+    if missing:
+        md += [f"Not measured yet: {', '.join(missing)} (python -m benchmarks.paper_table --datasets "
+               f"{','.join(missing)}).", ""]
+    md += ["![FPS and training time per method](paper_table.png)", ""]
+    write("paper_table", {"parts": parts}, "\n".join(md) + "\n")
+    chart([r for p in parts for r in p["rows"]], [p["settings"]["datasets"][0] for p in parts])
+
+
+def section_md(data: dict) -> list[str]:
+    """One part's section: its run's header, the table and the ratios."""
     env, rows = data["environment"], data["rows"]
     st = data.get("settings", {})
-    datasets = st.get("datasets") or sorted({r["dataset"] for r in rows})
+    datasets = st["datasets"]
     batches = sorted({r.get("peer_batch", 1) for r in rows})
-    md = ["# The paper's comparison on this machine", "", header_md(env),
+    md = [f"## {datasets[0]}", "", header_md(env),
           f"Inference at batch {', '.join(map(str, batches))} for every row (fre-edge and the peers' own OpenVINO "
           f"exports, traced at batch 1), input 256 px, {st.get('seconds', 3):g} s per figure; latency FPS = one "
           "synchronous request at a time (latency hint), throughput FPS = asynchronous requests (throughput hint). "
@@ -308,7 +355,7 @@ def render(data: dict, write_json: bool = True) -> None:
           + f"Both FRE-AE implementations run {st.get('fre_ae_epochs', 10)} epochs here (paper: 250)."
           + (f" Note: {st['note']}" if st.get("note") else ""), ""]
     for d in datasets:
-        md += [f"## {d}", "", "| method | variant | backbone | train s (what) | image AUROC | pixel AUROC | AUPRO "
+        md += ["| method | variant | backbone | train s (what) | image AUROC | pixel AUROC | AUPRO "
                "| latency FPS | throughput FPS | precision |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (x for x in rows if x["dataset"] == d):
             def f(k, fmt="{:.4f}"):
@@ -352,14 +399,7 @@ def render(data: dict, write_json: bool = True) -> None:
                           f"throughput FPS {thr:.2f}x: {verdict}. Lite0 f32 / anomalib {peer}: "
                           f"{fr['latency_fps'] / pr['latency_fps']:.1f}x." if fr else "")
         md.append("")
-    md += ["![FPS and training time per method](paper_table.png)", ""]
-    if write_json:  # the peers' IR paths are this machine's: kept out of the committed JSON
-        write("paper_table", {**data, "rows": [{k: v for k, v in r.items() if k != "ir"} for r in rows]},
-              "\n".join(md) + "\n")
-    else:
-        from ._common import RESULTS
-        (RESULTS / "paper_table.md").write_text("\n".join(md) + "\n")
-    chart(rows, datasets)
+    return md
 
 
 def _bars(ax, rows: list[dict], labels: list[str], key: str, fmt: str, xlabel: str, title: str) -> None:
@@ -400,7 +440,7 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
         for ax in axes[:, j]:
             ax.tick_params(axis="y", labelsize=7)
             ax.invert_yaxis()
-    fig.suptitle("fre-edge (blue) vs anomalib peers (orange), one run on this machine", fontsize=11)
+    fig.suptitle("fre-edge (blue) vs anomalib peers (orange), one run per dataset", fontsize=11)
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_table.png", dpi=110)
     plt.close(fig)
