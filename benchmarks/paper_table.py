@@ -344,8 +344,9 @@ def section_md(data: dict) -> list[str]:
           f"exports, traced at batch 1), input 256 px, {st.get('seconds', 3):g} s per figure; latency FPS = one "
           "synchronous request at a time (latency hint), throughput FPS = asynchronous requests (throughput hint). "
           + (f"The OpenVINO f32 rows (fre-edge Lite0 and ResNet-50, the three peers' exports) were timed again in "
-             f"{data['retimed']['rounds']} alternating rounds in one process, medians "
-             f"({data['retimed']['command']}, {data['retimed'].get('date_utc', '')}); "
+             f"{data['retimed']['rounds']} alternating rounds in one process, medians ("
+             + ("in the same run" if data["retimed"]["command"] == "(in the same run)" else
+                f"{data['retimed']['command']}, {data['retimed'].get('date_utc', '')}") + "); "
              "the other rows were timed one after another. " if data.get("retimed") else "")
           + ("Peers: anomalib 2.7.0 in its own venv on fre-edge's EfficientNet-Lite0 ImageNet weights (timm's "
              "tf_efficientnet_lite0; PatchCore on its stride-8 and stride-16 stages, Fre and Dfm on the stride-16 "
