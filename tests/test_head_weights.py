@@ -87,3 +87,22 @@ def test_info_shows_it_and_quantize_refuses_it(bundles, sample_root, tmp_path):
     r = run("quantize", bundles[0], "-o", tmp_path / "q", "--calib", sample_root / "train" / "good")
     assert "has INT8 head weights; quantize a bundle exported with --head-weights f32" in one_error_line(r)
     assert not (tmp_path / "q").exists()
+
+
+def test_compress_head_int4_groups_the_shared_components_and_refuses_other_widths():
+    """The INT4 form head_levers measures: one u4 constant read by both matmuls, a scale per 128 inputs."""
+    import openvino.opset13 as ops
+
+    from fre_edge.export.head_weights import compress_head
+
+    k, d = 24, 4096
+    comps = ops.constant(np.random.default_rng(0).standard_normal((k, d)).astype(np.float32))
+    x = ops.parameter([1, d], np.float32)
+    model = ov.Model([ops.matmul(ops.matmul(x, comps, False, True), comps, False, False)], [x])
+    packed = compress_head(model.clone(), bits=4, group_size=128)
+    consts = [(op.get_output_element_type(0).get_type_name(), list(op.get_output_shape(0)))
+              for op in packed.get_ops() if op.get_type_name() == "Constant"]
+    assert sorted(s for t, s in consts if t == "u4") == [[k, d // 128, 1], [k, d // 128, 128]]  # zero points, V
+    assert not any(t == "f32" and np.prod(s) >= k * d for t, s in consts)
+    with pytest.raises(ValueError, match="bits must be 8 or 4"):
+        compress_head(model.clone(), bits=3)

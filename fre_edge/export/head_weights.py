@@ -41,20 +41,25 @@ def head_matmuls(model) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def compress_head(model, keep: frozenset[str] = frozenset()):
+def compress_head(model, keep: frozenset[str] = frozenset(), bits: int = 8, group_size: int = -1):
     """``model`` with the head matmuls' weights (all but those named in ``keep``) in INT8 (NNCF INT8_ASYM per
-    channel); the rest untouched."""
+    channel), or with ``bits=4`` in INT4 (INT4_ASYM, one scale per ``group_size`` inputs, -1: per channel);
+    the rest untouched."""
     import nncf
 
     head = set(head_matmuls(model)) - set(keep)
     if not head:
         raise FreEdgeError("the graph has no head matmul to compress (too few components?); export with "
                            "--head-weights f32")
-    ignored = [op.get_friendly_name() for op in model.get_ops()
-               if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
-               and op.get_friendly_name() not in head]
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                 ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    ignored = nncf.IgnoredScope(names=[op.get_friendly_name() for op in model.get_ops()
+                                       if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+                                       and op.get_friendly_name() not in head], validate=False)
+    if bits == 8:
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+    if bits == 4:  # all_layers: NNCF would otherwise keep the last matmul (an LLM's head) in INT8
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
+                                     group_size=group_size, all_layers=True, ignored_scope=ignored)
+    raise ValueError(f"bits must be 8 or 4, not {bits}")
 
 
 def check_inputs(paths: Sequence[Path], input_size, tiling) -> np.ndarray:
