@@ -274,13 +274,15 @@ def main():
     if args.render:
         render()
         return
+    datasets = args.datasets.split(",")
+    if not set(datasets) <= set(PARTS):
+        raise SystemExit(f"--datasets {args.datasets}: use {' and/or '.join(PARTS)}, comma-separated")
     venv_python = Path(args.venv) / "bin" / "python"
     if not venv_python.is_file():
         raise SystemExit(f"{venv_python} is missing; run: bash benchmarks/peers/setup_anomalib.sh")
     coresets = parse_coresets(args.coreset)
     env = environment()
     rows = []
-    datasets = args.datasets.split(",")
     for d in datasets:
         rows += fre_edge_rows(d, args.fre_ae_epochs, args.seconds)
         rows += peer_rows(d, venv_python, args.fre_ae_epochs, args.seconds, args.reuse_peers, coresets.get(d, 0.1),
