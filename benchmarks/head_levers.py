@@ -62,12 +62,17 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
         def forward(self, x):
             return head(det.features(x)[0])
 
+    def one_read_score(x):
+        """(z, d, score): the projection z = x V^T - b, the centred features d, and |d|^2 - |z|^2, which reads V
+        once (V orthonormal)."""
+        f = det.features(x)[0].reshape(x.shape[0], -1)
+        z = torch.nn.functional.linear(f, head.components, -head.bias)
+        d = f - head.mean
+        return z, d, (d * d).sum(1) - (z * z).sum(1)
+
     class ScoreOnly(torch.nn.Module):
         def forward(self, x):
-            f = det.features(x)[0].reshape(x.shape[0], -1)
-            z = torch.nn.functional.linear(f, head.components, -head.bias)
-            d = f - head.mean
-            return (d * d).sum(1) - (z * z).sum(1)
+            return one_read_score(x)[2]
 
     class Split(torch.nn.Module):
         def __init__(self):
@@ -75,14 +80,10 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
             self.register_buffer("recon", head.components.clone())  # a second constant: compressed alone
 
         def forward(self, x):
-            f = det.features(x)[0]
-            n, (C, h, w) = f.shape[0], head.shape
-            f = f.reshape(n, -1)
-            z = torch.nn.functional.linear(f, head.components, -head.bias)
-            d = f - head.mean
+            z, d, score = one_read_score(x)
+            C, h, w = head.shape
             e = d - z @ self.recon
-            m = (e * e).reshape(n, C, h, w).sum(1) / C
-            return (d * d).sum(1) - (z * z).sum(1), det.upsample(m, 0)
+            return score, det.upsample((e * e).reshape(x.shape[0], C, h, w).sum(1) / C, 0)
 
     out = {}
     for name, module, outputs in (("backbone", Backbone(), ["features"]),
@@ -147,6 +148,7 @@ def main():
     args = ap.parse_args()
 
     import numpy as np
+    import torch
 
     from fre_edge.fit.data import read_dataset
     from fre_edge.fit.evaluate import compute_metrics
@@ -169,8 +171,7 @@ def main():
         models = openvino_models(torch_graphs(det, tmp), args.int4_group)
         size = {n: ir_bytes(m, tmp, n) for n, m in models.items()}
         reqs = {n: latency_request(m, 1) for n, m in models.items()}
-    up_rows, up_cols_t = det.up_rows0.numpy(), det.up_cols_t0.numpy()
-    scores, maps, map_metrics = {}, {}, {}
+    scores, map_metrics, ref_map = {}, {}, None
     for n in NAMES:
         outs = [reqs[n].infer({0: pictures[i:i + 1]}) for i in range(len(pictures))]
         scores[n] = np.array([float(o[0][0]) for o in outs])
@@ -178,12 +179,12 @@ def main():
             continue
         m = np.concatenate([o[1] for o in outs])
         if m.shape[1:] != pictures.shape[1:3]:  # a grid map: upsampled on the host, as the graph would
-            m = up_rows @ m @ up_cols_t
+            m = det.upsample(torch.from_numpy(m), 0).numpy()
         if n == "f32":
-            maps[n] = m
+            ref_map = m
         else:
-            peak = maps["f32"].reshape(len(m), -1).max(1)
-            diff = np.abs(m - maps["f32"]).reshape(len(m), -1).max(1) / peak
+            peak = ref_map.reshape(len(m), -1).max(1)
+            diff = np.abs(m - ref_map).reshape(len(m), -1).max(1) / peak
             map_metrics[n] = {"max_rel_map_difference": float(diff.max())}
         metrics = compute_metrics(test, scores[n], m)
         map_metrics.setdefault(n, {}).update(pixel_auroc=metrics.get("pixel_auroc"), aupro=metrics.get("aupro"))

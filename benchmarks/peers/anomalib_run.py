@@ -97,9 +97,9 @@ def main():
 
     import anomalib
     from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
 
     from fre_edge.bench import machine_identity  # the peer's timings belong to this machine
-    from anomalib.engine import Engine
 
     work = Path(args.work) / f"{args.model}_{args.category}"
     dm = MVTecAD(root=args.root, category=args.category, train_batch_size=16, eval_batch_size=16, num_workers=0)
