@@ -3,7 +3,7 @@
 At batch 1 the head costs what it reads: V is 4 D k bytes in f32, read by both of its matmuls. NNCF's weight
 compression (INT8_ASYM, one scale and zero point per output channel) stores it in D k bytes; the CPU plugin
 decompresses it inside the matmul. Only the head's large matmuls are compressed: the backbone, the map's
-upsampling and everything else stay as exported. ``benchmarks/results/head_levers.md`` measures what this
+upsampling and everything else stay as exported. ``benchmarks/results/head_levers_avx2.md`` measures what this
 buys and what it costs in score error.
 
 It changes the scores, so it is checked when the bundle is written: the good pictures given with
