@@ -321,9 +321,9 @@ def render() -> None:
              if (RESULTS / f"paper_table_{d}.json").is_file()]
     if not parts:
         raise SystemExit("no part to draw: run python -m benchmarks.paper_table first")
-    md = ["# The paper's comparison on this machine", "",
+    md = ["# The paper's comparison, measured", "",
           "Each dataset was measured in one run, whose command, date and machine head its section; every ratio "
-          "below compares rows of one run.", ""]
+          "below compares rows of one run. FPS across datasets measured on different machines do not compare.", ""]
     for part in parts:
         md += section_md(part)
     missing = [d for d in PARTS if d not in {p["settings"]["datasets"][0] for p in parts}]
@@ -332,7 +332,7 @@ def render() -> None:
                f"{','.join(missing)}).", ""]
     md += ["![FPS and training time per method](paper_table.png)", ""]
     write("paper_table", {"parts": parts}, "\n".join(md) + "\n")
-    chart([r for p in parts for r in p["rows"]], [p["settings"]["datasets"][0] for p in parts])
+    chart(parts)
 
 
 def section_md(data: dict) -> list[str]:
@@ -405,19 +405,31 @@ def section_md(data: dict) -> list[str]:
     return md
 
 
+def _machine(env: dict) -> str:
+    """A panel's machine in a few words: CPU, cores and its widest vector ISA."""
+    m = env["machine"]
+    isa = "AVX-512" if "avx512f" in m["isa"] else "AVX2" if "avx2" in m["isa"] else "no AVX2"
+    return f"{m['cpu']}, {m['logical_cores']} cores, {isa}"
+
+
 def _bars(ax, rows: list[dict], labels: list[str], key: str, fmt: str, xlabel: str, title: str) -> None:
     """Horizontal log-scale bars of rows[key], fre-edge blue and peers orange, each bar labelled with its value."""
+    from matplotlib.ticker import NullFormatter
+
     ax.barh(labels, [r[key] for r in rows],
             color=["tab:blue" if r["method"].startswith("fre-edge") else "tab:orange" for r in rows])
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # only the decades are labelled: minor labels overlap
     ax.set_xlabel(xlabel)
     ax.set_title(title)
+    ax.set_xlim(right=max(r[key] for r in rows) * 2)  # room for the largest bar's label
     for i, r in enumerate(rows):
         ax.text(r[key], i, " " + fmt.format(r[key]), va="center", fontsize=8)
 
 
-def chart(rows: list[dict], datasets: list[str]) -> None:
-    """benchmarks/results/paper_table.png: latency FPS and training time per method, one column per dataset."""
+def chart(parts: list[dict]) -> None:
+    """benchmarks/results/paper_table.png: latency FPS and training time per method, one column per dataset (part),
+    each titled with the machine that measured it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,9 +437,9 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
 
     from ._common import RESULTS
 
-    fig, axes = plt.subplots(2, len(datasets), figsize=(6.5 * len(datasets), 8), squeeze=False)
-    for j, d in enumerate(datasets):
-        rs = [r for r in rows if r["dataset"] == d]
+    fig, axes = plt.subplots(2, len(parts), figsize=(6.5 * len(parts), 8), squeeze=False)
+    for j, part in enumerate(parts):
+        d, rs, where = part["settings"]["datasets"][0], part["rows"], _machine(part["environment"])
 
         def label(r):
             return (r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["variant"]).replace(
@@ -435,15 +447,16 @@ def chart(rows: list[dict], datasets: list[str]) -> None:
 
         fps = [r for r in rs if r.get("latency_fps")]
         _bars(axes[0][j], fps, [label(r) for r in fps], "latency_fps", "{:.1f}",
-              "latency FPS, batch 1 (log scale; higher is better)", f"{d}: inference")
+              "latency FPS, batch 1 (log scale; higher is better)", f"{d}: inference\n({where})")
         tr = [r for r in rs if r.get("train_s")]
         _bars(axes[1][j], tr, [r["method"].replace("anomalib 2.7.0 ", "anomalib ") + "\n" + r["backbone"].split()[0]
                                + ": " + r["train_what"] for r in tr], "train_s", "{:.1f} s",
-              "training time, s (log scale; lower is better)", f"{d}: training")
+              "training time, s (log scale; lower is better)", f"{d}: training\n({where})")
         for ax in axes[:, j]:
             ax.tick_params(axis="y", labelsize=7)
             ax.invert_yaxis()
-    fig.suptitle("fre-edge (blue) vs anomalib peers (orange), one run per dataset", fontsize=11)
+    fig.suptitle("fre-edge (blue) vs anomalib peers (orange), one run per dataset, on the machine named above each",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(RESULTS / "paper_table.png", dpi=110)
     plt.close(fig)
