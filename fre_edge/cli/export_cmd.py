@@ -23,9 +23,9 @@ from .params import INPUT_SIZE_HELP, InputSize
               help="How the graph computes the FRE head; same results, different speed. auto: fastest at batch 1; "
                    "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
 @click.option("--head-weights", type=click.Choice(HEAD_WEIGHTS), default="f32", show_default=True,
-              help="int8: store the head's components as INT8 in the OpenVINO IR (a quarter of the bytes; scores "
+              help="int8: store the head's components as INT8 in the OpenVINO IR (half the bytes; scores "
                    "move slightly, so it needs --check-images and --format openvino). See "
-                   "benchmarks/results/head_levers_avx2.md.")
+                   "benchmarks/results/head_levers_avx512.md.")
 @click.option("--check-images", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="With --head-weights int8: a folder of good pictures the model was NOT fitted on; the export is "
                    "refused if INT8 weights move any of their scores by more than --score-bound.")

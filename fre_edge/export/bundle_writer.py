@@ -94,11 +94,13 @@ def share_transposed_constants(model, min_elements: int = 1 << 16) -> int:
     return rewired
 
 
-def _convert(onnx_path: Path):
+def _convert(onnx_path: Path, share: bool = True):
+    """The IR of ``onnx_path``; ``share``: one copy of V for both head matmuls (see share_transposed_constants)."""
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
-    share_transposed_constants(model)
+    if share:
+        share_transposed_constants(model)
     return model
 
 
@@ -139,7 +141,7 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
         if head_form == "one_pass":
             raise FreEdgeError("--head-weights int8 compresses the reconstruct head's matmuls; use --head-form "
                                "reconstruct or auto")
-        head_form = "reconstruct"  # two matmuls reading one INT8 V: 2 D k bytes, less than one_pass reads in f32
+        head_form = "reconstruct"  # two matmuls, each its own INT8 copy: 2 D k bytes, half of one f32 V
         if not (isinstance(bound, (int, float)) and 0 < bound < 1):
             raise FreEdgeError(f"score bound {bound!r}; use a fraction above 0 and below 1, e.g. 0.01")
         rows = check_inputs(list(check_images), fitted.config.input_size, fitted.tiling)  # before any work
@@ -151,7 +153,10 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
         exporter = export_onnx(detector, onnx_path, fitted.config.input_size, OUTPUTS)
         exporter["openvino_ir"] = "openvino.convert_model(model.onnx)"
         meta = bundle_metadata(fitted, precision, exporter, [h.form for h in detector.heads])
-        model = _convert(onnx_path) if "openvino" in formats else None
+        # INT8: V and V^T each in the [out, in] order of its matmul's kernel. OpenVINO's CPU plugin keeps the
+        # weights compressed only in that order; one shared INT8 V read transposed by the reconstruction gave
+        # wrong scores (openvino 2026.4; head_levers.py)
+        model = _convert(onnx_path, share=head_weights != "int8") if "openvino" in formats else None
         if head_weights == "int8":
             f32_model = model.clone()
             model = compress_head(model)
@@ -160,8 +165,8 @@ def export_bundle(fitted, out_dir: str | Path, *, formats=FORMATS, fp16: bool = 
                 raise FreEdgeError(f"INT8 head weights moved a check picture's score by "
                                    f"{check['max_rel_score_difference']:.2g} (relative), over the bound {bound:g}; "
                                    "export with --head-weights f32, or allow more with --score-bound")
-            meta["head_weights"] = {"dtype": "int8", "method": "NNCF compress_weights INT8_ASYM, per channel, "
-                                    "the head's matmuls only", "bound": bound,
+            meta["head_weights"] = {"dtype": "int8", "method": "NNCF compress_weights INT8_ASYM, per output "
+                                    "channel, the head's two matmuls only, each its own copy", "bound": bound,
                                     "check_inputs": int(len(rows)), **check}
         meta_json = metadata_json(meta)
         _embed_onnx(onnx_path, meta_json)

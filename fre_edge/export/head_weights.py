@@ -1,9 +1,12 @@
 """The FRE head's component matrix stored as INT8 in the OpenVINO IR (``fre-edge export --head-weights int8``).
 
 At batch 1 the head costs what it reads: V is 4 D k bytes in f32, read by both of its matmuls. NNCF's weight
-compression (INT8_ASYM, one scale and zero point per output channel) stores it in D k bytes; the CPU plugin
-decompresses it inside the matmul. Only the head's large matmuls are compressed: the backbone, the map's
-upsampling and everything else stay as exported. ``benchmarks/results/head_levers_avx2.md`` measures what this
+compression (INT8_ASYM, one scale and zero point per output channel) stores each matmul's weights in D k bytes,
+V for the projection and V^T for the reconstruction (2 D k bytes in all, half of one f32 V): the CPU plugin
+decompresses INT8 weights inside the matmul only when they come in its [out, in] order, so sharing one INT8 V
+would leave the reconstruction in f32 (or, with the residual's sign as the head writes it, give wrong scores).
+Only the head's large matmuls are compressed: the backbone, the map's upsampling and everything else stay as
+exported. ``benchmarks/results/head_levers_<isa>.md`` measure what this
 buys and what it costs in score error.
 
 It changes the scores, so it is checked when the bundle is written: the good pictures given with

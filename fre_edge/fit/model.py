@@ -121,7 +121,10 @@ class FREHead(nn.Module):
         # x V^T as linear(): ONNX Gemm(transB=1) reading V itself, so the file holds V once (a separate
         # V^T buffer would be a second constant of the same size)
         z = F.linear(x, self.components, -self.bias)
-        e = (x - self.mean) - z @ self.components
+        # the residual's negative, z V - (x - mu) (e * e is the same, bit for bit): written as (x - mu) - z V,
+        # OpenVINO folds the minus into V, and an INT8 V then loses its compressed kernel (decompressed to f32 at
+        # load; benchmarks/results/head_levers_*.md)
+        e = z @ self.components - (x - self.mean)
         return e * e
 
     def _one_pass(self, feat: torch.Tensor) -> torch.Tensor:
