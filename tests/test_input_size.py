@@ -203,7 +203,7 @@ def test_served_and_model_api_wide_bundles_agree_with_the_local_runtime(wide_bun
     from fre_edge.runtime import load_detector
     from fre_edge.runtime.bundle import read_manifest
     from fre_edge.serve.contract import check_request
-    from fre_edge.serve.model_api import write_model_api
+    from fre_edge.serve.model_api import f32_adapter, write_model_api
     from fre_edge.serve.process import ServeProcess
 
     manifest = read_manifest(wide_bundle)
@@ -217,7 +217,7 @@ def test_served_and_model_api_wide_bundles_agree_with_the_local_runtime(wide_bun
         got = [p.score for p in remote.predict_batch(test_images[:4])]
         assert server.stop() == 0
     np.testing.assert_allclose(got, expect, rtol=1e-5)
-    model = Model.create_model(str(write_model_api(wide_bundle, tmp_path / "ma")))
+    model = Model.create_model(f32_adapter(write_model_api(wide_bundle, tmp_path / "ma")))
     th = manifest["thresholds"]["image"]
     for path, score in zip(test_images[:4], expect):
         rgb = np.asarray(Image.open(path).convert("RGB").resize((288, 160), Image.LANCZOS))

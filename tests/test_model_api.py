@@ -12,7 +12,7 @@ from PIL import Image
 from fre_edge.errors import FreEdgeError
 from fre_edge.runtime import load_detector
 from fre_edge.runtime.bundle import read_manifest
-from fre_edge.serve.model_api import write_model_api
+from fre_edge.serve.model_api import f32_adapter, write_model_api
 
 try:
     from model_api.models import AnomalyDetection, Model
@@ -24,8 +24,10 @@ except ImportError:
 
 def test_model_api_loads_it_and_agrees_with_fre_edge(sample_bundle, sample_root, tmp_path):
     xml = write_model_api(sample_bundle, tmp_path / "ma")
-    model = Model.create_model(str(xml))
+    adapter = f32_adapter(xml)  # as README says: on CPUs with bf16, Model API's defaults would run bf16
+    model = Model.create_model(adapter)
     assert isinstance(model, AnomalyDetection)
+    assert adapter.compiled_model.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
     th = read_manifest(sample_bundle)["thresholds"]
     det = load_detector(sample_bundle)
     size = det.input_size

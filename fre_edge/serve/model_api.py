@@ -11,6 +11,10 @@ them; this flavour adds them to the bundle's own graph (torch-free, with OpenVIN
 Model API resizes the picture into the graph itself (``resize_type`` standard: bilinear, stretched to the
 model's input; fre-edge's runtime uses Lanczos), so it takes RGB pictures of any size. The thresholds are
 those of the bundle; to change them, re-export the bundle.
+
+Precision: Model API compiles with OpenVINO's defaults, and on CPUs with bf16 (AMX, AVX-512 BF16) those are
+bf16, which moves FRE's scores by a few percent (the residual is a small difference of large vectors). An
+IR's rt_info cannot pin it, so load through an adapter that does: ``Model.create_model(f32_adapter(xml))``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from ..errors import FreEdgeError
 from ..runtime.bundle import bundle_digest, read_manifest
 
 OUTPUTS = ("pred_score", "pred_label", "pred_mask", "anomaly_map")
+
+
+def f32_adapter(xml: str | Path, device: str = "CPU"):
+    """Model API's ``OpenvinoAdapter`` for ``xml`` with f32 inference: ``Model.create_model(f32_adapter(xml))``.
+    (``create_model(xml, core=...)`` cannot carry it: openvino-model-api 0.4.7 fails when given a core.)"""
+    from model_api.adapters import OpenvinoAdapter, create_core
+
+    return OpenvinoAdapter(create_core(), str(xml), device=device, plugin_config={"INFERENCE_PRECISION_HINT": "f32"})
 
 
 def model_info(manifest: dict) -> dict[str, str]:
