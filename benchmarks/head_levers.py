@@ -82,6 +82,11 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
         d = f - head.mean
         return z, d, (d * d).sum(1) - (z * z).sum(1)
 
+    def upsampled_map(e2):
+        """The anomaly map from the squared residual [N, D], as the head computes it, upsampled in the graph."""
+        C, h, w = head.shape
+        return det.upsample(e2.reshape(e2.shape[0], C, h, w).sum(1) / C, 0)
+
     class ScoreOnly(torch.nn.Module):
         def forward(self, x):
             return one_read_score(x)[2]
@@ -91,10 +96,9 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
 
         def forward(self, x):
             z, d, _ = one_read_score(x)
-            C, h, w = head.shape
             e = d - z @ head.components
             e2 = e * e
-            return e2.sum(1), det.upsample(e2.reshape(x.shape[0], C, h, w).sum(1) / C, 0)
+            return e2.sum(1), upsampled_map(e2)
 
     class Split(torch.nn.Module):
         def __init__(self):
@@ -103,9 +107,8 @@ def torch_graphs(det, tmp: Path) -> dict[str, Path]:
 
         def forward(self, x):
             z, d, score = one_read_score(x)
-            C, h, w = head.shape
             e = z @ self.recon - d  # the head's sign: the plugin keeps this INT8 matmul compressed
-            return score, det.upsample((e * e).reshape(x.shape[0], C, h, w).sum(1) / C, 0)
+            return score, upsampled_map(e * e)
 
     out = {}
     for name, module, outputs in (("backbone", Backbone(), ["features"]),
@@ -162,19 +165,6 @@ def isa_class(isa: list[str]) -> str:
     return "avx512" if "avx512f" in isa else "avx2"
 
 
-def weights_at_run(request, k: int, D: int) -> str:
-    """The element types the compiled graph's head matmuls read (projection first), from the runtime model."""
-    found = []
-    for op in request.get_compiled_model().get_runtime_model().get_ordered_ops():
-        if not op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
-            continue
-        shape = op.input(1).get_partial_shape().get_min_shape()
-        if len(shape) == 2 and sorted(shape) == sorted((k, D)):
-            projection = op.get_output_partial_shape(0)[-1].get_length() == k
-            found.append((not projection, op.input(1).get_element_type().get_type_name()))
-    return ", ".join(t for _, t in sorted(found)) or "-"
-
-
 def ir_bytes(model, tmp: Path, name: str) -> int:
     import openvino as ov
 
@@ -194,6 +184,7 @@ def main():
     import numpy as np
     import torch
 
+    from fre_edge.export.head_weights import weight_types_at_run
     from fre_edge.fit.data import read_dataset
     from fre_edge.fit.evaluate import compute_metrics
     from fre_edge.fit.features import load_batch
@@ -217,7 +208,7 @@ def main():
         size = {n: ir_bytes(m, tmp, n) for n, m in models.items()}
         reqs = {n: latency_request(m, 1) for n, m in models.items()}
     D = int(det.heads[0].components.shape[1])
-    run_weights = {n: weights_at_run(reqs[n], k, D) for n in NAMES}
+    run_weights = {n: ", ".join(weight_types_at_run(reqs[n].get_compiled_model(), k, D)) or "-" for n in NAMES}
     scores, map_metrics, ref_map = {}, {}, None
     for n in NAMES:
         outs = [reqs[n].infer({0: pictures[i:i + 1]}) for i in range(len(pictures))]

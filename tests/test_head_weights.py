@@ -51,17 +51,12 @@ def test_both_head_matmuls_read_int8_weights_when_compiled(bundles, sample_model
     """The CPU plugin keeps a matmul's INT8 weights only when it can fuse their decompression into the kernel;
     otherwise it decompresses them to f32 at load and the head reads f32 again. Both head matmuls must read
     u8 (the compiled graph's own record), the f32 bundle's f32."""
+    from fre_edge.export.head_weights import weight_types_at_run
+
     k, d = sample_model[1].detector.heads[0].components.shape
 
     def head_weight_types(xml):
-        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        types = []
-        for op in compiled.get_runtime_model().get_ordered_ops():
-            if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
-                shape = op.input(1).get_partial_shape().get_min_shape()
-                if sorted(shape) == sorted((k, d)):
-                    types.append(op.input(1).get_element_type().get_type_name())
-        return types
+        return weight_types_at_run(ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), k, d)
 
     int8, f32 = bundles
     assert head_weight_types(int8 / "model.xml") == ["u8", "u8"]

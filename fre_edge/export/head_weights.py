@@ -44,6 +44,20 @@ def head_matmuls(model) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def weight_types_at_run(compiled, k: int, D: int) -> list[str]:
+    """The element types the head matmuls of a compiled OpenVINO model read (projection first), from its runtime
+    model: ``u8`` where the CPU plugin kept INT8 weights, ``f32`` where it decompressed them at load."""
+    found = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if not op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
+            continue
+        shape = op.input(1).get_partial_shape().get_min_shape()
+        if len(shape) == 2 and sorted(shape) == sorted((k, D)):
+            projection = op.get_output_partial_shape(0)[-1].get_length() == k
+            found.append((not projection, op.input(1).get_element_type().get_type_name()))
+    return [t for _, t in sorted(found)]
+
+
 def compress_head(model, keep: frozenset[str] = frozenset(), bits: int = 8, group_size: int = -1):
     """``model`` with the head matmuls' weights (all but those named in ``keep``) in INT8 (NNCF INT8_ASYM per
     channel), or with ``bits=4`` in INT4 (INT4_ASYM, one scale per ``group_size`` inputs, -1: per channel);
