@@ -1,9 +1,15 @@
 """What each lever on the FRE head's batch-1 cost buys, measured on one real fit (issue 17, item 2).
 
-    python -m benchmarks.head_levers [--dataset magnetic_tile] [--rounds 20] [--block 0.2]
+    python -m benchmarks.head_levers [--dataset magnetic_tile] [--rounds 20] [--block 0.2] [--kernels avx2]
 
 Results go to ``head_levers_<isa>`` (``avx512`` where the CPU has AVX-512F, else ``avx2``): #17's goal differs
-between the two classes (1.10 on AVX2, 1.05 on AVX-512), so a run on one class keeps the other's.
+between the two classes (1.10 on AVX2, 1.05 on AVX-512), so a run on one class keeps the other's. With
+``--kernels avx2`` (results ``head_levers_avx2_capped``) the script runs again under ``ONEDNN_MAX_CPU_ISA=AVX2``,
+which caps OpenVINO's oneDNN kernels (convolutions, the INT8 head matmuls) at AVX2, and turns off the CPU
+plugin's dynamic quantization (``DYNAMIC_QUANTIZATION_GROUP_SIZE`` 0): the plugin picks its VNNI path from the
+CPU's flags, past the cap, and the INT8 matmuls then fail to compile. Kernels the cap does not reach (MLAS's
+f32 matrix products, some reductions) are listed per graph: on an AVX-512 CPU this measures the INT8 head on
+AVX2 kernels, not an AVX2 PC's memory system.
 
 The default Lite0 model fitted on the dataset's good pictures (Magnetic Tile: k = 438 components of D = 7168,
 the issue's case), exported as `fre-edge export` does (ONNX -> OpenVINO, f32 inference, latency hint, batch
@@ -40,13 +46,15 @@ pixel AUROC and AUPRO (grid maps upsampled on the host as the graph would). Weig
 type each head matmul reads in the compiled graph (projection, reconstruction), from OpenVINO's runtime model.
 Bytes: the head's constants in the IR (.bin growth over the backbone's). Speed: the ratio of each graph's
 median latency to the backbone's, and the median and quartiles of the per-round ratios (each round times every
-graph once).
+graph once). Head kernels: what each head matmul ran (OpenVINO's per-node profile, one call).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -157,7 +165,25 @@ def openvino_models(onnx: dict[str, Path], int4_group: int) -> dict:
     return models
 
 
-GOAL = {"avx2": 1.10, "avx512": 1.05}  # issue 17: full graph / backbone alone at k = 438, batch 1
+GOAL = {"avx2": 1.10, "avx512": 1.05, "avx2_capped": 1.10}  # issue 17: full graph / backbone alone, k = 438, batch 1
+CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+NO_DYNAMIC_QUANTIZATION = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+
+
+def kernels_at_run(model, config: dict, k: int, D: int, x) -> tuple[list[str], list[str]]:
+    """(the head matmuls' kernels, projection first; the kernels past an AVX2 cap: AVX-512, AMX or MLAS's own
+    dispatch) of one profiled call."""
+    from fre_edge.export.head_weights import head_matmuls_at_run
+
+    from ._openvino import latency_request
+
+    req = latency_request(model, 1, {**config, "PERF_COUNT": True})
+    req.infer({0: x})
+    kernel = {p.node_name: p.exec_type for p in req.profiling_info}
+    head = [kernel.get(op.get_friendly_name(), "?") for op in head_matmuls_at_run(req.get_compiled_model(), k, D)]
+    past = sorted({f"{p.node_type} {p.exec_type}" for p in req.profiling_info
+                   if any(t in p.exec_type for t in ("avx512", "amx", "mlas"))})
+    return head, past
 
 
 def isa_class(isa: list[str]) -> str:
@@ -179,7 +205,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--block", type=float, default=0.2)
     ap.add_argument("--int4-group", type=int, default=-1, help="inputs per INT4 scale (-1: one per channel)")
+    ap.add_argument("--kernels", choices=("native", "avx2"), default="native",
+                    help="avx2: cap OpenVINO's oneDNN kernels at AVX2 (see above)")
     args = ap.parse_args()
+    if args.kernels == "avx2" and any(os.environ.get(n) != v for n, v in CAP.items()):
+        # oneDNN reads the cap once, when OpenVINO's CPU plugin loads: run again with it set
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.head_levers", *sys.argv[1:]],
+                  {**os.environ, **CAP})
+    config = NO_DYNAMIC_QUANTIZATION if args.kernels == "avx2" else {}
 
     import numpy as np
     import torch
@@ -195,7 +228,7 @@ def main():
     from ._openvino import latency_request
 
     env = environment()
-    isa = isa_class(env["machine"]["isa"])
+    isa = "avx2_capped" if args.kernels == "avx2" else isa_class(env["machine"]["isa"])
     fitted = fitted_model("efficientnet_lite0", args.dataset)
     det = fitted.detector
     k = det.heads[0].n_components
@@ -206,8 +239,9 @@ def main():
         tmp = Path(t)
         models = openvino_models(torch_graphs(det, tmp), args.int4_group)
         size = {n: ir_bytes(m, tmp, n) for n, m in models.items()}
-        reqs = {n: latency_request(m, 1) for n, m in models.items()}
+        reqs = {n: latency_request(m, 1, config) for n, m in models.items()}
     D = int(det.heads[0].components.shape[1])
+    kernels = {n: kernels_at_run(models[n], config, k, D, pictures[:1]) for n in NAMES}
     run_weights = {n: ", ".join(weight_types_at_run(reqs[n].get_compiled_model(), k, D)) or "-" for n in NAMES}
     scores, map_metrics, ref_map = {}, {}, None
     for n in NAMES:
@@ -243,8 +277,13 @@ def main():
                      "image_auroc": auroc(labels, scores[n]),
                      "rel_score_error_good": None if n == "f32" else
                      {"max": float(rel[good].max()), "median": float(np.median(rel[good]))},
-                     "score_exact": n in EXACT, **map_metrics.get(n, {})})
-    data = {"environment": env, "settings": vars(args), "k": k, "D": int(det.heads[0].components.shape[1]),
+                     "score_exact": n in EXACT, "head_kernels": kernels[n][0], "kernels_past_avx2": kernels[n][1],
+                     **map_metrics.get(n, {})})
+    compiled = reqs["int8"].get_compiled_model()
+    data = {"environment": env, "settings": vars(args), "kernel_cap": CAP if args.kernels == "avx2" else None,
+            "compile_config": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **config},
+            "dynamic_quantization_group_size": int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")),
+            "k": k, "D": int(det.heads[0].components.shape[1]),
             "backbone_ms": base * 1e3, "test_pictures": len(test), "good_test_pictures": int(good.sum()),
             "rows": rows}
     table = []
@@ -257,17 +296,24 @@ def main():
                       "-" if err is None else f"{err['max']:.1e} / {err['median']:.1e}",
                       "-" if r.get("pixel_auroc") is None else f"{r['pixel_auroc']:.4f}",
                       "-" if r.get("aupro") is None else f"{r['aupro']:.4f}",
-                      f"{r['max_rel_map_difference']:.1e}" if "max_rel_map_difference" in r else "-"])
+                      f"{r['max_rel_map_difference']:.1e}" if "max_rel_map_difference" in r else "-",
+                      ", ".join(r["head_kernels"]) or "-"])
     md = ["# Levers on the FRE head's batch-1 cost (issue 17)", "", header_md(env),
           __doc__.split("\n\n", 2)[2].strip(), "",
           f"{args.dataset}: k = {k}, D = {data['D']}; backbone alone {base * 1e3:.2f} ms (median); "
           f"{args.rounds} rounds of alternating {args.block:g} s blocks; score error on the "
           f"{data['good_test_pictures']} good test pictures (of {len(test)}). Goal (issue 17) at k = 438, batch 1: "
-          f"<= {GOAL[isa]:.2f} on {isa.upper().replace('AVX512', 'AVX-512')}.", "",
+          f"<= {GOAL[isa]:.2f} on {isa.upper().replace('AVX512', 'AVX-512').replace('_CAPPED', '')}. "
+          f"Compiled with {data['compile_config']} (dynamic quantization group size at run time: "
+          f"{data['dynamic_quantization_group_size']}; 0 is off)"
+          + (f"; {CAP} set." if args.kernels == "avx2" else "."), "",
           markdown_table(["graph", "ms", "/ backbone (medians)", "per-round ratio: median (quartiles)",
                           "head MB in .bin", "weights at run time", "image AUROC",
                           "rel. score error vs f32, max / median (good)", "pixel AUROC", "AUPRO",
-                          "map difference / peak, max"], table), ""]
+                          "map difference / peak, max", "head kernels"], table), ""]
+    if args.kernels == "avx2":
+        md += ["Kernels the cap did not reach, per graph (one profiled call):", ""]
+        md += [f"- {r['graph']}: {', '.join(r['kernels_past_avx2']) or 'none'}" for r in rows] + [""]
     write(f"head_levers_{isa}", data, "\n".join(md))
 
 

@@ -44,9 +44,8 @@ def head_matmuls(model) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def weight_types_at_run(compiled, k: int, D: int) -> list[str]:
-    """The element types the head matmuls of a compiled OpenVINO model read (projection first), from its runtime
-    model: ``u8`` where the CPU plugin kept INT8 weights, ``f32`` where it decompressed them at load."""
+def head_matmuls_at_run(compiled, k: int, D: int) -> list:
+    """The head matmuls of a compiled OpenVINO model (projection first), as nodes of its runtime model."""
     found = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         if not op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
@@ -54,8 +53,14 @@ def weight_types_at_run(compiled, k: int, D: int) -> list[str]:
         shape = op.input(1).get_partial_shape().get_min_shape()
         if len(shape) == 2 and sorted(shape) == sorted((k, D)):
             projection = op.get_output_partial_shape(0)[-1].get_length() == k
-            found.append((not projection, op.input(1).get_element_type().get_type_name()))
-    return [t for _, t in sorted(found)]
+            found.append((not projection, op.get_friendly_name(), op))
+    return [op for *_, op in sorted(found, key=lambda f: f[:2])]
+
+
+def weight_types_at_run(compiled, k: int, D: int) -> list[str]:
+    """The element types the head matmuls of a compiled OpenVINO model read (projection first), from its runtime
+    model: ``u8`` where the CPU plugin kept INT8 weights, ``f32`` where it decompressed them at load."""
+    return [op.input(1).get_element_type().get_type_name() for op in head_matmuls_at_run(compiled, k, D)]
 
 
 def compress_head(model, keep: frozenset[str] = frozenset(), bits: int = 8, group_size: int = -1):
