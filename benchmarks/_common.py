@@ -37,6 +37,12 @@ def environment() -> dict:
             "versions": versions()}
 
 
+def isa_class(isa: list[str]) -> str:
+    """The class of kernels a run measured, for results kept per class: ``avx512`` where the CPU has AVX-512F,
+    else ``avx2`` (issue 17's goals differ between the two)."""
+    return "avx512" if "avx512f" in isa else "avx2"
+
+
 def header_md(env: dict) -> str:
     m, v = env["machine"], env["versions"]
     return (f"Command: `{env['command']}`  \n"

@@ -35,6 +35,8 @@ the issue's case), exported as `fre-edge export` does (ONNX -> OpenVINO, f32 inf
   error reaches the score to second order only.
 - ``int4``: as ``int8_shared_v`` with V in INT4 (NNCF INT4_ASYM, one scale and zero point per ``--int4-group``
   inputs; V^T's k = 438 inputs do not split into groups of 128, so no own copy for the reconstruction).
+- ``int4_projection``: as ``int8`` with the projection's copy in INT4 (INT4_ASYM, one scale per ``--int4-group``
+  of its D inputs): fewer bytes where the error reaches the score to second order only.
 - ``split_int8_map``: the score from the f32 projection alone (|d|^2 - |z|^2, as ``score_only``), the map
   from a reconstruction through an INT8 copy of V: the score keeps the float value, only the map moves.
 
@@ -58,10 +60,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import DATASETS, environment, header_md, write
+from ._common import DATASETS, environment, header_md, isa_class, write
 
 NAMES = ("f32", "f32_grid_map", "score_only", "int8", "int8_grid_map", "int8_shared_v", "int8_projection", "int4",
-         "split_int8_map")
+         "int4_projection", "split_int8_map")
 EXACT = ("f32", "f32_grid_map", "score_only", "split_int8_map")  # the score as the float head computes it
 
 
@@ -160,6 +162,9 @@ def openvino_models(onnx: dict[str, Path], int4_group: int) -> dict:
     plain = converted("f32", share=False)  # V and V^T as two constants: compress the projection's only
     models["int8_projection"] = compress_head(plain, keep=reconstructions(plain))
     models["int4"] = compress_head(converted("shared_v"), bits=4, group_size=int4_group)
+    plain = converted("f32", share=False)
+    plain = compress_head(plain, keep=reconstructions(plain), bits=4, group_size=int4_group)
+    models["int4_projection"] = compress_head(plain)  # the projection reads no plain constant now: V^T only
     split = converted("split_int8_map", share=False)
     models["split_int8_map"] = compress_head(split, keep=frozenset(head_matmuls(split)) - reconstructions(split))
     return models
@@ -184,11 +189,6 @@ def kernels_at_run(model, config: dict, k: int, D: int, x) -> tuple[list[str], l
     past = sorted({f"{p.node_type} {p.exec_type}" for p in req.profiling_info
                    if any(t in p.exec_type for t in ("avx512", "amx", "mlas"))})
     return head, past
-
-
-def isa_class(isa: list[str]) -> str:
-    """The class of kernels a run measured: ``avx512`` where the CPU has AVX-512F, else ``avx2``."""
-    return "avx512" if "avx512f" in isa else "avx2"
 
 
 def ir_bytes(model, tmp: Path, name: str) -> int:

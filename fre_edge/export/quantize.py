@@ -9,13 +9,13 @@
 - Activation ranges are the min/max seen on the calibration images (NNCF's MINMAX estimator), not the
   default averaged/quantile ranges: calibration sees good images only, and anomalies are precisely the
   activations outside the good images' usual range; clipping them to it squashes defect scores
-  (``benchmarks/precision_table.py`` reports the INT8 AUROCs, ``benchmarks/results/precision_table.md``).
+  (``benchmarks/precision_table.py`` reports the INT8 AUROCs, ``benchmarks/results/precision_table_<isa>.md``).
 - Accuracy-controlled mode (``validation`` given: labelled samples): NNCF's
   ``quantize_with_accuracy_control`` reverts the layers that cost most until the image AUROC drop is at
   most ``max_drop`` (absolute).
 - ``refit=True`` (default, basic mode): the FRE head is fitted again on the INT8 backbone's features of
   the calibration images (``int8_head.py``), and thresholds come from INT8 scores of good images kept out
-  of that refit. Without it, INT8 rounding is scored as a small anomaly (``precision_table.md`` has the
+  of that refit. Without it, INT8 rounding is scored as a small anomaly (``precision_table_<isa>.md`` have the
   AUROCs with the refit).
 - Either way, the check that was run is written into the manifest: score agreement between the f32 and
   INT8 models on good images the calibration did not see, and the AUROCs when labelled data was given.
