@@ -165,6 +165,15 @@ def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overl
             "overlays": overlays, "images_per_s": done / wall}
 
 
+def _head_weights_line(hw: dict | None) -> list[str]:
+    if not hw:
+        return []
+    line = f"head weights: {hw['stored']} in the bundle, read as {', '.join(hw['at_run'])} once compiled"
+    if any(t.startswith("f") for t in hw["at_run"]):
+        line += " (decompressed at load: no faster than f32 weights on this CPU)"
+    return [line]
+
+
 def format_table(result: dict) -> str:
     r, m, b = result["runtime"], result["machine"], result["bench"]
     lines = [
@@ -172,6 +181,7 @@ def format_table(result: dict) -> str:
         f"precision {r['precision_used']} (asked {r['precision_requested']}), hint {r['hint']}, batch {b['batch']}"
         + ("  [backbone only]" if result.get("backbone_only") else ""),
         f"machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa']) or '-'}",
+        *_head_weights_line(r.get("head_weights")),
         "",
         f"{'':24s}{'median ms':>10s}{'mean ms':>10s}{'p90 ms':>10s}{'p99 ms':>10s}{'FPS':>10s}",
     ]

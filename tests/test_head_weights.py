@@ -63,6 +63,24 @@ def test_both_head_matmuls_read_int8_weights_when_compiled(bundles, sample_model
     assert head_weight_types(f32 / "model.xml") == ["f32", "f32"]
 
 
+def test_the_runtime_and_bench_say_what_the_compiled_head_reads(bundles, tmp_path):
+    """On the inspection PC: whether the INT8 head weights are what the compiled graph reads (the plugin may
+    decompress them at load, and then they save no time)."""
+    from fre_edge.bench import format_table
+    from fre_edge.runtime import load_detector
+
+    int8, f32 = bundles
+    assert load_detector(int8).describe()["head_weights"] == {"stored": "int8", "at_run": ["u8", "u8"]}
+    assert "head_weights" not in load_detector(f32).describe()
+    r = run("bench", int8, "--duration", "0.2", "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    assert "head weights: int8 in the bundle, read as u8, u8 once compiled\n" in r.output
+    assert json.loads((tmp_path / "b.json").read_text())["runtime"]["head_weights"]["at_run"] == ["u8", "u8"]
+    result = json.loads((tmp_path / "b.json").read_text())
+    result["runtime"]["head_weights"]["at_run"] = ["u8", "f32"]  # as the earlier export compiled
+    assert "read as u8, f32 once compiled (decompressed at load" in format_table(result)
+
+
 def test_its_scores_stay_within_the_bound_of_the_float_bundle(bundles, sample_root):
     from fre_edge.runtime import load_detector
 

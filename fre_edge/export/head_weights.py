@@ -46,14 +46,11 @@ def head_matmuls(model) -> dict[str, tuple[int, ...]]:
 
 def head_matmuls_at_run(compiled, k: int, D: int) -> list:
     """The head matmuls of a compiled OpenVINO model (projection first), as nodes of its runtime model."""
-    found = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        if not op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
-            continue
-        shape = op.input(1).get_partial_shape().get_min_shape()
-        if len(shape) == 2 and sorted(shape) == sorted((k, D)):
-            projection = op.get_output_partial_shape(0)[-1].get_length() == k
-            found.append((not projection, op.get_friendly_name(), op))
+    from ..runtime.adapters import big_matmuls_at_run
+
+    found = [(op.get_output_partial_shape(0)[-1].get_length() != k, op.get_friendly_name(), op)
+             for op in big_matmuls_at_run(compiled)
+             if sorted(op.input(1).get_partial_shape().get_min_shape()) == sorted((k, D))]
     return [op for *_, op in sorted(found, key=lambda f: f[:2])]
 
 

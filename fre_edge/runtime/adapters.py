@@ -115,6 +115,20 @@ def cut_to_backbone(model):
     return ov.Model(outs, model.get_parameters(), "fre_backbone_only")
 
 
+HEAD_WEIGHT_VALUES = 1 << 16  # an FRE head matmul reads D x k values; the map's upsampling matrices far fewer
+
+
+def big_matmuls_at_run(compiled, min_values: int = HEAD_WEIGHT_VALUES) -> list:
+    """The matmuls of a compiled OpenVINO model (its runtime model's FullyConnected nodes) that read weights of
+    at least ``min_values`` values, in execution order: in an FRE bundle, the head's."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str).startswith("FullyConnected"):
+            if int(np.prod(op.input(1).get_partial_shape().get_min_shape())) >= min_values:
+                out.append(op)
+    return out
+
+
 class OpenVINOAdapter:
     name = "openvino"
 
@@ -193,6 +207,11 @@ class OpenVINOAdapter:
         req = self.request()
         req.infer({0: batch})
         return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
+
+    def head_weights_at_run(self) -> list[str]:
+        """The element type each head matmul reads once compiled: ``u8`` where the CPU plugin kept a bundle's INT8
+        head weights, ``f32`` where it decompressed them at load (then they save no time)."""
+        return [op.input(1).get_element_type().get_type_name() for op in big_matmuls_at_run(self.compiled)]
 
     def versions(self) -> dict:
         import openvino as ov

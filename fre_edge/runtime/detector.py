@@ -150,7 +150,13 @@ class _LoadedGraph:
                 "precision_used": self.adapter.precision_used, "hint": self.adapter.hint,
                 "backbone": self.metadata["backbone"], "input_size": size_json(self.input_size),
                 "tiles_per_picture": per_picture(self.tiling),
-                "weights_precision": self.metadata["precision"], **self.adapter.versions()}
+                "weights_precision": self.metadata["precision"], **self._head_weights(), **self.adapter.versions()}
+
+    def _head_weights(self) -> dict:
+        """For a bundle with INT8 head weights on OpenVINO: what it stores and what the compiled head reads."""
+        stored = (self.metadata.get("head_weights") or {}).get("dtype")
+        at_run = getattr(self.adapter, "head_weights_at_run", lambda: [])()
+        return {"head_weights": {"stored": stored, "at_run": at_run}} if stored and at_run else {}
 
 
 class BackboneOnly(_LoadedGraph):
