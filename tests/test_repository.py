@@ -43,6 +43,9 @@ def test_layout_for_ovms_and_triton(sample_bundle, tmp_path):
     assert list(config.output[0].reshape.shape) == []
     assert config.HasField("dynamic_batching")
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    # Triton's OpenVINO backend cannot pin f32: said where the user looks, the CLI and the config itself
+    assert "note: Triton's OpenVINO backend cannot ask OpenVINO for f32" in run.stderr
+    assert "--backend onnxruntime" in (repo / "sample" / "config.pbtxt").read_text().splitlines()[0]
     marker = json.loads((repo / "fre-edge-repository.json").read_text())
     assert marker["models"]["sample"]["digest"] == bundle_digest(manifest)
 
@@ -53,6 +56,7 @@ def test_onnx_repository_and_force(sample_bundle, tmp_path):
     version = models[0]["version"]
     assert sorted(p.name for p in (repo / "m" / version).iterdir()) == ["model.onnx"]
     assert 'default_model_filename: "model.onnx"' in (repo / "m" / "config.pbtxt").read_text()
+    assert "cannot ask OpenVINO for f32" not in (repo / "m" / "config.pbtxt").read_text()
     with pytest.raises(FreEdgeError, match="exists"):
         write_repository([("m", sample_bundle)], repo)
     write_repository([("m", sample_bundle)], repo, force=True)  # fre-edge's own repository: replaced

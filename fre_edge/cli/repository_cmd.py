@@ -30,3 +30,7 @@ def command(bundles, out_dir, backend, force):
         click.echo(f"{m['name']} version {m['version']} ({m['backend']}) -> {out_dir / m['name'] / m['version']}")
     click.echo(f"OVMS:   ovms --config_path {out_dir / 'config.json'} --port 9000 --rest_port 8000", err=True)
     click.echo(f"Triton: tritonserver --model-repository {out_dir}", err=True)
+    if backend == "openvino":
+        from ..serve.repository import BF16_NOTE
+
+        click.echo(f"note: {BF16_NOTE}", err=True)

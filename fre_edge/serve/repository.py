@@ -28,6 +28,13 @@ FILES = {"openvino": ("model.xml", "model.bin"), "onnxruntime": ("model.onnx",)}
 MARKER = "fre-edge-repository.json"
 
 
+# Triton's OpenVINO backend passes a fixed set of CPU settings to OpenVINO, and the only precision among them is
+# HINT_BF16=YES: it cannot ask for f32, and OpenVINO's default is bf16 on CPUs with bf16
+BF16_NOTE = ("Triton's OpenVINO backend cannot ask OpenVINO for f32: on CPUs with bf16 (AMX, AVX-512 BF16) it runs "
+             "bf16 and FRE's scores move off the bundle's thresholds; for Triton on such CPUs write the repository "
+             "with --backend onnxruntime (OVMS's config.json asks for f32)")
+
+
 def triton_config(name: str, manifest: dict, backend: str, max_batch: int = MAX_BATCH) -> str:
     """Triton's config.pbtxt: the batch dimension left to Triton (max_batch_size), dynamic batching, CPU.
 
@@ -37,7 +44,8 @@ def triton_config(name: str, manifest: dict, backend: str, max_batch: int = MAX_
         return ", ".join(str(d) for d in shape[1:])
 
     x = input_tensor(manifest)
-    lines = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch}",
+    lines = [f"# {BF16_NOTE}"] if backend == "openvino" else []
+    lines += [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch}",
              "input [", f'  {{ name: "{x["name"]}", data_type: TYPE_UINT8, dims: [ {dims(x["shape"])} ] }}', "]",
              "output ["]
     outs = output_tensors(manifest)
