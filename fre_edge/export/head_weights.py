@@ -25,11 +25,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import FreEdgeError
+from ..runtime.adapters import HEAD_WEIGHT_VALUES, big_matmuls_at_run
 
 HEAD_WEIGHTS = ("f32", "int8")
 DEFAULT_BOUND = 0.01  # largest relative score change allowed on the check pictures
 MIN_CHECK_PICTURES = 4
-BIG = 1 << 16  # a head matmul's constant holds D x k values; the map's upsampling matrices are far smaller
+BIG = HEAD_WEIGHT_VALUES  # a head matmul's constant holds D x k values; the map's upsampling matrices far fewer
 
 
 def head_matmuls(model) -> dict[str, tuple[int, ...]]:
@@ -46,8 +47,6 @@ def head_matmuls(model) -> dict[str, tuple[int, ...]]:
 
 def head_matmuls_at_run(compiled, k: int, D: int) -> list:
     """The head matmuls of a compiled OpenVINO model (projection first), as nodes of its runtime model."""
-    from ..runtime.adapters import big_matmuls_at_run
-
     found = [(op.get_output_partial_shape(0)[-1].get_length() != k, op.get_friendly_name(), op)
              for op in big_matmuls_at_run(compiled)
              if sorted(op.input(1).get_partial_shape().get_min_shape()) == sorted((k, D))]
