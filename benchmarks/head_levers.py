@@ -186,8 +186,6 @@ def profile_at_run(model, config: dict, k: int, D: int, x, calls: int = 50) -> d
     kernels past an AVX2 cap (AVX-512, AMX or MLAS's own dispatch), and the head's time, split into its
     matmuls and the rest (every node run after the backbone's last convolution or pooling; sums of per-node
     medians, µs)."""
-    import statistics
-
     from fre_edge.export.head_weights import head_matmuls_at_run
 
     from ._openvino import latency_request

@@ -10,6 +10,7 @@ from ..errors import FreEdgeError
 from ..fit.model import HEAD_FORMS
 from ..images import input_hw, size_json
 from ..outputs import atomic_dir
+from ..runtime.adapters import HEAD_WEIGHT_VALUES
 from ..runtime.bundle import MANIFEST, METADATA_KEY, SCHEMA_VERSION, metadata_json, sha256_file
 from .head_weights import DEFAULT_BOUND, HEAD_WEIGHTS, check_inputs, compress_head, score_difference
 from .onnx_graph import export_onnx
@@ -58,7 +59,7 @@ def _embed_onnx(path: Path, meta_json: str) -> None:
     onnx.save(model, str(path))
 
 
-def share_transposed_constants(model, min_elements: int = 1 << 16) -> int:
+def share_transposed_constants(model, min_elements: int = HEAD_WEIGHT_VALUES) -> int:
     """Make MatMuls that read a large constant's transpose read the constant itself (flipping transpose_b),
     so the IR stores it once; returns how many were rewired.
 

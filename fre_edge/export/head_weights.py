@@ -30,17 +30,17 @@ from ..runtime.adapters import HEAD_WEIGHT_VALUES, big_matmuls_at_run
 HEAD_WEIGHTS = ("f32", "int8")
 DEFAULT_BOUND = 0.01  # largest relative score change allowed on the check pictures
 MIN_CHECK_PICTURES = 4
-BIG = HEAD_WEIGHT_VALUES  # a head matmul's constant holds D x k values; the map's upsampling matrices far fewer
 
 
 def head_matmuls(model) -> dict[str, tuple[int, ...]]:
-    """The MatMuls that read a constant of at least ``BIG`` values (the FRE head's): name -> that constant's shape."""
+    """The MatMuls that read a constant of at least ``HEAD_WEIGHT_VALUES`` values (the FRE head's): name -> that
+    constant's shape."""
     out = {}
     for op in model.get_ops():
         if op.get_type_name() != "MatMul":
             continue
         src = op.input_value(1).get_node()
-        if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= BIG:
+        if src.get_type_name() == "Constant" and int(np.prod(src.get_output_shape(0))) >= HEAD_WEIGHT_VALUES:
             out[op.get_friendly_name()] = tuple(src.get_output_shape(0))
     return out
 
