@@ -2,6 +2,8 @@
 
     python -m benchmarks.export_head_cost [--rounds 30] [--block 0.25]
 
+Results: ``export_head_cost_avx2`` or ``export_head_cost_avx512`` (by the CPU's ISA class).
+
 Same bundle, same runtime (OpenVINO CPU), same precision (f32, INFERENCE_PRECISION_HINT set, checked),
 latency hint. The backbone-only model is the bundle's own graph cut where the pooled features enter
 the FRE head (pre-processing included). Timed: the compiled model's synchronous infer call, nothing
@@ -28,7 +30,7 @@ from pathlib import Path
 from fre_edge.images import size_json
 
 from ._bundles import BACKBONES, bundle
-from ._common import environment, header_md, write
+from ._common import environment, header_md, isa_class, write
 from ._openvino import alternate_requests, latency_request
 
 
@@ -93,7 +95,7 @@ def main():
         import json
 
         data = json.loads(Path(args.render).read_text())
-        write("export_head_cost", data, render(data))
+        write(result_name(data), data, render(data))
         return
     if args.rounds < 2:
         ap.error("--rounds must be at least 2: the spread is taken over per-round ratios")
@@ -134,7 +136,12 @@ def main():
                      "ratio_per_round": ratios})
         print({k: v for k, v in rows[-1].items() if k != "ratio_per_round"}, file=sys.stderr)
     data = {"environment": env, "rounds": args.rounds, "block": args.block, "rows": rows}
-    write("export_head_cost", data, render(data))
+    write(result_name(data), data, render(data))
+
+
+def result_name(data: dict) -> str:
+    """``export_head_cost_<isa class>``: a run on one class of CPU keeps the other's."""
+    return f"export_head_cost_{isa_class(data['environment']['machine']['isa'])}"
 
 
 def render(data: dict) -> str:

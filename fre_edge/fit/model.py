@@ -25,7 +25,7 @@ chosen when its Gram triangles are at most half the reconstruction matrix, i.e. 
 layer3: C = 256 or 1024, k <= N images); EfficientNet-Lite0's blocks.10 has C = 112, so with more than
 111 components it keeps ``reconstruct``. ``benchmarks/export_head_cost.py`` times both forms at batch 1
 and 8 in the same rounds and checks that the rule picks the faster one at batch 1 (results in
-``benchmarks/results/export_head_cost.md``); a batched matrix product can run more efficiently than the
+``benchmarks/results/export_head_cost_<isa>.md``); a batched matrix product can run more efficiently than the
 grouped convolution, so ``fre-edge export --head-form reconstruct`` may suit a line that always runs
 large batches.
 
