@@ -129,6 +129,9 @@ def big_matmuls_at_run(compiled, min_values: int = HEAD_WEIGHT_VALUES) -> list:
     return out
 
 
+FIXED_BATCH_SIZES = 4  # batch sizes an adapter loaded with a dynamic batch compiles at a fixed shape
+
+
 class OpenVINOAdapter:
     name = "openvino"
 
@@ -169,6 +172,10 @@ class OpenVINOAdapter:
                                f"({reason(exc)}); check --device and --precision") from None
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
+        self._config = config
+        # with a dynamic batch, each batch size that comes is compiled once at that fixed size (see _compiled_for)
+        self._fixed = {} if self.model.input(0).get_partial_shape()[0].is_dynamic else None
+        self._fixed_lock = threading.Lock()
         self.device = device
         self.requested_precision = precision
         self.hint = hint
@@ -197,14 +204,43 @@ class OpenVINOAdapter:
         shape = self.model.input(0).get_partial_shape()
         return tuple(d.get_length() if d.is_static else -1 for d in list(shape)[1:3])
 
-    def request(self):
-        req = getattr(self._local, "req", None)
+    def _compiled_for(self, n: int):
+        """The compiled model for a batch of ``n``. A graph with a dynamic batch is compiled again at each batch
+        size the first time it comes, up to ``FIXED_BATCH_SIZES`` sizes: OpenVINO's CPU plugin runs a fixed
+        shape faster (``benchmarks/fixed_batch.py``); later sizes, or one the device cannot compile, run on the
+        dynamic graph."""
+        if self._fixed is None:
+            return self.compiled
+        compiled = self._fixed.get(n)
+        if compiled is None:
+            with self._fixed_lock:
+                compiled = self._fixed.get(n)
+                if compiled is None:
+                    if len(self._fixed) >= FIXED_BATCH_SIZES:
+                        return self.compiled
+                    model = self.model.clone()
+                    shape = model.input(0).get_partial_shape()
+                    shape[0] = n
+                    try:
+                        model.reshape({model.input(0).get_any_name(): shape})
+                        compiled = self.core.compile_model(model, self.device, self._config)
+                    except RuntimeError:
+                        compiled = self.compiled
+                    self._fixed[n] = compiled
+        return compiled
+
+    def request(self, n: int | None = None):
+        """This thread's infer request: on the graph as loaded, or with ``n``, on the one for a batch of ``n``."""
+        reqs = getattr(self._local, "reqs", None)
+        if reqs is None:
+            reqs = self._local.reqs = {}
+        req = reqs.get(n)
         if req is None:
-            req = self._local.req = self.compiled.create_infer_request()
+            req = reqs[n] = (self.compiled if n is None else self._compiled_for(n)).create_infer_request()
         return req
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        req = self.request()
+        req = self.request(int(batch.shape[0]) if batch.ndim else None)
         req.infer({0: batch})
         return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
 

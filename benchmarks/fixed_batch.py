@@ -1,0 +1,87 @@
+"""A bundle's graph with its dynamic batch against the same graph compiled at the batch size in use
+
+    python -m benchmarks.fixed_batch [--rounds 16] [--block 0.3] [--batches 1,8]
+
+Bundles carry a dynamic batch dimension so that one file serves any batch. ``load_detector`` without ``batch=``
+used to run that dynamic graph; the OpenVINO adapter now compiles the graph again at each batch size the first
+time it comes (up to ``FIXED_BATCH_SIZES`` sizes) and runs that. Timed here, for each bundle and batch size,
+in alternating rounds (``fre_edge.timing``): ``adapter.infer`` as it is now (fixed shape) and the earlier call
+on the dynamic graph (the same request code, outputs copied the same way). Also recorded: the largest
+difference between the two graphs' scores and maps, and the first call at a new batch size (which compiles).
+OpenVINO CPU, f32 (checked), latency hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from ._bundles import BACKBONES, bundle
+from ._common import environment, header_md, write
+
+
+def dynamic_infer(adapter, x):
+    """The adapter's earlier ``infer``: the graph as loaded (dynamic batch), outputs copied out."""
+    req = adapter.request()
+    req.infer({0: x})
+    return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(adapter.output_names)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--block", type=float, default=0.3, help="seconds per timed block")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--backbones", default="efficientnet_lite0,resnet18")
+    args = ap.parse_args()
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2: the spread is taken over per-round ratios")
+
+    import numpy as np
+
+    from fre_edge.runtime import load_detector
+    from fre_edge.timing import alternate, markdown_table, ratio_spread
+
+    env = environment()
+    rows = []
+    for name in args.backbones.split(","):
+        if name not in BACKBONES:
+            ap.error(f"unknown backbone {name!r}; use {', '.join(BACKBONES)}")
+        path = bundle(name)
+        for batch in (int(b) for b in args.batches.split(",")):
+            det = load_detector(path, precision="f32", hint="latency")
+            adapter = det.adapter
+            assert adapter.precision_used == "f32"
+            x = np.random.default_rng(0).integers(0, 256, (batch, *det.input_size, 3), dtype=np.uint8)
+            t0 = time.perf_counter()
+            fixed_out = adapter.infer(x)  # compiles the fixed-shape graph
+            first_ms = (time.perf_counter() - t0) * 1e3
+            dyn_out = dynamic_infer(adapter, x)
+            diff = {k: float(np.abs(fixed_out[k] - dyn_out[k]).max() / max(np.abs(dyn_out[k]).max(), 1e-30))
+                    for k in fixed_out}
+            calls = {"fixed": lambda a=adapter: a.infer(x), "dynamic": lambda a=adapter: dynamic_infer(a, x)}
+            lat, per_round = alternate(calls, args.rounds, args.block)
+            sp = ratio_spread(per_round, "fixed", "dynamic")
+            med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
+            rows.append({"backbone": name, "batch": batch, "head_forms": det.metadata.get("head_forms"),
+                         "fixed_ms": med["fixed"], "dynamic_ms": med["dynamic"],
+                         "ratio": med["fixed"] / med["dynamic"],
+                         "ratio_round_median": statistics.median(sp["ratios"]),
+                         "ratio_round_quartiles": [sp["q1"], sp["q3"]],
+                         "first_call_ms": first_ms, "max_rel_difference": diff})
+    data = {"environment": env, "settings": vars(args), "rows": rows}
+    table = [[r["backbone"], r["batch"], f"{r['dynamic_ms']:.2f}", f"{r['fixed_ms']:.2f}", f"{r['ratio']:.3f}",
+              "{:.3f} ({:.3f}-{:.3f})".format(r["ratio_round_median"], *r["ratio_round_quartiles"]),
+              f"{r['first_call_ms']:.0f}",
+              ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_difference"].items())] for r in rows]
+    md = ["# Dynamic batch vs the batch size in use", "", header_md(env), __doc__.split("\n\n", 2)[2].strip(), "",
+          f"{args.rounds} rounds of alternating {args.block:g} s blocks; ms: medians of all timed calls.", "",
+          markdown_table(["backbone", "batch", "dynamic graph ms", "fixed shape ms", "fixed / dynamic (medians)",
+                          "per-round ratio: median (quartiles)", "first call at this size, ms (compiles)",
+                          "largest difference / largest value"], table), ""]
+    write("fixed_batch", data, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
