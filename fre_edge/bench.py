@@ -165,6 +165,24 @@ def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overl
             "overlays": overlays, "images_per_s": done / wall}
 
 
+def run_head_cost(full, backbone, *, batch: int = 1, duration: float = 10.0, rounds: int = 10) -> dict:
+    """The whole graph against the same bundle's backbone alone (``load_backbone_only``) on this machine, in
+    ``rounds`` rounds of alternating blocks (``fre_edge.timing.alternate``, ``duration`` seconds in all): what the
+    FRE head adds per call. ratio = median full-graph latency / median backbone latency; its spread is the
+    quartiles of the per-round ratios. Each side is timed as the runtime calls it (outputs copied out)."""
+    from .timing import alternate, ratio_spread
+
+    x = np.random.default_rng(0).integers(0, 256, (batch, *full.input_size, 3), dtype=np.uint8)
+    calls = {"full": lambda: full.adapter.infer(x), "backbone": lambda: backbone.adapter.infer(x)}
+    block = max(0.02, duration / (2 * rounds))
+    lat, per_round = alternate(calls, rounds, block)
+    med = {name: float(np.median(v)) * 1e3 for name, v in lat.items()}
+    sp = ratio_spread(per_round, "full", "backbone")
+    return {"batch": batch, "rounds": rounds, "block_s": block, "calls": {n: len(v) for n, v in lat.items()},
+            "full_ms": med["full"], "backbone_ms": med["backbone"], "head_ms": med["full"] - med["backbone"],
+            "ratio": med["full"] / med["backbone"], "ratio_round_quartiles": [sp["q1"], sp["q3"]]}
+
+
 def _head_weights_line(hw: dict | None) -> list[str]:
     if not hw:
         return []
@@ -202,6 +220,12 @@ def format_table(result: dict) -> str:
     for row in PAPER_FPS:
         lines.append(f"{row['platform']:24s}{row['PatchCore']:10.2f}{row['AST']:10.2f}{row['FRE']:10.1f}")
     lines.append(f"{'this machine (fre-edge)':24s}{'-':>10s}{'-':>10s}{best:10.1f}")
+    if result.get("head_cost"):
+        h = result["head_cost"]
+        q1, q3 = h["ratio_round_quartiles"]
+        lines += ["", f"FRE head: full graph {h['full_ms']:.2f} ms / backbone alone {h['backbone_ms']:.2f} ms = "
+                  f"{h['ratio']:.3f}, {h['head_ms']:.2f} ms per call (per-round ratios {q1:.3f}-{q3:.3f}; "
+                  f"{h['rounds']} alternating rounds, batch {h['batch']})"]
     if result.get("end_to_end"):
         e = result["end_to_end"]
         lines += ["", f"End to end from {e[0]['images']} image files (read, resize, infer, map at each picture's size; "

@@ -221,6 +221,28 @@ def test_bench_cli_json(sample_bundle, tmp_path):
     assert r.exit_code == 0 and "[backbone only]" in r.output
 
 
+def test_bench_head_cost(sample_bundle, tmp_path):
+    """--head-cost times the whole graph against the backbone alone in the same rounds; bad combinations are
+    one line each and write no JSON."""
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.4", "--head-cost", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    h = json.loads(out.read_text())["head_cost"]
+    assert h["rounds"] == 10 and h["batch"] == 1 and min(h["calls"].values()) >= 3 * h["rounds"]
+    assert h["ratio"] == pytest.approx(h["full_ms"] / h["backbone_ms"]) and h["backbone_ms"] > 0
+    assert h["head_ms"] == pytest.approx(h["full_ms"] - h["backbone_ms"])
+    assert h["ratio_round_quartiles"][0] <= h["ratio_round_quartiles"][1]
+    assert f"= {h['ratio']:.3f}" in r.output and "FRE head: full graph" in r.output
+    out.unlink()
+    for args, message in ((["--backbone-only"], "drop --backbone-only"),
+                          (["--backend", "onnxruntime"], "use --backend openvino"),
+                          (["--server", "grpc://127.0.0.1:9"], "drop it with --server")):
+        r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.1", "--head-cost", "--json",
+                                     str(out), *args])
+        assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert not out.exists()
+
+
 def test_bench_end_to_end_from_files(sample_bundle, sample_root, tmp_path):
     out = tmp_path / "b.json"
     r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.2", "--batch", "4", "--images",

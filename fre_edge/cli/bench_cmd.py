@@ -25,6 +25,9 @@ from .params import FiniteFloat, remote_detector, server_options
               help="Seconds per measurement (sync and async each).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Inference threads (default: all).")
 @click.option("--backbone-only", is_flag=True, help="Time the truncated backbone alone (no FRE head).")
+@click.option("--head-cost", is_flag=True,
+              help="Also time the whole graph against the backbone alone in alternating rounds (another "
+                   "--duration): what the FRE head adds on this PC (OpenVINO).")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
               help="Also measure end-to-end images/s on the image files in this folder (read, resize, infer, "
                    "map; with and without overlays), as `predict` gets them.")
@@ -34,7 +37,7 @@ from .params import FiniteFloat, remote_detector, server_options
                    "own number of requests).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON.")
-def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, images_dir,
+def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, head_cost, images_dir,
             server, model_name, clients, json_path):
     """Measure latency (median, mean, p90, p99) and FPS of BUNDLE, sync and async.
 
@@ -53,6 +56,14 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
             raise FreEdgeError("--images measures the whole detector; drop --backbone-only")
         if not images_dir.is_dir() or not (paths := find_images(images_dir)):
             raise FreEdgeError(f"{images_dir}: no folder of images; point --images to a folder of pictures")
+    if head_cost:
+        if backbone_only:
+            raise FreEdgeError("--head-cost times the whole graph against the backbone; drop --backbone-only")
+        if server:
+            raise FreEdgeError("--head-cost times local graphs; drop it with --server")
+        if backend != "openvino":
+            raise FreEdgeError("--head-cost needs the backbone cut out of the graph, which OpenVINO does; "
+                               "use --backend openvino")
     if server:
         det = remote_detector(bundle, server, model_name, backend, backbone_only)
         clients = clients or 4
@@ -68,6 +79,12 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
         "machine": cpu_info(),
         "bench": run_bench(det, batch=batch, duration=duration, clients=clients),
     }
+    if head_cost:
+        from ..bench import run_head_cost
+
+        bb = load_backbone_only(bundle, backend=backend, device=device, precision=precision, hint=mode,
+                                threads=threads, batch=batch)
+        result["head_cost"] = run_head_cost(det, bb, batch=batch, duration=duration)
     if paths:  # a dynamic batch, as predict runs: the last batch of a pass may be short
         e2e = (det if server else
                load_detector(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads))
