@@ -129,7 +129,10 @@ def big_matmuls_at_run(compiled, min_values: int = HEAD_WEIGHT_VALUES) -> list:
     return out
 
 
-FIXED_BATCH_SIZES = 4  # batch sizes an adapter loaded with a dynamic batch compiles at a fixed shape
+# the batch sizes an adapter loaded with a dynamic batch compiles again at a fixed shape, when they come: batch 1,
+# a line's picture per trigger. A fixed shape took 0.89-0.90x the time for Lite0 at batch 1 and 2, 0.97x at
+# batch 8, 0.98-1.0x for the ResNets, and each compiled graph holds its own weights (benchmarks/fixed_batch.py)
+FIXED_BATCHES = (1,)
 
 
 class OpenVINOAdapter:
@@ -205,19 +208,17 @@ class OpenVINOAdapter:
         return tuple(d.get_length() if d.is_static else -1 for d in list(shape)[1:3])
 
     def _compiled_for(self, n: int):
-        """The compiled model for a batch of ``n``. A graph with a dynamic batch is compiled again at each batch
-        size the first time it comes, up to ``FIXED_BATCH_SIZES`` sizes: OpenVINO's CPU plugin runs a fixed
-        shape faster (``benchmarks/fixed_batch.py``); later sizes, or one the device cannot compile, run on the
-        dynamic graph."""
-        if self._fixed is None:
+        """The compiled model for a batch of ``n``. A graph with a dynamic batch is compiled again at a fixed
+        batch of ``n`` the first time ``n`` comes, for the sizes in ``FIXED_BATCHES``: OpenVINO's CPU plugin runs
+        the fixed shape faster there (``benchmarks/fixed_batch.py``). Other sizes, and one the device cannot
+        compile, run on the dynamic graph."""
+        if self._fixed is None or n not in FIXED_BATCHES:
             return self.compiled
         compiled = self._fixed.get(n)
         if compiled is None:
             with self._fixed_lock:
                 compiled = self._fixed.get(n)
                 if compiled is None:
-                    if len(self._fixed) >= FIXED_BATCH_SIZES:
-                        return self.compiled
                     model = self.model.clone()
                     shape = model.input(0).get_partial_shape()
                     shape[0] = n
