@@ -176,7 +176,7 @@ class OpenVINOAdapter:
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._local = threading.local()
         self._config = config
-        # with a dynamic batch, each batch size that comes is compiled once at that fixed size (see _compiled_for)
+        # with a dynamic batch: the sizes in FIXED_BATCHES, compiled again at that size when they come (_compiled_for)
         self._fixed = {} if self.model.input(0).get_partial_shape()[0].is_dynamic else None
         self._fixed_lock = threading.Lock()
         self.device = device
@@ -232,12 +232,13 @@ class OpenVINOAdapter:
 
     def request(self, n: int | None = None):
         """This thread's infer request: on the graph as loaded, or with ``n``, on the one for a batch of ``n``."""
+        compiled = self.compiled if n is None else self._compiled_for(n)
         reqs = getattr(self._local, "reqs", None)
         if reqs is None:
             reqs = self._local.reqs = {}
-        req = reqs.get(n)
+        req = reqs.get(id(compiled))
         if req is None:
-            req = reqs[n] = (self.compiled if n is None else self._compiled_for(n)).create_infer_request()
+            req = reqs[id(compiled)] = compiled.create_infer_request()
         return req
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
