@@ -165,6 +165,9 @@ def run_images(det, paths, *, batch_size: int = 8, duration: float = 10.0, overl
             "overlays": overlays, "images_per_s": done / wall}
 
 
+HEAD_COST_HINT = 1.10  # above this ratio, --head-cost points an f32-head bundle to --head-weights int8
+
+
 def run_head_cost(full, backbone, *, batch: int = 1, duration: float = 10.0, rounds: int = 10) -> dict:
     """The whole graph against the same bundle's backbone alone (``load_backbone_only``) on this machine, in
     ``rounds`` rounds of alternating blocks (``fre_edge.timing.alternate``, ``duration`` seconds in all): what the
@@ -226,6 +229,9 @@ def format_table(result: dict) -> str:
         lines += ["", f"FRE head: full graph {h['full_ms']:.2f} ms / backbone alone {h['backbone_ms']:.2f} ms = "
                   f"{h['ratio']:.3f}, {h['head_ms']:.2f} ms per call (per-round ratios {q1:.3f}-{q3:.3f}; "
                   f"{h['rounds']} alternating rounds, batch {h['batch']})"]
+        if h["ratio"] > HEAD_COST_HINT and not r.get("head_weights"):  # f32 head weights
+            lines.append(f"  the head adds more than {HEAD_COST_HINT - 1:.0%} here: `fre-edge export MODEL --format "
+                         "openvino --head-weights int8 --check-images GOOD_DIR` reads half its bytes")
     if result.get("end_to_end"):
         e = result["end_to_end"]
         lines += ["", f"End to end from {e[0]['images']} image files (read, resize, infer, map at each picture's size; "

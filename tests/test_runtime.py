@@ -230,6 +230,17 @@ def test_bench_head_cost(sample_bundle, tmp_path):
     assert h["head_ms"] == pytest.approx(h["full_ms"] - h["backbone_ms"])
     assert h["ratio_round_quartiles"][0] <= h["ratio_round_quartiles"][1]
     assert f"= {h['ratio']:.3f}" in r.output and "FRE head: full graph" in r.output
+    # above 1.10, a bundle with f32 head weights is pointed to --head-weights int8; an INT8-head one is not
+    from fre_edge.bench import HEAD_COST_HINT, format_table
+
+    res = json.loads(out.read_text())
+    for ratio, head_weights, hint in ((HEAD_COST_HINT + 0.1, None, True), (HEAD_COST_HINT - 0.05, None, False),
+                                      (HEAD_COST_HINT + 0.1, {"stored": "int8", "at_run": ["u8", "u8"]}, False)):
+        res["head_cost"]["ratio"] = ratio
+        res["runtime"].pop("head_weights", None)
+        if head_weights:
+            res["runtime"]["head_weights"] = head_weights
+        assert ("--head-weights int8" in format_table(res)) == hint, (ratio, head_weights)
     out.unlink()
     for args, message in ((["--backbone-only"], "drop --backbone-only"),
                           (["--backend", "onnxruntime"], "use --backend openvino"),
