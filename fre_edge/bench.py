@@ -231,7 +231,7 @@ def format_table(result: dict) -> str:
                   f"{h['rounds']} alternating rounds, batch {h['batch']})"]
         if h["ratio"] > HEAD_COST_HINT and not r.get("head_weights"):  # f32 head weights
             lines.append(f"  the head adds more than {HEAD_COST_HINT - 1:.0%} here: `fre-edge export MODEL --format "
-                         "openvino --head-weights int8 --check-images GOOD_DIR` reads half its bytes")
+                         "openvino --head-weights int8 --check-images GOOD_DIR` has it read a quarter of the bytes")
     if result.get("end_to_end"):
         e = result["end_to_end"]
         lines += ["", f"End to end from {e[0]['images']} image files (read, resize, infer, map at each picture's size; "
