@@ -3,16 +3,19 @@ one alternation of ``fre_edge.timing``."""
 
 from __future__ import annotations
 
+from fre_edge.runtime.adapters import set_batch
 from fre_edge.timing import alternate
+
+# the CPU plugin's dynamic quantization of activations off (it picks its VNNI path from the CPU's flags, past an
+# ONEDNN_MAX_CPU_ISA cap, and INT8-weight matmuls then fail to compile)
+NO_DYNAMIC_QUANTIZATION = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
 
 def latency_request(model, batch: int, extra: dict | None = None):
     """An infer request for an OpenVINO model at ``batch``, CPU, f32 (checked), latency hint (+ ``extra`` config)."""
     import openvino as ov
 
-    shape = model.input(0).get_partial_shape()
-    shape[0] = batch
-    model.reshape({model.input(0): shape})
+    set_batch(model, batch)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", **(extra or {})}
     compiled = ov.Core().compile_model(model, "CPU", config)
     assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"

@@ -17,7 +17,7 @@ import statistics
 
 from ._bundles import BACKBONES, bundle
 from ._common import environment, header_md, write
-from ._openvino import alternate_requests, latency_request
+from ._openvino import NO_DYNAMIC_QUANTIZATION, alternate_requests, latency_request
 
 
 def profile(backbone: str, rounds: int, block: float) -> dict:
@@ -90,7 +90,7 @@ def weight_probe(backbone: str, rounds: int, block: float) -> dict:
         return m
 
     variants = {"f32": ("f32", None), "fp16": ("fp16", None), "int8": ("int8", None),
-                "int8_no_dynamic_quantization": ("int8", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0})}
+                "int8_no_dynamic_quantization": ("int8", NO_DYNAMIC_QUANTIZATION)}
     reqs = {name: latency_request(model(w), 1, extra) for name, (w, extra) in variants.items()}
 
     def score(z):  # the exact score given this z: |d - V^T z|^2, float64

@@ -35,11 +35,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import environment, header_md, isa_class, write
+from ._common import HEAD_GOAL, environment, header_md, isa_class, write
 
 D_SHAPE = (112, 8, 8)
 INT8 = "openvino int8 head"
-GOAL = {"avx2": 1.10, "avx512": 1.05}  # issue 17: full graph / backbone alone, k = 438, batch 1
 
 
 def build_graphs(ks: list[int], tmp: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -98,10 +97,10 @@ def measure(graphs: dict[str, Path], recon: dict[str, Path], batches: list[int],
     from fre_edge.export.head_weights import compress_head
     from fre_edge.timing import alternate, ratio_spread
 
-    from ._openvino import latency_request
+    from ._openvino import NO_DYNAMIC_QUANTIZATION, latency_request
 
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0} if capped else {}
+    config = NO_DYNAMIC_QUANTIZATION if capped else {}
     rows = []
     for batch in batches:
         x = np.random.default_rng(0).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
@@ -206,7 +205,7 @@ def main():
           f"blocks per batch, all runtimes in the same rounds; ratio = median full graph / median backbone-only "
           f"latency of the same runtime; spread = quartiles of the per-round ratios; head MB: what the reconstruct "
           f"form's two matmuls read. This machine's ISA: {isa}. Goal (issue 17): <= 1.10 at k = 438, batch 1, "
-          f"on AVX2 kernels, <= 1.05 on AVX-512 (this machine's class: {GOAL[cls]:.2f}).", "",
+          f"on AVX2 kernels, <= 1.05 on AVX-512 (this machine's class: {HEAD_GOAL[cls]:.2f}).", "",
           markdown_table(["runtime", "batch", "k", "head form", "head MB", "backbone ms", "full graph ms", "ratio",
                           "per-round quartiles"], table), "",
           "Faster runtime for the full graph with the f32 head, per batch and k (median ms, OpenVINO / ONNX "

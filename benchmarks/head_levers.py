@@ -63,7 +63,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import DATASETS, environment, header_md, isa_class, write
+from ._common import DATASETS, HEAD_GOAL, environment, header_md, isa_class, write
+from ._openvino import NO_DYNAMIC_QUANTIZATION
 
 NAMES = ("f32", "f32_grid_map", "score_only", "int8", "int8_grid_map", "int8_shared_v", "int8_projection", "int4",
          "int4_projection", "split_int8_map")
@@ -173,9 +174,7 @@ def openvino_models(onnx: dict[str, Path], int4_group: int) -> dict:
     return models
 
 
-GOAL = {"avx2": 1.10, "avx512": 1.05, "avx2_capped": 1.10}  # issue 17: full graph / backbone alone, k = 438, batch 1
 CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
-NO_DYNAMIC_QUANTIZATION = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
 
 BACKBONE_TYPES = ("Convolution", "GroupConvolution", "AvgPool", "MaxPool")  # the last of these ends the backbone
@@ -321,7 +320,7 @@ def main():
           f"{args.dataset}: k = {k}, D = {data['D']}; backbone alone {base * 1e3:.2f} ms (median); "
           f"{args.rounds} rounds of alternating {args.block:g} s blocks; score error on the "
           f"{data['good_test_pictures']} good test pictures (of {len(test)}). Goal (issue 17) at k = 438, batch 1: "
-          f"<= {GOAL[isa]:.2f} on {isa.upper().replace('AVX512', 'AVX-512').replace('_CAPPED', '')}. "
+          f"<= {HEAD_GOAL[isa]:.2f} on {isa.upper().replace('AVX512', 'AVX-512').replace('_CAPPED', '')}. "
           f"Compiled with {data['compile_config']} (dynamic quantization group size at run time: "
           f"{data['dynamic_quantization_group_size']}; 0 is off)"
           + (f"; {CAP} set." if args.kernels == "avx2" else "."), "",

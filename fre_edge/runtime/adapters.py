@@ -129,6 +129,14 @@ def big_matmuls_at_run(compiled, min_values: int = HEAD_WEIGHT_VALUES) -> list:
     return out
 
 
+def set_batch(model, n: int):
+    """``model`` (an OpenVINO model, reshaped in place) with its input's batch dimension fixed at ``n``."""
+    shape = model.input(0).get_partial_shape()
+    shape[0] = n
+    model.reshape({model.input(0).get_any_name(): shape})
+    return model
+
+
 # the batch sizes an adapter loaded with a dynamic batch compiles again at a fixed shape, when they come: batch 1,
 # a line's picture per trigger. A fixed shape took 0.89-0.90x the time for Lite0 at batch 1 and 2, 0.97x at
 # batch 8, 0.98-1.0x for the ResNets, and each compiled graph holds its own weights (benchmarks/fixed_batch.py)
@@ -160,9 +168,7 @@ class OpenVINOAdapter:
         if backbone_only:
             self.model = cut_to_backbone(self.model)
         if batch:
-            shape = self.model.input(0).get_partial_shape()
-            shape[0] = batch
-            self.model.reshape({self.model.input(0).get_any_name(): shape})
+            set_batch(self.model, batch)
         config = {"PERFORMANCE_HINT": hint.upper()}
         if base in ("CPU", "GPU", "AUTO"):
             config["INFERENCE_PRECISION_HINT"] = precision
@@ -219,16 +225,17 @@ class OpenVINOAdapter:
             with self._fixed_lock:
                 compiled = self._fixed.get(n)
                 if compiled is None:
-                    model = self.model.clone()
-                    shape = model.input(0).get_partial_shape()
-                    shape[0] = n
                     try:
-                        model.reshape({model.input(0).get_any_name(): shape})
-                        compiled = self.core.compile_model(model, self.device, self._config)
+                        compiled = self.compile_at(n)
                     except RuntimeError:
                         compiled = self.compiled
                     self._fixed[n] = compiled
         return compiled
+
+    def compile_at(self, n: int):
+        """The loaded graph compiled again, as loaded, at a fixed batch of ``n`` (OpenVINO's RuntimeError if the
+        device cannot)."""
+        return self.core.compile_model(set_batch(self.model.clone(), n), self.device, self._config)
 
     def request(self, n: int | None = None):
         """This thread's infer request: on the graph as loaded, or with ``n``, on the one for a batch of ``n``."""
@@ -242,7 +249,7 @@ class OpenVINOAdapter:
         return req
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        req = self.request(int(batch.shape[0]) if batch.ndim else None)
+        req = self.request(int(batch.shape[0]))
         req.infer({0: batch})
         return {name: req.get_output_tensor(i).data.copy() for i, name in enumerate(self.output_names)}
 
