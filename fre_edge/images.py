@@ -8,6 +8,7 @@ models cannot happen here.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import FreEdgeError
+from .outputs import FreEdgeWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -129,7 +131,17 @@ def read_image(path: str | Path, draft_size: int | None = None) -> tuple[np.ndar
     if not path.is_file():
         raise FreEdgeError(f"{path}: no such image file; check the path")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow's bomb warning: one line of ours (the CLI prints FreEdgeWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(path)
+            except Image.DecompressionBombWarning:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+                warnings.warn(f"{path}: {im.size[0]} x {im.size[1]} pixels, more than Pillow decodes without a "
+                              f"warning; it is scored, but such pictures are slow: downscale them at the camera",
+                              FreEdgeWarning, stacklevel=2)
+        with im:
             width, height = im.size
             if im.getexif().get(0x0112) in _TURNED:
                 width, height = height, width

@@ -1,11 +1,12 @@
 """Writing outputs without ever losing a user's file (torch-free, numpy-free).
 
-Every folder fre-edge writes (a model, a bundle, predictions) goes through two pieces:
+Every path fre-edge writes goes through the same checks, before any work:
 
-- :func:`check_output` decides, before any work, whether the folder may be written: it must not be,
-  or hold, one of the command's inputs; an existing folder is replaced only with ``force`` and only
-  when fre-edge itself wrote it as the same kind of output (its marker file is there and nothing
-  foreign is in it).
+- :func:`check_output` for a folder (a model, a bundle, predictions, a repository, eval pictures, ...),
+  :func:`check_output_file` for a file (``--json``): it must not be, hold or lie inside one of the
+  command's inputs, nor be the current folder or one above it; its parent must be writable; an existing
+  one is replaced only with ``force`` and only when fre-edge itself wrote it as the same kind of output
+  (its marker is there and nothing foreign is in it).
 - :func:`atomic_dir` writes into a temporary folder beside the target and renames it into place when
   complete, so a killed run never leaves a half-written output. The final rename refuses a target that
   appeared meanwhile (two runs racing for one new folder). Temporary folders left by killed runs
@@ -41,11 +42,15 @@ KINDS: dict[str, tuple[str, dict, frozenset[str]]] = {
     "predictions": ("scores.json", {"kind": "fre-edge predictions"}, frozenset({"scores.csv"})),
     "repository": ("fre-edge-repository.json", {"kind": "fre-edge model repository"}, frozenset({"config.json"})),
     "model-api": ("model_api.json", {"kind": "fre-edge model api"}, frozenset({"model.xml", "model.bin"})),
+    "pictures": ("pictures.json", {"kind": "fre-edge eval pictures"}, frozenset()),
 }
+# kind of a JSON file output -> what its "kind" field says
+FILE_KINDS = {"eval": "fre-edge eval", "bench": "fre-edge bench"}
 WHAT = {"model": "a model folder (fre-edge fit)", "bundle": "a bundle (fre-edge export/quantize)",
         "predictions": "a predictions folder (fre-edge predict)",
         "repository": "a model repository (fre-edge repository)",
-        "model-api": "a Model API model (fre-edge model-api)"}
+        "model-api": "a Model API model (fre-edge model-api)",
+        "pictures": "a folder of eval pictures (fre-edge eval)"}
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -55,6 +60,10 @@ def _marker(folder: Path, kind: str) -> dict | None:
     try:
         data = json.loads((folder / name).read_text())
     except (OSError, ValueError):
+        if (kind == "pictures" and folder.name == "eval_pictures" and folder.is_dir()  # a model's, from before
+                and any(_marker(folder.parent, k) is not None for k in ("model", "bundle"))  # the marker
+                and all(p.is_file() and p.suffix.lower() == ".png" for p in folder.iterdir())):
+            return {}
         return None
     if not isinstance(data, dict) or any(data.get(k) != v for k, v in expect.items()):
         return None
@@ -76,6 +85,8 @@ def _foreign(folder: Path, kind: str) -> list[str]:
     allowed = set(allowed) | {marker}
     if kind == "predictions" and data is not None:
         allowed |= {r["overlay"] for r in data.get("images", []) if isinstance(r, dict) and r.get("overlay")}
+    if kind == "pictures":
+        allowed |= {p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
     models = set(data.get("models", {})) if kind == "repository" and data is not None else set()
     foreign = []
     for entry in sorted(folder.iterdir()):
@@ -85,7 +96,7 @@ def _foreign(folder: Path, kind: str) -> list[str]:
             foreign.append(entry.name)
         elif entry.is_dir() and entry.name == "eval_pictures":
             foreign += [f"{entry.name}/{p.name}" for p in sorted(entry.iterdir())
-                        if not (p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)]
+                        if not (p.is_file() and (p.suffix.lower() in PICTURE_SUFFIXES or p.name == "pictures.json"))]
         elif entry.is_dir() and entry.name not in models:
             foreign.append(entry.name)
     return foreign
@@ -95,18 +106,48 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_output(out: str | Path, *, kind: str, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Refuse (one line each) an output that is or holds an input, or an existing folder that ``--force``
-    may not replace; returns ``out`` as a Path. Nothing is written."""
+def check_not_input(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an output path that is, holds or lies inside one of the inputs, or that is the current folder
+    or one above it (replacing it would pull the folder from under the user's shell)."""
     out = Path(out)
     real = out.resolve()
     for inp in inputs:
         if inp is None:
             continue
-        if _inside(Path(inp).resolve(), real):
-            what = "is" if Path(inp).resolve() == real else "holds"
-            raise FreEdgeError(f"{out} {what} the input {inp}; choose an output folder outside the inputs")
+        inp_real = Path(inp).resolve()
+        if _inside(inp_real, real):
+            what = "is" if inp_real == real else "holds"
+            raise FreEdgeError(f"{out} {what} the input {inp}; choose an output outside the inputs")
+        if _inside(real, inp_real):
+            raise FreEdgeError(f"{out} is inside the input {inp}; choose an output outside the inputs")
+    if _inside(Path.cwd().resolve(), real):
+        raise FreEdgeError(f"{out} is the current folder or holds it; choose an output folder beside it, "
+                           f"not around it")
+    return out
+
+
+def check_writable(out: str | Path) -> None:
+    """Refuse an output whose nearest existing parent folder cannot be written (read-only disk, no
+    permission), before any work: a fit of an hour should not fail at its last step."""
+    parent = Path(out).resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FreEdgeError(f"{parent} is not a folder; choose an output inside a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".fre-edge-probe-", dir=parent)
+    except OSError as exc:
+        raise FreEdgeError(f"cannot write in {parent} ({exc.strerror}); choose an output on a writable "
+                           f"disk") from None
+    os.rmdir(probe)
+
+
+def check_output(out: str | Path, *, kind: str, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse (one line each) an output that is or holds an input, or an existing folder that ``--force``
+    may not replace; returns ``out`` as a Path. Nothing is written."""
+    out = check_not_input(out, inputs)
     if not (out.exists() or out.is_symlink()):
+        check_writable(out)
         return out
     if not force:
         raise FreEdgeError(f"{out} already exists; choose another output folder or pass --force")
@@ -122,7 +163,28 @@ def check_output(out: str | Path, *, kind: str, force: bool, inputs: Iterable[st
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise FreEdgeError(f"{out} holds files fre-edge did not write ({shown}); --force will not delete them, "
                            f"move them or choose another output folder")
+    check_writable(out)
     return out
+
+
+def check_output_file(path: str | Path, *, kind: str, force: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """:func:`check_output` for one JSON file of ``kind`` (:data:`FILE_KINDS`): an existing file is replaced
+    only with ``force`` and only when fre-edge wrote it as that kind."""
+    path = check_not_input(path, inputs)
+    if path.is_dir():
+        raise FreEdgeError(f"{path} is a folder; give a file name")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise FreEdgeError(f"{path} already exists; choose another file or pass --force")
+        try:
+            ours = not path.is_symlink() and json.loads(path.read_text()).get("kind") == FILE_KINDS[kind]
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise FreEdgeError(f"{path} was not written by fre-edge {kind}; --force replaces only the JSON that "
+                               f"command writes, choose another file")
+    check_writable(path)
+    return path
 
 
 def current_umask() -> int:

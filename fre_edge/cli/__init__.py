@@ -7,6 +7,7 @@ option or argument of a subcommand, becomes one line on stderr and exit status 2
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -20,6 +21,12 @@ from ..errors import FreEdgeError
 from ..outputs import FreEdgeWarning
 
 EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+# what the machine refuses (a disk full or read-only, no permission): the user's to fix, not a bug
+MACHINE_ERRNOS = {errno.ENOSPC: "free some space or choose an output on another disk",
+                  errno.EDQUOT: "free some space or choose an output on another disk",
+                  errno.EROFS: "choose an output on a writable disk",
+                  errno.EACCES: "check its permissions or choose another path",
+                  errno.EPERM: "check its permissions or choose another path"}
 FIT_MODULES = {"torch", "torchvision", "nncf", "onnx", "onnxscript", "safetensors", "sklearn", "scipy"}
 
 COMMANDS = {
@@ -68,7 +75,7 @@ class LazyGroup(click.Group):
             def show(message, category, *args, **kwargs):
                 if issubclass(category, FreEdgeWarning):
                     click.echo(f"warning: {message}", err=True)
-                else:
+                elif os.environ.get("FRE_EDGE_DEBUG") == "1":  # libraries' own warnings: for debugging only
                     shown(message, category, *args, **kwargs)
 
             warnings.showwarning = show
@@ -92,6 +99,13 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing was written for the output in progress", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            if exc.errno not in MACHINE_ERRNOS:
+                self._internal(ctx, exc)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"Error: {where}{exc.strerror}; {MACHINE_ERRNOS[exc.errno]} (nothing was written for the "
+                       f"output in progress)", err=True)
+            ctx.exit(EXIT_ERROR)
         except ImportError as exc:
             if exc.name and exc.name.split(".")[0] in FIT_MODULES:
                 click.echo(f'Error: this command needs {exc.name}; run: pip install "fre-edge[fit]"', err=True)

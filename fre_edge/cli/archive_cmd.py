@@ -48,6 +48,10 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
         check_address(address)  # before anything is written
     if not (bundle / "manifest.json").is_file():
         raise FreEdgeError(f"{bundle}: no bundle folder; pass the folder written by `fre-edge export`")
+    from ..outputs import check_not_input, check_writable
+
+    check_not_input(out_dir, [bundle, *images])  # a run folder is resumed, so an existing one is not refused here
+    check_writable(out_dir)
     paths = [p.resolve() for p in _collect(images, out_dir)]
 
     # the cluster first: an unreachable scheduler leaves no run folder behind

@@ -36,9 +36,10 @@ from .params import FiniteFloat, remote_detector, server_options
               help="Concurrent clients for the async figure (default: with --server 4; locally the runtime's "
                    "own number of requests).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the result as JSON.")
+              help="Also write the result as JSON (a new file, or one fre-edge bench wrote with --force).")
+@click.option("--force", is_flag=True, help="Replace an existing --json file written by fre-edge bench.")
 def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, head_cost, images_dir,
-            server, model_name, clients, json_path):
+            server, model_name, clients, json_path, force):
     """Measure latency (median, mean, p90, p99) and FPS of BUNDLE, sync and async.
 
     Prints a table with the paper's FPS figures beside this machine's.
@@ -48,6 +49,10 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
     from ..errors import FreEdgeError
     from ..runtime import load_backbone_only, load_detector
 
+    if json_path is not None:  # before any work
+        from ..outputs import check_output_file
+
+        check_output_file(json_path, kind="bench", force=force, inputs=[bundle, images_dir])
     paths = None
     if images_dir is not None:
         from ..images import find_images
@@ -72,6 +77,7 @@ def command(bundle, device, backend, precision, mode, batch, duration, threads, 
         det = load(bundle, backend=backend, device=device, precision=precision, hint=mode, threads=threads,
                    batch=batch)
     result = {
+        "kind": "fre-edge bench",
         "command": "fre-edge " + " ".join(sys.argv[1:]),
         "fre_edge_version": __version__,
         "backbone_only": backbone_only,

@@ -24,8 +24,10 @@ from ..fit.data import LAYOUTS
 @click.option("-n", "--num-pictures", type=click.IntRange(min=0), default=8, show_default=True,
               help="Heatmap pictures to write: the highest- and lowest-scored test images of each kind.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing --json file or --pictures folder written by "
+                                            "fre-edge eval (the defaults inside MODEL_DIR are always replaced).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, quiet):
+def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, force, quiet):
     """Evaluate MODEL_DIR (a `fre-edge fit` folder, or an exported bundle of any precision, INT8
     included, run with OpenVINO f32) on the test images of DATA.
 
@@ -37,25 +39,39 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     """
     from ..fit.data import read_dataset
     from ..fit.evaluate import evaluate, write_pictures
-    from ..outputs import write_text_atomic
+    from ..outputs import atomic_dir, check_output, check_output_file, write_text_atomic
     from ..fit.persist import load_model
 
     from ..runtime import load_detector
     from ..runtime.bundle import MANIFEST
 
+    # every output checked before any work; the defaults are the model folder's own eval outputs
+    inputs = [model_dir, data, split]
+    own_json, own_pictures = Path(model_dir) / "eval.json", Path(model_dir) / "eval_pictures"
+    if json_path and Path(json_path).resolve() == own_json.resolve():
+        json_path = None
+    if pictures_dir and Path(pictures_dir).resolve() == own_pictures.resolve():
+        pictures_dir = None
+    json_path = (check_output_file(json_path, kind="eval", force=force, inputs=inputs) if json_path else
+                 check_output_file(own_json, kind="eval", force=True, inputs=[data]))
+    if num_pictures > 0:
+        pictures = ((pictures_dir, force, inputs) if pictures_dir else
+                    (own_pictures, True, [data]))
+        check_output(pictures[0], kind="pictures", force=pictures[1], inputs=pictures[2])
     if (Path(model_dir) / MANIFEST).is_file():
         fitted = load_detector(model_dir)
     else:
         fitted = load_model(model_dir)
     ds = read_dataset(data, layout, split)
     metrics, scores, maps = evaluate(fitted, ds.test, batch_size=batch_size, progress=not quiet)
-    metrics["model"] = str(model_dir)
-    metrics["data"] = ds.summary()
-    json_path = Path(json_path) if json_path else Path(model_dir) / "eval.json"
-    pictures_dir = Path(pictures_dir) if pictures_dir else Path(model_dir) / "eval_pictures"
+    metrics = {"kind": "fre-edge eval", **metrics, "model": str(model_dir), "data": ds.summary()}
+    pictures_dir = Path(pictures_dir) if pictures_dir else own_pictures
     if num_pictures > 0:
-        metrics["pictures"] = [str(p) for p in write_pictures(fitted, ds.test, scores, maps, pictures_dir,
-                                                              num_pictures)]
+        with atomic_dir(pictures[0], pictures[1], "pictures", inputs=pictures[2]) as tmp:
+            written = write_pictures(fitted, ds.test, scores, maps, tmp, num_pictures)
+            (tmp / "pictures.json").write_text(json.dumps({"kind": "fre-edge eval pictures", "model": str(model_dir),
+                                                           "pictures": [p.name for p in written]}, indent=2))
+        metrics["pictures"] = [str(pictures_dir / p.name) for p in written]
     write_text_atomic(json_path, json.dumps(metrics, indent=2))
     show = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro") if k in metrics}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in show.items()))

@@ -45,7 +45,8 @@ def command(bundle, as_json):
     lines = [
         f"bundle       {bundle} (schema {m['schema_version']}, fre-edge {m['fre_edge_version']}; checksums ok: "
         f"{', '.join(sorted(m['files']))})",
-        f"model        FRE on {m['backbone']} {','.join(m['layers'])} ({m.get('backbone_weights', '?')} weights), "
+        f"model        FRE on {m['backbone']} {','.join(m['layers'])} ({m.get('backbone_weights', '?')} weights"
+        + (f", sha256 {m['backbone_weights_sha256'][:12]}" if m.get("backbone_weights_sha256") else "") + "), "
         f"{size_text(m['input_size'])} px"
         + (f" tiles, {m['tiling']['grid'][0]}x{m['tiling']['grid'][1]} a picture (canvas "
            f"{size_text(m['tiling']['canvas'])})" if m.get("tiling") else "")

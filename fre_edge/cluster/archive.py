@@ -74,8 +74,12 @@ def score_partition(bundle: str, digest: str, paths: list[str], out_file: str, b
     table = pa.Table.from_pylist(ordered, schema=schema)
     final = Path(out_file)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)  # a partition file that exists is complete
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)  # a partition file that exists is complete
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return {"rows": len(ordered), "anomalous": sum(r["label"] == "anomalous" for r in ordered),
             "errors": len(errors)}
 
@@ -107,10 +111,17 @@ def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tup
 
         out.mkdir(parents=True)
         write_text_atomic(marker, json.dumps(run, indent=2) + "\n")
-    (out / "scores").mkdir(exist_ok=True)
+    scores = out / "scores"
+    if scores.is_symlink() or scores.exists() and not scores.is_dir():
+        raise FreEdgeError(f"{scores} is not the folder of partition files fre-edge writes; move it away or "
+                           f"choose another --out")
+    scores.mkdir(exist_ok=True)
     todo = []
     for i in range(run["partitions"]):
-        if not partition_file(out, i).is_file():
+        part = partition_file(out, i)
+        if part.is_symlink() or part.exists() and not part.is_file():
+            raise FreEdgeError(f"{part} is not a partition file fre-edge wrote; remove it and run again")
+        if not part.is_file():
             todo.append((i, names[i * partition_size:(i + 1) * partition_size]))
     return run, todo
 
@@ -124,4 +135,15 @@ def read_scores(out: Path):
         raise FreEdgeError(f"{out}: no scores yet; run fre-edge archive first")
     import pyarrow as pa
 
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    tables = []
+    for f in files:
+        try:
+            table = pq.read_table(f)
+        except (OSError, pa.ArrowException) as exc:
+            raise FreEdgeError(f"{f}: not a partition file fre-edge wrote ({' '.join(str(exc).split())[:120]}); "
+                               f"remove it and run again to score that partition anew") from None
+        if table.column_names != list(COLUMNS):
+            raise FreEdgeError(f"{f}: not a partition file fre-edge wrote (its columns are {table.column_names}); "
+                               f"remove it and run again to score that partition anew")
+        tables.append(table)
+    return pa.concat_tables(tables)

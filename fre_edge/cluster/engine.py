@@ -26,6 +26,17 @@ def check_address(address: str) -> None:
             raise FreEdgeError(f"--dask {address}: write local:N with N workers (1 to 256), e.g. local:2")
     elif not address.startswith(("tcp://", "tls://")):
         raise FreEdgeError(f"--dask {address!r}: use local:N or tcp://SCHEDULER:8786")
+    else:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(address)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None or parts.path not in ("", "/"):
+            raise FreEdgeError(f"--dask {address}: write the scheduler's address with its port, e.g. "
+                               f"{address.split('://')[0]}://{parts.hostname or 'SCHEDULER'}:8786")
     _need_dask()
 
 

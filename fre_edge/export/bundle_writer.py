@@ -19,6 +19,16 @@ FORMATS = ("openvino", "onnx")
 OUTPUTS = ["score", "anomaly_map"]
 
 
+def weights_record(cfg) -> dict:
+    """What the manifest says of the backbone's weights: the package's ImageNet weights, random ones (timing
+    only), or the file given with --weights, by name and sha256 (whatever that file holds)."""
+    if not cfg.pretrained:
+        return {"backbone_weights": "random (timing only)"}
+    if not cfg.weights:
+        return {"backbone_weights": "imagenet"}
+    return {"backbone_weights": f"file {Path(cfg.weights).name}", "backbone_weights_sha256": sha256_file(cfg.weights)}
+
+
 def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str]) -> dict:
     from ..fit.backbones import get_spec
 
@@ -29,7 +39,7 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         "fre_edge_version": __version__,
         "model_type": "fre",
         "backbone": cfg.backbone,
-        "backbone_weights": "imagenet" if cfg.pretrained else "random (timing only)",
+        **weights_record(cfg),
         "layers": list(cfg.layers),
         "pool": cfg.pool,
         "input_size": size_json(cfg.input_size),  # a side when square, else [height, width]

@@ -114,6 +114,16 @@ def load_state_dict(path: Path) -> dict:
     return state
 
 
+def _load_into(model, state: dict, path, network: str, strict: bool = True):
+    """``model.load_state_dict``, with weights of another network (names or shapes that differ) as one line."""
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))[:160]
+        raise FreEdgeError(f"{path or 'the weights file'}: not {network} weights ({first}); pass weights of this "
+                           f"backbone or choose the backbone they belong to") from None
+
+
 def _resnet(arch: str):
     def build(pretrained: bool, weights, allow_download: bool, input_size: int):
         import torchvision.models as tvm
@@ -121,7 +131,7 @@ def _resnet(arch: str):
         enum = tvm.get_model_weights(arch).IMAGENET1K_V1
         model = tvm.get_model(arch, weights=None)
         if pretrained:
-            model.load_state_dict(_torchvision_state_dict(enum, weights, allow_download))
+            _load_into(model, _torchvision_state_dict(enum, weights, allow_download), weights, arch)
         stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
         return [("stem", stem), ("layer1", model.layer1), ("layer2", model.layer2),
                 ("layer3", model.layer3), ("layer4", model.layer4)]
@@ -134,7 +144,8 @@ def _vgg16(pretrained: bool, weights, allow_download: bool, input_size: int):
 
     model = tvm.vgg16(weights=None)
     if pretrained:
-        model.load_state_dict(_torchvision_state_dict(tvm.VGG16_Weights.IMAGENET1K_V1, weights, allow_download))
+        _load_into(model, _torchvision_state_dict(tvm.VGG16_Weights.IMAGENET1K_V1, weights, allow_download), weights,
+                   "vgg16")
     return [(f"features.{i}", m) for i, m in enumerate(model.features)]
 
 
@@ -143,9 +154,8 @@ def _efficientnet_b5(pretrained: bool, weights, allow_download: bool, input_size
 
     model = tvm.efficientnet_b5(weights=None)
     if pretrained:
-        model.load_state_dict(
-            _torchvision_state_dict(tvm.EfficientNet_B5_Weights.IMAGENET1K_V1, weights, allow_download)
-        )
+        _load_into(model, _torchvision_state_dict(tvm.EfficientNet_B5_Weights.IMAGENET1K_V1, weights, allow_download),
+                   weights, "efficientnet_b5")
     return [(f"features.{i}", m) for i, m in enumerate(model.features)]
 
 
@@ -187,7 +197,7 @@ def _efficientnet_lite(variant: str):
             if not path.is_file():
                 raise FreEdgeError(f"{path}: weights file not found; pass the path of the .pth file")
             state = load_state_dict(path)
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing, unexpected = _load_into(model, state, path, f"efficientnet-{variant}", strict=False)
             if [k for k in missing if not k.startswith("_fc")]:
                 raise FreEdgeError(f"{path}: not efficientnet-{variant} weights (missing {missing[:3]}...)")
         return [("stem", _LiteStem(model))] + [(f"blocks.{i}", b) for i, b in enumerate(model._blocks)]

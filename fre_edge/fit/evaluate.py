@@ -124,7 +124,6 @@ def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Pat
     from ..visualize import save_panel, score_chart
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     kinds: dict[str, list[float]] = {}
     for smp, sc in sorted(zip(samples, scores), key=lambda t: (t[0].label, t[0].defect)):
         kinds.setdefault(smp.defect, []).append(float(sc))

@@ -87,6 +87,18 @@ class FitConfig:
         return None if self.tiles is None else Tiling(self.tiles, self.input_size, self.tile_overlap)
 
 
+def check_pool(cfg: FitConfig) -> None:
+    """Refuse a pooling kernel wider than a layer's feature map at the input size (nothing would be left)."""
+    spec = get_spec(cfg.backbone)
+    for layer in cfg.layers:
+        stride = spec.layers[layer].stride
+        grid = [x // stride for x in input_hw(cfg.input_size)]
+        if min(grid) < cfg.pool:
+            raise FreEdgeError(f"--pool {cfg.pool} is wider than {layer}'s {grid[0]} x {grid[1]} feature map at the "
+                               f"{size_text(input_hw(cfg.input_size))} input; use --pool {max(1, min(grid))} or less, "
+                               f"or a larger --input-size")
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process so far (MiB), where the OS reports it."""
     try:
@@ -177,6 +189,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         hw, sizing = auto_input_size(paths, get_spec(cfg.backbone).input_size,
                                      None if cfg.tiles is None else (cfg.tiles, cfg.tile_overlap))
         cfg = dataclasses.replace(cfg, input_size=hw)
+    check_pool(cfg)
     tiling = cfg.tiling
     per = per_picture(tiling)
     fit_paths, hold_paths = _split(paths, cfg.holdout, cfg.seed)

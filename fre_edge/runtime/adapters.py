@@ -277,6 +277,7 @@ class OnnxRuntimeAdapter:
         if precision != "f32":
             raise FreEdgeError(f"precision {precision!r}: the onnxruntime backend runs f32; use --precision f32")
         opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: no coloured warnings on the user's terminal
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -37,7 +37,8 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "fre_edge_version": (str, True),
     "model_type": (str, True),
     "backbone": (str, True),
-    "backbone_weights": (str, False),  # "imagenet" or "random (timing only)"
+    "backbone_weights": (str, False),  # "imagenet", "random (timing only)" or "file NAME" (--weights)
+    "backbone_weights_sha256": (str, False),  # with "file NAME": that file's sha256
     "layers": (list, True),
     "pool": (int, True),
     "input_size": ((int, list), True),  # a side when square, else [height, width]

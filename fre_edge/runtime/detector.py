@@ -16,7 +16,7 @@ from ..errors import FreEdgeError
 from ..images import input_hw, model_input, resize_map, size_json
 from ..tiling import Tiling, per_picture, tiles_of
 from .adapters import BACKENDS, REMOTE, InferenceAdapter, make_adapter
-from .bundle import check_threshold, read_manifest, served_name, validate_metadata
+from .bundle import MANIFEST, check_threshold, read_manifest, served_name, validate_metadata
 
 
 class Prediction:
@@ -98,6 +98,8 @@ def _model_file(path: Path, backend: str) -> tuple[Path, Path | None]:
     if path.is_dir():
         name = "model.xml" if backend == "openvino" else "model.onnx"
         f = path / name
+        if not (path / MANIFEST).is_file():
+            raise FreEdgeError(f"{path} is not a bundle (no {MANIFEST}); pass a folder written by `fre-edge export`")
         if not f.is_file():
             other = "onnxruntime" if backend == "openvino" else "openvino"
             raise FreEdgeError(f"{path}: this bundle has no {name}; use --backend {other} or re-export with it")

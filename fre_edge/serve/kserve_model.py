@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ..runtime import load_detector
 from ..runtime.bundle import bundle_digest, read_manifest
-from .contract import MAX_BATCH, check_request, input_tensor, output_tensors, version_of
+from .contract import MAX_BATCH, input_tensor, output_tensors, request_images, version_of
 
 
 class BundleModel(Model):
@@ -48,18 +48,10 @@ class BundleModel(Model):
     def _images(self, payload: InferRequest):
         if not isinstance(payload, InferRequest):
             raise InvalidInput("send a KServe v2 inference request (the v1 'instances' form is not served)")
-        if len(payload.inputs) != 1:
-            raise InvalidInput(f"{len(payload.inputs)} inputs sent; send one, "
-                               f"{input_tensor(self.manifest)['name']!r}")
-        tensor = payload.inputs[0]
-        problem = check_request(tensor.name, tensor.datatype, tensor.shape, self.manifest, self.max_batch)
-        if problem:
-            raise InvalidInput(problem)
         try:
-            return tensor.as_numpy()
-        except (ValueError, TypeError) as exc:  # the data does not hold shape's number of values
-            raise InvalidInput(f"input {tensor.name!r}: its data does not match its shape {tensor.shape} "
-                               f"({' '.join(str(exc).split())[:200]})") from None
+            return request_images(payload, self.manifest, self.max_batch)
+        except ValueError as exc:  # every field checked against the model's metadata: a 400 with its reason
+            raise InvalidInput(str(exc)) from None
 
     async def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
         images = self._images(payload)
