@@ -131,16 +131,11 @@ def read_image(path: str | Path, draft_size: int | None = None) -> tuple[np.ndar
     if not path.is_file():
         raise FreEdgeError(f"{path}: no such image file; check the path")
     try:
-        with warnings.catch_warnings():  # Pillow's bomb warning: one line of ours (the CLI prints FreEdgeWarning)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                im = Image.open(path)
-            except Image.DecompressionBombWarning:
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(path)
-                warnings.warn(f"{path}: {im.size[0]} x {im.size[1]} pixels, more than Pillow decodes without a "
-                              f"warning; it is scored, but such pictures are slow: downscale them at the camera",
-                              FreEdgeWarning, stacklevel=2)
+        im = Image.open(path)
+        if Image.MAX_IMAGE_PIXELS and im.size[0] * im.size[1] > Image.MAX_IMAGE_PIXELS:  # Pillow warns: ours, once
+            warnings.warn(f"{path}: {im.size[0]} x {im.size[1]} pixels, more than Pillow decodes without a warning; "
+                          f"it is scored, but such pictures are slow: downscale them at the camera",
+                          FreEdgeWarning, stacklevel=2)
         with im:
             width, height = im.size
             if im.getexif().get(0x0112) in _TURNED:

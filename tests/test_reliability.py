@@ -122,12 +122,15 @@ def test_predict_refuses_then_replaces_its_own_results(sample_bundle, sample_roo
 
 
 def test_predict_never_scores_its_own_output(sample_bundle, sample_root, tmp_path):
-    folder = shutil.copytree(sample_root / "test" / "good", tmp_path / "good")
-    for name in ("res", "res2"):
-        r = run("predict", sample_bundle, folder, "--out", folder / name, "--quiet")
-        assert r.exit_code == 0, r.output  # the first run's overlays are not scored by the second
-        assert len(json.loads((folder / name / "scores.json").read_text())["images"]) == 4
+    line = tmp_path / "line"
+    folder = shutil.copytree(sample_root / "test" / "good", line / "good")
+    r = run("predict", sample_bundle, folder, "--out", line / "res", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("predict", sample_bundle, line, "--out", tmp_path / "res2", "--quiet")
+    assert r.exit_code == 0, r.output  # the first run's overlays, under line/, are not scored by the second
+    assert len(json.loads((tmp_path / "res2" / "scores.json").read_text())["images"]) == 4
     assert "is the input" in one_error_line(run("predict", sample_bundle, folder, "--out", folder, "--force"))
+    assert "inside the input" in one_error_line(run("predict", sample_bundle, folder, "--out", folder / "res"))
 
 
 # ----------------------------------------------------------------------------- 3. two runs, one new folder
