@@ -2,6 +2,7 @@
 
 Maps are coloured on one fixed scale per model, 0 to twice the pixel threshold, so colours mean the
 same thing in every picture: red is at or above twice the threshold, the threshold itself is yellow.
+Every panel draws that scale under its heatmap and labels its columns.
 """
 
 from __future__ import annotations
@@ -37,25 +38,70 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmax: float, alpha: float = 0.5
     return ((image.astype(np.uint16) * (256 - a) + heat.astype(np.uint16) * a) >> 8).astype(np.uint8)
 
 
+def outline_of(region: np.ndarray) -> np.ndarray:
+    """The pixels of ``region`` (bool HxW) on its border with pixels outside it; the picture's own edge is
+    not a border (no wrap-around: a region touching the bottom edge draws nothing on the top row)."""
+    padded = np.pad(region, 1, mode="edge")
+    inside = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return region & ~inside
+
+
+LABEL_H, TITLE_H, SCALE_H = 14, 18, 26
+
+
 def panel(image: np.ndarray, amap: np.ndarray, vmax: float, *, mask: np.ndarray | None = None,
-          title: str = "") -> Image.Image:
-    """image | ground truth (when known) | heatmap overlay | thresholded outline, side by side."""
-    tiles = [image]
+          title: str = "", anomalous: bool | None = None) -> Image.Image:
+    """image | ground truth (when known) | heatmap overlay | outline, side by side, each column labelled, with
+    the heatmap's colour scale (0, the pixel threshold, twice it) under it. The outline marks the pixels
+    above the pixel threshold of a part judged anomalous (``anomalous`` True or None); a part judged good
+    gets none, so red always means a reject."""
+    tiles, labels = [image], ["picture"]
     if mask is not None:
         tiles.append(np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2))
+        labels.append("ground truth")
     tiles.append(overlay(image, amap, vmax))
-    pred = amap > vmax / 2
+    labels.append("heatmap")
     outline = image.copy()
-    edge = pred ^ np.roll(pred, 1, 0) | pred ^ np.roll(pred, 1, 1)
-    outline[edge] = (255, 0, 0)
+    if anomalous is not False:
+        outline[outline_of(amap > vmax / 2)] = (255, 0, 0)
+        labels.append("anomalous pixels (red)")
+    else:
+        labels.append("judged good: nothing outlined")
     tiles.append(outline)
     h = image.shape[0]
     strip = np.concatenate([t if t.shape[0] == h else np.asarray(Image.fromarray(t).resize((t.shape[1], h)))
                             for t in tiles], axis=1)
-    canvas = Image.new("RGB", (strip.shape[1], h + 18), (255, 255, 255))
-    canvas.paste(Image.fromarray(strip), (0, 18))
-    ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
+    top = TITLE_H + LABEL_H
+    canvas = Image.new("RGB", (strip.shape[1], top + h + SCALE_H), (255, 255, 255))
+    canvas.paste(Image.fromarray(strip), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill=(0, 0, 0))
+    x = 0
+    for t, label in zip(tiles, labels):
+        draw.text((x + 4, TITLE_H), label, fill=(60, 60, 60))
+        x += t.shape[1]
+    heat_x, heat_w = sum(t.shape[1] for t in tiles[:-2]), tiles[-2].shape[1]
+    _colour_scale(canvas, draw, heat_x + 4, top + h + 3, max(heat_w - 8, 16), vmax / 2)
     return canvas
+
+
+def _colour_scale(canvas: Image.Image, draw: ImageDraw.ImageDraw, x: int, y: int, width: int,
+                  threshold: float) -> None:
+    """The heatmap's colours from 0 to twice the pixel threshold, the threshold marked."""
+    bar = colorize(np.linspace(0.0, 1.0, width, dtype=np.float32))[None].repeat(6, axis=0)
+    canvas.paste(Image.fromarray(bar), (x, y))
+    draw.line([(x + width // 2, y - 1), (x + width // 2, y + 7)], fill=(0, 0, 0))
+    for frac, text in ((0.0, "0"), (0.5, f"{threshold:.4g} (threshold)"), (1.0, f"{2 * threshold:.4g}")):
+        tx = x + int(frac * width) - (0 if frac == 0 else len(text) * 6 if frac == 1 else len(text) * 3)
+        draw.text((max(x, tx), y + 8), text, fill=(0, 0, 0))
+
+
+def picture_title(path: str | Path, score: float, threshold: float | None = None, anomalous: bool | None = None) -> str:
+    """``folder/name  score 36526.8 (threshold 6038.11): anomalous``: scores as the terminal prints them."""
+    path = Path(path)
+    verdict = "" if anomalous is None else f": {'anomalous' if anomalous else 'good'}"
+    limit = "" if threshold is None else f" (threshold {threshold:.6g})"
+    return f"{path.parent.name}/{path.name}  score {score:.6g}{limit}{verdict}"
 
 
 def save_panel(path: str | Path, *args, **kwargs) -> None:
@@ -77,7 +123,7 @@ def save_overlay(target: str | Path, path: str | Path, pred, pixel_threshold: fl
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     save_panel(target, resize_rgb_to(image, *size), resize_map(pred.model_map, *size), 2 * pixel_threshold,
-               title=f"{Path(path).name} score={pred.score:.4g} {'anomalous' if pred.anomalous else 'good'}")
+               title=picture_title(path, pred.score, anomalous=pred.anomalous), anomalous=pred.anomalous)
 
 
 OVERLAYS = ("all", "anomalous", "none")  # which pictures predict draws

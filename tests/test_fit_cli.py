@@ -66,7 +66,9 @@ def test_cli_fit_then_eval(tmp_path, sample_root):
     assert [p.name for p in pics][-1] == "scores.png" and len(pics) == 4
     assert Image.open(out / "eval_pictures" / "scores.png").size[1] == 24 + 26 * 4 + 30  # good + 3 defect kinds
     w, h = Image.open(pics[0]).size
-    assert w == 4 * 224 and h == 224 + 18  # image | mask | heatmap | outline
+    from fre_edge.visualize import LABEL_H, SCALE_H, TITLE_H
+
+    assert w == 4 * 224 and h == TITLE_H + LABEL_H + 224 + SCALE_H  # image | mask | heatmap | outline, labelled
 
 
 def _copy_sample(sample_root, tmp_path):

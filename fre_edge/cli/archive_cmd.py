@@ -8,19 +8,20 @@ from pathlib import Path
 
 import click
 
+from .params import QUIET_HELP, batch_size_option, output_option
+
 
 @click.command("archive")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: scores/part-*.parquet, archive.json, summary.json. Run again to resume.")
+@output_option("Run folder: scores/part-*.parquet, archive.json, summary.json. Run again to resume.")
 @click.option("--dask", "address", default=None, metavar="ADDRESS",
               help="local:N (N worker processes here) or tcp://SCHEDULER:8786; default: this process.")
 @click.option("--partition-size", type=click.IntRange(1, 1_000_000), default=256, show_default=True,
               help="Images per partition: the unit of work, of resuming and of one Parquet file.")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, images, out_dir, address, partition_size, batch_size, quiet):
+@batch_size_option(8, "Images scored per call of the graph.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
+def command(bundle, images, output, address, partition_size, batch_size, quiet):
     """Score an archive of IMAGES (files or folders) with BUNDLE, partition by partition, resumably.
 
     Writes one Parquet file per partition (path, score, label, anomalous_pixels, peak, bbox, error) and,
@@ -30,6 +31,8 @@ def command(bundle, images, out_dir, address, partition_size, batch_size, quiet)
     2 some unreadable or bad input.
     """
     from contextlib import nullcontext
+
+    out_dir = output
 
     from tqdm.auto import tqdm
 

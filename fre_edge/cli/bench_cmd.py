@@ -9,18 +9,19 @@ from pathlib import Path
 import click
 
 from ..runtime.adapters import BACKENDS, HINTS, PRECISIONS
-from .params import FiniteFloat, remote_detector, server_options
+from .params import FiniteFloat, batch_size_option, remote_detector, server_options
 
 
 @click.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
-@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
+              help="Which runtime runs the bundle's graph (openvino: the IR; onnxruntime: the ONNX file).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
               help="Inference precision hint (OpenVINO); the precision actually used is reported.")
 @click.option("--mode", type=click.Choice(HINTS), default="latency", show_default=True,
               help="OpenVINO performance hint.")
-@click.option("--batch", type=click.IntRange(1, 256), default=1, show_default=True)
+@batch_size_option(1, "Images per call of the graph.", maximum=256)
 @click.option("--duration", type=FiniteFloat(0.1, 3600), default=10.0, show_default=True,
               help="Seconds per measurement (sync and async each).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Inference threads (default: all).")
@@ -38,13 +39,15 @@ from .params import FiniteFloat, remote_detector, server_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON (a new file, or one fre-edge bench wrote with --force).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file written by fre-edge bench.")
-def command(bundle, device, backend, precision, mode, batch, duration, threads, backbone_only, head_cost, images_dir,
-            server, model_name, clients, json_path, force):
+def command(bundle, device, backend, precision, mode, batch_size, duration, threads, backbone_only, head_cost,
+            images_dir, server, model_name, clients, json_path, force):
     """Measure latency (median, mean, p90, p99) and FPS of BUNDLE, sync and async.
 
     Prints a table with the paper's FPS figures beside this machine's.
     """
     from .. import __version__
+
+    batch = batch_size
     from ..bench import cpu_info, format_table, run_bench, run_images
     from ..errors import FreEdgeError
     from ..runtime import load_backbone_only, load_detector

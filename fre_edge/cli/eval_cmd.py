@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 
 from ..fit.data import LAYOUTS
+from .params import QUIET_HELP, batch_size_option
 
 
 @click.command("eval")
 @click.argument("model_dir", type=click.Path(path_type=str))
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto",
-              show_default=True)
+              show_default=True, help="How DATA is organised (auto: found from its folders).")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split file for the magnetic_tile layout.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -23,10 +24,10 @@ from ..fit.data import LAYOUTS
               help="Folder for heatmap pictures (default MODEL_DIR/eval_pictures).")
 @click.option("-n", "--num-pictures", type=click.IntRange(min=0), default=8, show_default=True,
               help="Heatmap pictures to write: the highest- and lowest-scored test images of each kind.")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True)
+@batch_size_option(16, "Images scored per call of the model.")
 @click.option("--force", is_flag=True, help="Replace an existing --json file or --pictures folder written by "
                                             "fre-edge eval (the defaults inside MODEL_DIR are always replaced).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 def command(model_dir, data, layout, split, json_path, pictures_dir, num_pictures, batch_size, force, quiet):
     """Evaluate MODEL_DIR (a `fre-edge fit` folder, or an exported bundle of any precision, INT8
     included, run with OpenVINO f32) on the test images of DATA.

@@ -10,22 +10,22 @@ import click
 from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
 from ..export.head_weights import DEFAULT_BOUND, HEAD_WEIGHTS
 from ..fit.model import HEAD_FORMS
-from .params import INPUT_SIZE_HELP, InputSize
+from .params import INPUT_SIZE_HELP, QUIET_HELP, InputSize, output_option
 
 
 @click.command("export")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@output_option("Bundle folder to write (new, or one fre-edge wrote, with --force).")
 @click.option("--format", "formats", default="openvino,onnx", show_default=True,
-              help="Comma-separated: openvino, onnx.")
+              help="Which graphs to write, comma-separated: openvino (IR), onnx.")
 @click.option("--fp16", is_flag=True, help="Store the OpenVINO IR weights as FP16 (half the size).")
 @click.option("--head-form", type=click.Choice(HEAD_FORMS), default="auto", show_default=True,
               help="How the graph computes the FRE head; same results, different speed. auto: fastest at batch 1; "
-                   "reconstruct: often faster for batches of 8 or more (see benchmarks/export_head_cost).")
+                   "reconstruct: often faster for batches of 8 or more (measure with fre-edge bench).")
 @click.option("--head-weights", type=click.Choice(HEAD_WEIGHTS), default="f32", show_default=True,
-              help="int8: store the head's components as INT8 in the OpenVINO IR (half the bytes; scores "
-                   "move slightly, so it needs --check-images and --format openvino). See "
-                   "benchmarks/results/head_levers_avx512.md.")
+              help="int8: store the head's components as INT8 in the OpenVINO IR (a quarter of the bytes the head "
+                   "reads; scores move slightly, so it needs --check-images and --format openvino; `fre-edge bench "
+                   "--head-cost` tells whether the head is worth it on your PC).")
 @click.option("--check-images", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="With --head-weights int8: a folder of good pictures the model was NOT fitted on; the export is "
                    "refused if INT8 weights move any of their scores by more than --score-bound.")
@@ -37,7 +37,7 @@ from .params import INPUT_SIZE_HELP, InputSize
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True,
               help="One-step form only: " + INPUT_SIZE_HELP)
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 def command(source, output, formats, fp16, head_form, head_weights, check_images, score_bound, backbone,
             input_size, force, quiet):
     """Export SOURCE as one OpenVINO IR + ONNX graph with its manifest.

@@ -10,7 +10,7 @@ from ..fit.data import LAYOUTS
 
 from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
 from ..fit.pca import STRATEGIES
-from .params import INPUT_SIZE_HELP, FiniteFloat, InputSize
+from .params import INPUT_SIZE_HELP, QUIET_HELP, FiniteFloat, InputSize, batch_size_option, output_option
 
 
 def _n_components(ctx, param, value: str) -> float | int:
@@ -26,13 +26,13 @@ def _n_components(ctx, param, value: str) -> float | int:
 
 @click.command("fit")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=str),
-              help="Model folder to write (must not exist unless --force).")
+@output_option("Model folder to write (new, or one fre-edge fit wrote, with --force).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto",
-              show_default=True, help="How DATA is organised.")
+              show_default=True, help="How DATA is organised (auto: found from its folders).")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split file for the magnetic_tile layout (default DATA/split.json).")
-@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True)
+@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
+              help="The pretrained network whose features FRE models.")
 @click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True, help=INPUT_SIZE_HELP)
 @click.option("--tiles", default=None, metavar="RxC",
@@ -42,7 +42,8 @@ def _n_components(ctx, param, value: str) -> float | int:
                    "pictures' aspect.")
 @click.option("--tile-overlap", type=FiniteFloat(0, 0.5), default=0.25, show_default=True,
               help="With --tiles: the fraction of a tile shared with its neighbour.")
-@click.option("--pool", type=int, default=2, show_default=True, help="Average-pooling kernel on features.")
+@click.option("--pool", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Average-pooling kernel on the features (1: none; larger: coarser map, fewer dimensions).")
 @click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
@@ -53,7 +54,7 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="Fraction of good images kept out to set thresholds.")
 @click.option("--blur", "blur_sigma", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Gaussian blur sigma on the anomaly map, in pixels (0: none, as the paper).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@batch_size_option(16, "Images per forward pass of the backbone while fitting.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Backbone weights file (torchvision backbones).")
 @click.option("--memory-budget", "memory_budget_gb", type=FiniteFloat(0.1, 4096), default=4.0, show_default=True,
@@ -65,7 +66,7 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="With --dask: images per task (default: about four tasks per worker, since each task's "
                    "result is the D x D sums).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 def command(data, output, layout, split, backbone, layers, input_size, tiles, tile_overlap, pool, n_components,
             strategy, ae_epochs, holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size,
             force, quiet):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
@@ -65,3 +66,34 @@ def remote_detector(bundle, server: str, model_name: str | None, backend: str, b
     if backbone_only:
         raise FreEdgeError("--backbone-only times a local graph; drop it with --server")
     return load_detector(bundle, backend="kserve", url=server, model_name=model_name)
+
+
+class Aliased(click.Option):
+    """An option whose help shows its first ``shown`` names (``-o, --output``) while older spellings given
+    after them (``--out``) keep working, unlisted."""
+
+    def __init__(self, *args, shown: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shown = shown
+
+    def get_help_record(self, ctx):
+        opts, self.opts = self.opts, self.opts[:self.shown]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+def output_option(help: str, *, required: bool = True, file_okay: bool = False):
+    """``-o/--output PATH`` (``--out`` also accepted) as every command that writes takes it."""
+    return click.option("-o", "--output", "--out", "output", cls=Aliased, required=required, default=None,
+                        type=click.Path(file_okay=file_okay, path_type=Path), help=help)
+
+
+def batch_size_option(default: int, help: str, maximum: int = 1024):
+    """``--batch-size N`` (``--batch`` also accepted)."""
+    return click.option("--batch-size", "--batch", "batch_size", cls=Aliased, shown=1,
+                        type=click.IntRange(1, maximum), default=default, show_default=True, help=help)
+
+
+QUIET_HELP = "No progress bars and no libraries' output; errors and warnings still print."

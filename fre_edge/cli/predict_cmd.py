@@ -13,7 +13,7 @@ import click
 
 from ..runtime.adapters import BACKENDS, PRECISIONS
 from ..visualize import OVERLAYS
-from .params import POSITIVE, remote_detector, server_options
+from .params import POSITIVE, QUIET_HELP, batch_size_option, output_option, remote_detector, server_options
 
 COLUMNS = ["path", "score", "label", "anomalous_pixels", "peak", "bbox", "overlay", "error"]
 
@@ -49,12 +49,14 @@ def _csv(rows: list[dict]) -> str:
 @click.command("predict")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write scores.csv, scores.json and overlay PNGs to this new folder (written whole when done).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
+@output_option("Write scores.csv, scores.json and heatmap pictures (JPEG) to this new folder (written whole "
+               "when done).", required=False)
+@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
+              help="Which runtime runs the bundle's graph (openvino: the IR; onnxruntime: the ONNX file).")
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
+              help="Inference precision (OpenVINO); f32 keeps the scores on the bundle's thresholds.")
+@batch_size_option(8, "Images scored per call of the graph.")
 @click.option("--threshold", type=POSITIVE, default=None,
               help="Image threshold to use instead of the bundle's (a score above it is anomalous).")
 @click.option("--pixel-threshold", type=POSITIVE, default=None,
@@ -64,9 +66,9 @@ def _csv(rows: list[dict]) -> str:
 @click.option("--no-overlays", is_flag=True, help="Same as --overlays none.")
 @server_options("Run the graph on this model server; pictures are read and resized here, thresholds come from "
                 "BUNDLE")
-@click.option("--force", is_flag=True, help="Replace an existing --out folder written by fre-edge predict.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(bundle, images, out_dir, backend, device, precision, batch_size, threshold, pixel_threshold, overlays,
+@click.option("--force", is_flag=True, help="Replace an existing --output folder written by fre-edge predict.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
+def command(bundle, images, output, backend, device, precision, batch_size, threshold, pixel_threshold, overlays,
             no_overlays, server, model_name, force, quiet):
     """Score IMAGES (files or folders) with BUNDLE.
 
@@ -76,6 +78,8 @@ def command(bundle, images, out_dir, backend, device, precision, batch_size, thr
     unreadable image included), 3 on an internal error, 130 when interrupted.
     """
     from tqdm.auto import tqdm
+
+    out_dir = output
 
     from ..errors import FreEdgeError
     from ..outputs import atomic_dir

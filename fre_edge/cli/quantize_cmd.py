@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from .params import FiniteFloat
+from .params import QUIET_HELP, FiniteFloat, output_option
 
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="INT8 bundle folder to write.")
+@output_option("INT8 bundle folder to write (new, or one fre-edge wrote, with --force).")
 @click.option("--calib", "calib_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of good images to calibrate on (e.g. the fitting images, or DATA/train/good).")
 @click.option("--calib-size", type=click.IntRange(8, 10_000), default=300, show_default=True,
@@ -24,7 +24,7 @@ from .params import FiniteFloat
 @click.option("--max-drop", type=FiniteFloat(0.0, 1.0), default=0.005, show_default=True,
               help="With --val: largest allowed image-AUROC drop (absolute).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 def command(bundle, output, calib_dir, calib_size, keep_head, val_dir, max_drop, force, quiet):
     """Quantize BUNDLE's OpenVINO model to INT8 with NNCF, calibrated on good images only.
 

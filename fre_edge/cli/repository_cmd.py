@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
+
+from .params import output_option
 
 
 @click.command("repository")
 @click.argument("bundles", nargs=-1, required=True)
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The model repository folder to write (new, or one fre-edge wrote with --force).")
+@output_option("The model repository folder to write (new, or one fre-edge wrote, with --force).")
 @click.option("--backend", type=click.Choice(["openvino", "onnxruntime"]), default="openvino", show_default=True,
               help="Which of the bundle's graphs the servers run: the OpenVINO IR or the ONNX file.")
 @click.option("--force", is_flag=True, help="Replace an existing repository written by fre-edge repository.")
-def command(bundles, out_dir, backend, force):
+def command(bundles, output, backend, force):
     """Lay out BUNDLES as a model repository for OpenVINO Model Server and Triton.
 
     Each BUNDLE is a folder written by `fre-edge export`, named after its folder or NAME=BUNDLE. Writes
@@ -23,6 +23,8 @@ def command(bundles, out_dir, backend, force):
     runs the bundle it holds.
     """
     from ..serve.repository import write_repository
+
+    out_dir = output
     from .serve_cmd import _named
 
     models = write_repository(_named(bundles), out_dir, backend=backend, force=force)

@@ -59,11 +59,15 @@ def _check_port(host: str, port: int, what: str) -> None:
 @click.argument("bundles", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on: loopback by default; 0.0.0.0 opens it to the network.")
-@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True)
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="Port of the KServe v2 REST endpoints.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True,
+              help="Port of the KServe v2 gRPC service.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
+              help="Which runtime runs the bundle's graph (openvino: the IR; onnxruntime: the ONNX file).")
 @click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
+              help="Inference precision (OpenVINO); f32 keeps the scores on the bundle's thresholds.")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Requests handled at once (the runtime shares the CPU between them).")
 def command(bundles, host, http_port, grpc_port, backend, device, precision, threads):

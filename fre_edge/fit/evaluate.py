@@ -121,7 +121,7 @@ def pick_for_pictures(samples: Sequence[Sample], scores: np.ndarray, n: int) -> 
 def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Path, n: int) -> list[Path]:
     """``scores.png`` (every test image's score by kind, with the threshold) and n heatmap panels."""
     from ..images import prepare
-    from ..visualize import save_panel, score_chart
+    from ..visualize import picture_title, save_panel, score_chart
 
     out_dir = Path(out_dir)
     kinds: dict[str, list[float]] = {}
@@ -135,8 +135,9 @@ def write_pictures(fitted, samples: Sequence[Sample], scores, maps, out_dir: Pat
     for rank, i in enumerate(pick_for_pictures(samples, scores, n)):
         s = samples[i]
         mask = load_mask(s.mask, *size) if s.label else np.zeros(size, bool)
-        title = f"{s.defect} {s.path.name}  score={scores[i]:.4g}  (threshold {fitted.image_threshold:.4g})"
+        judged = bool(scores[i] > fitted.image_threshold)
+        title = picture_title(s.path, float(scores[i]), fitted.image_threshold, judged)
         path = out_dir / f"{rank:02d}_{s.defect}_{s.path.stem}.png"
-        save_panel(path, prepare(s.path, size), maps[i], vmax, mask=mask, title=title)
+        save_panel(path, prepare(s.path, size), maps[i], vmax, mask=mask, title=title, anomalous=judged)
         written.append(path)
     return [chart, *written]
