@@ -181,9 +181,17 @@ def run_head_cost(full, backbone, *, batch: int = 1, duration: float = 10.0, rou
     lat, per_round = alternate(calls, rounds, block)
     med = {name: float(np.median(v)) * 1e3 for name, v in lat.items()}
     sp = ratio_spread(per_round, "full", "backbone")
+    ratio = med["full"] / med["backbone"]
     return {"batch": batch, "rounds": rounds, "block_s": block, "calls": {n: len(v) for n, v in lat.items()},
             "full_ms": med["full"], "backbone_ms": med["backbone"], "head_ms": med["full"] - med["backbone"],
-            "ratio": med["full"] / med["backbone"], "ratio_round_quartiles": [sp["q1"], sp["q3"]]}
+            "ratio": ratio, "ratio_round_quartiles": [sp["q1"], sp["q3"]],
+            "within_noise": within_noise(ratio, sp["q1"], sp["q3"])}
+
+
+def within_noise(ratio: float, q1: float, q3: float) -> bool:
+    """Whether a head-cost ratio says nothing: the head cannot cost negative time, the rounds' middle half
+    includes 1 (no cost), or it is wider than the effect measured."""
+    return ratio < 1.0 or q1 <= 1.0 <= q3 or (q3 - q1) > abs(ratio - 1.0)
 
 
 def _head_weights_line(hw: dict | None) -> list[str]:
@@ -229,7 +237,11 @@ def format_table(result: dict) -> str:
         lines += ["", f"FRE head: full graph {h['full_ms']:.2f} ms / backbone alone {h['backbone_ms']:.2f} ms = "
                   f"{h['ratio']:.3f}, {h['head_ms']:.2f} ms per call (per-round ratios {q1:.3f}-{q3:.3f}; "
                   f"{h['rounds']} alternating rounds, batch {h['batch']})"]
-        if h["ratio"] > HEAD_COST_HINT and not r.get("head_weights"):  # f32 head weights
+        if h.get("within_noise"):
+            lines.append(f"  within noise: the rounds disagree by more than the head's cost ({q1:.3f}-{q3:.3f}); the "
+                         f"PC was busy or the run short. For a firmer figure: close other work and run longer "
+                         f"(--duration 60)")
+        elif h["ratio"] > HEAD_COST_HINT and not r.get("head_weights"):  # f32 head weights
             lines.append(f"  the head adds more than {HEAD_COST_HINT - 1:.0%} here: `fre-edge export MODEL --format "
                          "openvino --head-weights int8 --check-images GOOD_DIR` has it read a quarter of the bytes")
     if result.get("end_to_end"):

@@ -51,3 +51,27 @@ def test_old_spellings_still_work_but_are_not_shown(sample_bundle, sample_root, 
     assert "--out " not in run("predict", "--help").output
     r = run("bench", sample_bundle, "--batch", "2", "--duration", "0.2")
     assert r.exit_code == 0 and "--batch " not in run("bench", "--help").output
+
+
+def test_backbone_names_match_the_registry():
+    from fre_edge.choices import BACKBONES, DEFAULT_BACKBONE
+    from fre_edge.fit.backbones import REGISTRY
+
+    assert BACKBONES == tuple(sorted(REGISTRY)) and DEFAULT_BACKBONE in REGISTRY
+
+
+def test_an_existing_output_is_refused_before_torch_is_imported(sample_model, sample_bundle, tmp_path):
+    """Refusing takes a fraction of a second: torch is never imported for it."""
+    import subprocess
+    import sys
+
+    model, data = sample_model[0], tmp_path
+    for args in (["fit", str(data), "-o", str(model)], ["export", str(model), "-o", str(sample_bundle)],
+                 ["quantize", str(sample_bundle), "-o", str(sample_bundle), "--calib", str(data)],
+                 ["eval", str(model), str(tmp_path / "nope")],
+                 ["fit", str(tmp_path / "nope"), "-o", str(tmp_path / "m")]):
+        code = ("import sys\nfrom fre_edge.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+                "    print(e.code, 'torch' in sys.modules)")
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert r.stdout.split() == ["2", "False"], (args, r.stdout, r.stderr)
+        assert r.stderr.startswith("Error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -135,3 +135,22 @@ def test_openvino_head_builder_matches_the_numpy_reference(sample_bundle, sample
     _, h, w = shapes[0]
     rows, cols = linear_resize_matrix(h, 224).numpy(), linear_resize_matrix(w, 224).numpy()
     np.testing.assert_allclose(out["anomaly_map"], rows @ ref_m @ cols.T, rtol=1e-3, atol=1e-4 * ref_m.max())
+
+
+@pytest.mark.parametrize("command", ["quantize", "export-int8-head"])
+def test_quiet_means_quiet(sample_model, sample_bundle, sample_root, tmp_path, command):
+    """Nothing but the command's JSON: no torch CUDA line, no NNCF tables or bars (a fresh process, where
+    torch's import-time line would show)."""
+    import subprocess
+    import sys
+
+    good = sample_root / "train" / "good"
+    args = (["quantize", str(sample_bundle), "-o", str(tmp_path / "q"), "--calib", str(good), "--quiet"]
+            if command == "quantize" else
+            ["export", str(sample_model[0]), "-o", str(tmp_path / "q"), "--format", "openvino", "--head-weights",
+             "int8", "--check-images", str(sample_root / "test" / "good"), "--quiet"])
+    r = subprocess.run([sys.executable, "-c", "from fre_edge.cli import main; main()", *args], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["bundle"] == str(tmp_path / "q")

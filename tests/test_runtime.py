@@ -236,11 +236,21 @@ def test_bench_head_cost(sample_bundle, tmp_path):
     res = json.loads(out.read_text())
     for ratio, head_weights, hint in ((HEAD_COST_HINT + 0.1, None, True), (HEAD_COST_HINT - 0.05, None, False),
                                       (HEAD_COST_HINT + 0.1, {"stored": "int8", "at_run": ["u8", "u8"]}, False)):
-        res["head_cost"]["ratio"] = ratio
+        res["head_cost"].update(ratio=ratio, ratio_round_quartiles=[ratio - 0.01, ratio + 0.01], within_noise=False)
         res["runtime"].pop("head_weights", None)
         if head_weights:
             res["runtime"]["head_weights"] = head_weights
         assert ("--head-weights int8" in format_table(res)) == hint, (ratio, head_weights)
+    # a ratio under 1 (the head costing negative time), or rounds spread wider than the effect: said to be noise
+    from fre_edge.bench import within_noise
+
+    for ratio, q1, q3, noise in ((0.867, 0.80, 0.95, True), (1.05, 0.97, 1.12, True), (1.04, 1.0, 1.2, True),
+                                 (1.20, 1.17, 1.23, False), (1.02, 1.015, 1.025, False)):
+        assert within_noise(ratio, q1, q3) == noise, (ratio, q1, q3)
+    res["runtime"].pop("head_weights", None)
+    res["head_cost"].update(ratio=0.867, ratio_round_quartiles=[0.8, 0.95], within_noise=True)
+    table = format_table(res)
+    assert "within noise" in table and "--duration 60" in table and "--head-weights int8" not in table
     out.unlink()
     for args, message in ((["--backbone-only"], "drop --backbone-only"),
                           (["--backend", "onnxruntime"], "use --backend openvino"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..fit.data import LAYOUTS
+from ..choices import LAYOUTS
 from .params import QUIET_HELP, batch_size_option
 
 
@@ -38,13 +38,7 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
     kind, with the threshold) and heatmap pictures (image | mask | heatmap | outline) for a selection
     of test images.
     """
-    from ..fit.data import read_dataset
-    from ..fit.evaluate import evaluate, write_pictures
     from ..outputs import atomic_dir, check_output, check_output_file, write_text_atomic
-    from ..fit.persist import load_model
-
-    from ..runtime import load_detector
-    from ..runtime.bundle import MANIFEST
 
     # every output checked before any work; the defaults are the model folder's own eval outputs
     inputs = [model_dir, data, split]
@@ -59,6 +53,16 @@ def command(model_dir, data, layout, split, json_path, pictures_dir, num_picture
         pictures = ((pictures_dir, force, inputs) if pictures_dir else
                     (own_pictures, True, [data]))
         check_output(pictures[0], kind="pictures", force=pictures[1], inputs=pictures[2])
+    if not Path(data).is_dir():  # before torch is imported
+        from ..errors import FreEdgeError
+
+        raise FreEdgeError(f"{data}: no such folder; check the path")
+    from ..fit.data import read_dataset
+    from ..fit.evaluate import evaluate, write_pictures
+    from ..fit.persist import load_model
+    from ..runtime import load_detector
+    from ..runtime.bundle import MANIFEST
+
     if (Path(model_dir) / MANIFEST).is_file():
         fitted = load_detector(model_dir)
     else:

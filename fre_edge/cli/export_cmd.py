@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
-from ..export.head_weights import DEFAULT_BOUND, HEAD_WEIGHTS
-from ..fit.model import HEAD_FORMS
+from ..choices import BACKBONES, DEFAULT_BACKBONE, DEFAULT_BOUND, HEAD_FORMS, HEAD_WEIGHTS
 from .params import INPUT_SIZE_HELP, QUIET_HELP, InputSize, output_option
 
 
@@ -32,7 +30,7 @@ from .params import INPUT_SIZE_HELP, QUIET_HELP, InputSize, output_option
 @click.option("--score-bound", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
               default=DEFAULT_BOUND, show_default=True,
               help="With --head-weights int8: the largest relative score change allowed on --check-images.")
-@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
+@click.option("--backbone", type=click.Choice(BACKBONES), default=DEFAULT_BACKBONE, show_default=True,
               help="One-step form only: backbone to fit with.")
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True,
               help="One-step form only: " + INPUT_SIZE_HELP)
@@ -48,11 +46,9 @@ def command(source, output, formats, fp16, head_form, head_weights, check_images
     """
     from . import echo_warnings
     from ..errors import FreEdgeError
-    from ..export import export_bundle
     from ..outputs import check_output
-    from ..fit.persist import SETTINGS, load_model
 
-    check_output(output, kind="bundle", force=force, inputs=[source])  # before any work
+    check_output(output, kind="bundle", force=force, inputs=[source])  # before torch is imported
     checks = []
     if head_weights == "int8":
         from ..images import find_images
@@ -64,6 +60,9 @@ def command(source, output, formats, fp16, head_form, head_weights, check_images
     elif check_images is not None:
         raise FreEdgeError("--check-images applies to --head-weights int8 only; drop it")
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
+    from ..export import export_bundle
+    from ..fit.persist import SETTINGS, load_model
+
     if (source / SETTINGS).is_file():
         if input_size != "auto":
             raise FreEdgeError("--input-size applies to the one-step form (a folder of good images); a model "

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from ..fit.data import LAYOUTS
-
-from ..fit.backbones import DEFAULT_BACKBONE, REGISTRY
-from ..fit.pca import STRATEGIES
+from ..choices import BACKBONES, DEFAULT_BACKBONE, LAYOUTS, STRATEGIES
 from .params import INPUT_SIZE_HELP, QUIET_HELP, FiniteFloat, InputSize, batch_size_option, output_option
 
 
@@ -31,7 +29,7 @@ def _n_components(ctx, param, value: str) -> float | int:
               show_default=True, help="How DATA is organised (auto: found from its folders).")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Split file for the magnetic_tile layout (default DATA/split.json).")
-@click.option("--backbone", type=click.Choice(sorted(REGISTRY)), default=DEFAULT_BACKBONE, show_default=True,
+@click.option("--backbone", type=click.Choice(BACKBONES), default=DEFAULT_BACKBONE, show_default=True,
               help="The pretrained network whose features FRE models.")
 @click.option("--layers", default=None, help="Comma-separated layer names (default: the backbone's).")
 @click.option("--input-size", type=InputSize(), default="auto", show_default=True, help=INPUT_SIZE_HELP)
@@ -75,17 +73,25 @@ def command(data, output, layout, split, backbone, layers, input_size, tiles, ti
     DATA is an MVTec AD category folder (train/good is used), a Magnetic Tile folder with split.json,
     or a plain folder of good images.
     """
+    from ..outputs import check_output
+
+    check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before torch is imported
+    if not Path(data).is_dir():
+        from ..errors import FreEdgeError
+
+        raise FreEdgeError(f"{data}: no such folder; check the path")
+    if address:
+        from ..cluster.engine import check_address
+
+        check_address(address)
     from . import echo_warnings
     from ..fit.data import read_dataset
     from ..fit import FitConfig, fit_fre
-    from ..outputs import check_output
     from ..fit.persist import save_model
     from ..images import size_json
     from ..cluster.engine import dask_client
     from contextlib import nullcontext
-    from pathlib import Path
 
-    check_output(output, kind="model", force=force, inputs=[data, split, weights])  # before any work
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
                     pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
                     blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs,

@@ -31,11 +31,12 @@ def command(bundle, output, calib_dir, calib_size, keep_head, val_dir, max_drop,
     Writes a new bundle (OpenVINO IR) whose manifest records the precision, the calibration set and
     the accuracy check that was run. `bench`, `predict` and the runtime take it like any other bundle.
     """
-    from ..fit.data import read_dataset
-    from ..export.quantize import quantize_bundle
     from ..outputs import check_output
 
-    check_output(output, kind="bundle", force=force, inputs=[bundle, calib_dir, val_dir])  # before any work
+    check_output(output, kind="bundle", force=force, inputs=[bundle, calib_dir, val_dir])  # before torch is imported
+    from ..fit.data import read_dataset
+    from ..export.quantize import quantize_bundle
+
     calib = [s.path for s in read_dataset(calib_dir, "folder").train]
     validation = read_dataset(val_dir).test if val_dir else None
     meta = quantize_bundle(bundle, output, calib, keep_head=keep_head, subset_size=calib_size, validation=validation,

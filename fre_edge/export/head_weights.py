@@ -27,8 +27,7 @@ import numpy as np
 from ..errors import FreEdgeError
 from ..runtime.adapters import HEAD_WEIGHT_VALUES, big_matmuls_at_run
 
-HEAD_WEIGHTS = ("f32", "int8")
-DEFAULT_BOUND = 0.01  # largest relative score change allowed on the check pictures
+from ..choices import DEFAULT_BOUND, HEAD_WEIGHTS  # noqa: E402, F401 - the export options, named in one place
 MIN_CHECK_PICTURES = 4
 
 
@@ -63,8 +62,9 @@ def compress_head(model, keep: frozenset[str] = frozenset(), bits: int = 8, grou
     """``model`` with the head matmuls' weights (all but those named in ``keep``) in INT8 (NNCF INT8_ASYM per
     channel), or with ``bits=4`` in INT4 (INT4_ASYM, one scale per ``group_size`` inputs, -1: per channel);
     the rest untouched."""
-    import nncf
+    from .quiet import import_nncf, nncf_output
 
+    nncf = import_nncf()
     head = set(head_matmuls(model)) - set(keep)
     if not head:
         raise FreEdgeError("the graph has no head matmul to compress (too few components?); export with "
@@ -73,10 +73,12 @@ def compress_head(model, keep: frozenset[str] = frozenset(), bits: int = 8, grou
                                        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
                                        and op.get_friendly_name() not in head], validate=False)
     if bits == 8:
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+        with nncf_output():
+            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
     if bits == 4:  # all_layers: NNCF would otherwise keep the last matmul (an LLM's head) in INT8
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
-                                     group_size=group_size, all_layers=True, ignored_scope=ignored)
+        with nncf_output():
+            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0,
+                                         group_size=group_size, all_layers=True, ignored_scope=ignored)
     raise ValueError(f"bits must be 8 or 4, not {bits}")
 
 

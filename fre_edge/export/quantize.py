@@ -72,13 +72,11 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
     ``calibration``: paths or arrays of good images. ``validation``: optional labelled samples
     (objects with ``.path`` and ``.label``) for the accuracy-controlled mode.
     """
-    import logging
-
-    import nncf
     import openvino as ov
 
-    if not progress:
-        nncf.set_log_level(logging.WARNING)
+    from .quiet import import_nncf, nncf_output
+
+    nncf = import_nncf(progress)
 
     from ..fit.metrics import auroc
 
@@ -130,14 +128,16 @@ def quantize_bundle(bundle_dir: str | Path, out_dir: str | Path, calibration: Se
             data = list(data)
             return auroc([y for _, y in data], _infer(compiled, [x for x, _ in data], tiling)[0])
 
-        quantized = nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(calib), nncf.Dataset(val_items, lambda item: item[0]), validate,
-            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored,
-            advanced_quantization_parameters=advanced)
+        with nncf_output(progress):
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calib), nncf.Dataset(val_items, lambda item: item[0]), validate,
+                max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib), ignored_scope=ignored,
+                advanced_quantization_parameters=advanced)
         mode = "accuracy-controlled"
     else:
-        quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored,
-                                  advanced_parameters=advanced)
+        with nncf_output(progress):
+            quantized = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), ignored_scope=ignored,
+                                      advanced_parameters=advanced)
 
     f32_c = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     refitted = refit and mode == "basic" and keep_head and bool(check)

@@ -250,7 +250,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet_b5": BackboneSpec("efficientnet_b5", _B5, ("features.6",), 456, IMAGENET_MEAN, IMAGENET_STD,
                                     _efficientnet_b5, _TV),
 }
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from ..choices import DEFAULT_BACKBONE  # noqa: E402
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -14,7 +14,7 @@ from ..errors import FreEdgeError
 from ..images import IMAGE_SUFFIXES, find_images, is_image_file
 
 
-LAYOUTS = ("auto", "mvtec", "magnetic_tile", "folder")
+from ..choices import LAYOUTS  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from ..images import input_hw
 from .pca import Subspace
 
 
-HEAD_FORMS = ("auto", "reconstruct", "one_pass")
+from ..choices import HEAD_FORMS  # noqa: E402
 
 
 def head_form(n_components: int, channels: int) -> str:

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import FreEdgeError
 
-STRATEGIES = ("auto", "gram", "covariance", "autoencoder")
+from ..choices import STRATEGIES  # noqa: E402
 
 
 @dataclass
