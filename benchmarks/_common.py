@@ -37,14 +37,14 @@ def environment() -> dict:
             "versions": versions()}
 
 
-# issue 17's goal per ISA class: full graph / backbone alone at k = 438, batch 1 (avx2_capped: AVX2 kernels on a
+# the head's cost goal per ISA class: full graph / backbone alone at k = 438, batch 1 (avx2_capped: AVX2 kernels on a
 # wider CPU, ONEDNN_MAX_CPU_ISA=AVX2)
 HEAD_GOAL = {"avx2": 1.10, "avx512": 1.05, "avx2_capped": 1.10}
 
 
 def isa_class(isa: list[str]) -> str:
     """The class of kernels a run measured, for results kept per class: ``avx512`` where the CPU has AVX-512F,
-    else ``avx2`` (issue 17's goals differ between the two)."""
+    else ``avx2`` (the head's cost goals differ between the two)."""
     return "avx512" if "avx512f" in isa else "avx2"
 
 

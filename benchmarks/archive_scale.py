@@ -1,4 +1,4 @@
-"""Archive scoring (issue 16, item 5, scoring half): `fre-edge archive` in one process against a 2-worker local
+"""Archive scoring: `fre-edge archive` in one process against a 2-worker local
 Dask cluster, end to end from image files, with the largest process's peak memory.
 
 Each configuration runs the whole command in a fresh subprocess (as a user runs it) on the same images, the

@@ -1,4 +1,4 @@
-"""What the folded FRE head costs: the exported graph vs the truncated backbone alone (issue: export).
+"""What the folded FRE head costs: the exported graph vs the truncated backbone alone.
 
     python -m benchmarks.export_head_cost [--rounds 30] [--block 0.25]
 
@@ -159,7 +159,7 @@ def render(data: dict) -> str:
           f"OpenVINO CPU, f32 (checked via INFERENCE_PRECISION_HINT), latency hint; {rounds} rounds of "
           f"alternating {block:g} s blocks (after 3 warm-up calls each); ratio = median full-graph latency / "
           "median backbone-only latency over all timed calls; spread = quartiles of the per-round ratios. "
-          "Target (issue #3): <= 1.05. Floor ratio: the backbone plus one pass over the components (projection "
+          "Target: <= 1.05. Floor ratio: the backbone plus one pass over the components (projection "
           "and score, no map; see the script's docstring); other form: the same detector with the other head form; "
           "both timed in the same rounds.", "",
           "| backbone | batch | input | layer | k | head form (MB read) | backbone weights | backbone-only ms "
@@ -194,10 +194,7 @@ def render(data: dict) -> str:
            "so a floor ratio above 1.05 means that no arrangement of the head meets 1.05 at that batch on this "
            "machine. A batch reads the matrices once for all its images, so the share falls with the batch size, "
            "as the batch-8 rows show; there a batched matrix product also beats the grouped convolution, so "
-           "`reconstruct` can be the faster form even where it reads more (`fre-edge export --head-form`).", "",
-           "Where the time goes, node by node: `export_head_profile.md` "
-           "(`python -m benchmarks.export_head_profile`, the same alternation with OpenVINO's per-node counters): "
-           "the head's own nodes, and how much slower the backbone's nodes run inside the full graph than alone."]
+           "`reconstruct` can be the faster form even where it reads more (`fre-edge export --head-form`)."]
     return "\n".join(md) + "\n"
 
 

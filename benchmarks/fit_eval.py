@@ -1,4 +1,4 @@
-"""Fit and evaluate FRE on the real shared datasets with the default backbone (issue: fitting side).
+"""Fit and evaluate FRE on the real shared datasets with the default backbone.
 
     python -m benchmarks.fit_eval            # MTD (split.json) and MVTec bottle, all strategies on MTD
 
@@ -70,7 +70,7 @@ def main():
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     md = ["# FRE fit + evaluation on real data (default backbone EfficientNet-Lite0)", "", header_md(env),
-          "Targets (issue #2): MTD image AUROC >= 0.99 (paper 99.2, EfficientNet-B5 @ 456); bottle image AUROC "
+          "Targets: MTD image AUROC >= 0.99 (paper 99.2, EfficientNet-B5 @ 456); bottle image AUROC "
           ">= 0.99, pixel AUROC >= 0.97; fitting beyond the feature pass < 20% of it.", "",
           "| dataset | layers | strategy | k | image AUROC | pixel AUROC | AUPRO | feature pass s | fit total s "
           "| beyond features | peak RSS MiB (after features / after fit) | FRR / miss @ threshold |",

@@ -1,4 +1,4 @@
-"""The fit at scale (issue 16, item 5, fitting half): `fre-edge fit` in one process (features held in memory, or
+"""The fit at scale: `fre-edge fit` in one process (features held in memory, or
 streamed) against a 2-worker local Dask cluster; the fit's peak memory at N, 4N and 16N images; and, from
 those measurements, an estimate for 1M images on 32 workers.
 

@@ -1,8 +1,8 @@
-"""What each lever on the FRE head's batch-1 cost buys, measured on one real fit (issue 17, item 2).
+"""What each lever on the FRE head's batch-1 cost buys, measured on one real fit.
 
     python -m benchmarks.head_levers [--dataset magnetic_tile] [--rounds 20] [--block 0.2] [--kernels avx2]
 
-Results go to ``head_levers_<isa>`` (``avx512`` where the CPU has AVX-512F, else ``avx2``): #17's goal differs
+Results go to ``head_levers_<isa>`` (``avx512`` where the CPU has AVX-512F, else ``avx2``): the goal differs
 between the two classes (1.10 on AVX2, 1.05 on AVX-512), so a run on one class keeps the other's. With
 ``--kernels avx2`` (results ``head_levers_avx2_capped``) the script runs again under ``ONEDNN_MAX_CPU_ISA=AVX2``,
 which caps OpenVINO's oneDNN kernels (convolutions, the INT8 head matmuls) at AVX2, and turns off the CPU
@@ -12,7 +12,7 @@ f32 matrix products, some reductions) are listed per graph: on an AVX-512 CPU th
 AVX2 kernels, not an AVX2 PC's memory system.
 
 The default Lite0 model fitted on the dataset's good pictures (Magnetic Tile: k = 438 components of D = 7168,
-the issue's case), exported as `fre-edge export` does (ONNX -> OpenVINO, f32 inference, latency hint, batch
+the largest shared case), exported as `fre-edge export` does (ONNX -> OpenVINO, f32 inference, latency hint, batch
 1). Graphs, all timed in the same alternating rounds against the backbone alone (fre_edge.timing):
 
 - ``backbone``: the pooled features only (the denominator of every ratio).
@@ -315,11 +315,11 @@ def main():
                       f"{r['max_rel_map_difference']:.1e}" if "max_rel_map_difference" in r else "-",
                       ", ".join(r["head_kernels"]) or "-",
                       f"{r['head_us']['matmuls']:.0f} + {r['head_us']['rest']:.0f}"])
-    md = ["# Levers on the FRE head's batch-1 cost (issue 17)", "", header_md(env),
+    md = ["# Levers on the FRE head's batch-1 cost", "", header_md(env),
           __doc__.split("\n\n", 2)[2].strip(), "",
           f"{args.dataset}: k = {k}, D = {data['D']}; backbone alone {base * 1e3:.2f} ms (median); "
           f"{args.rounds} rounds of alternating {args.block:g} s blocks; score error on the "
-          f"{data['good_test_pictures']} good test pictures (of {len(test)}). Goal (issue 17) at k = 438, batch 1: "
+          f"{data['good_test_pictures']} good test pictures (of {len(test)}). Goal at k = 438, batch 1: "
           f"<= {HEAD_GOAL[isa]:.2f} on {isa.upper().replace('AVX512', 'AVX-512').replace('_CAPPED', '')}. "
           f"Compiled with {data['compile_config']} (dynamic quantization group size at run time: "
           f"{data['dynamic_quantization_group_size']}; 0 is off)"

@@ -1,4 +1,4 @@
-"""The paper's comparison on this machine: fre-edge FRE vs anomalib's PatchCore, Fre and Dfm (issue: paper table).
+"""The paper's comparison on this machine: fre-edge FRE vs anomalib's PatchCore, Fre and Dfm.
 
     bash benchmarks/peers/setup_anomalib.sh            # once: the peers' pinned venv (.venv-peers)
     python -m benchmarks.paper_table [--datasets mvtec_bottle,magnetic_tile] [--fre-ae-epochs 10]

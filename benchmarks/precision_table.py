@@ -1,4 +1,4 @@
-"""Accuracy and speed across precisions, from one run (issue: INT8 with NNCF).
+"""Accuracy and speed across precisions, from one run.
 
     python -m benchmarks.precision_table [--rounds 3] [--seconds 2]
 
@@ -103,10 +103,10 @@ def main():
           "medians. INT8 (`fre-edge quantize` defaults): NNCF post-training quantization with MINMAX activation "
           "ranges, statistics from 300 good training images, FRE head kept float and refitted on the INT8 "
           "backbone's features of the good training images (10% kept out to set the INT8 thresholds). "
-          "Target (issue #5): INT8 loses at most 0.5 points of image AUROC against f32. INT8 head weights "
+          "Target: INT8 loses at most 0.5 points of image AUROC against f32. INT8 head weights "
           "(`fre-edge export --head-weights int8`): the f32 bundle with the head's two matmuls on INT8 weights, "
           f"the export's score check on the first {CHECK_PICTURES} good test pictures (its largest relative score "
-          "change in the last column); issue #17 asks for no loss of image or pixel AUROC.", "",
+          "change in the last column); the goal is no loss of image or pixel AUROC.", "",
           "| backbone | dataset | variant | precision used | image AUROC | Δ vs f32 (points) | pixel AUROC "
           "| latency FPS | throughput FPS | head check: max rel. score change |", "|---" * 10 + "|"]
     for r in rows:

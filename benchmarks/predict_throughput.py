@@ -1,4 +1,4 @@
-"""End-to-end images/s of predict from image files, before and after the pipeline of issue 18.
+"""End-to-end images/s of predict from image files, before and after reading ahead in threads.
 
 "before": what ``predict`` did until now, one step after another: full decode, Lanczos resize, inference
 (batch 8), map at the picture's size with its mask and box; overlays drawn inline as a PNG panel at the

@@ -1,4 +1,4 @@
-"""Runtime latency and FPS per backbone, backend, precision and mode, from one run (issue: runtime).
+"""Runtime latency and FPS per backbone, backend, precision and mode, from one run.
 
     python -m benchmarks.runtime_bench [--rounds 3] [--seconds 3] [--batch 1]
 

@@ -1,4 +1,4 @@
-"""How much each setting of FRE matters (#14 item 4): one knob at a time away from the defaults, on the shared
+"""How much each setting of FRE matters: one knob at a time away from the defaults, on the shared
 sets, with image AUROC, pixel AUROC, AUPRO, graph FPS and bundle size.
 
     python -m benchmarks.sensitivity                 # every knob on the three sets (about an hour on 2 cores)
@@ -149,7 +149,7 @@ def markdown(env: dict, rows: list[dict], rounds: int) -> str:
     merged = (f"Rows of other knobs fitted and scored by `{env['command_before_merge']}` on this machine earlier; "
               f"every bundle's FPS measured again in this run.\n\n" if env.get("command_before_merge") else "")
     about = __doc__.split("\n\n", 2)[2].strip()
-    md = ["# Sensitivity of FRE to its settings (#14)", "", header_md(env), merged + about, "",
+    md = ["# Sensitivity of FRE to its settings", "", header_md(env), merged + about, "",
           f"FPS rounds: {rounds} (median over all timed calls; quartiles of the per-round values in the JSON).", "",
           "![sensitivity](sensitivity.png)", ""]
     for s in dict.fromkeys(r["set"] for r in rows):

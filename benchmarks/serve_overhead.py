@@ -1,4 +1,4 @@
-"""Serving overhead (issue 15): the local runtime against the same bundle served by ``fre-edge serve`` over
+"""Serving overhead: the local runtime against the same bundle served by ``fre-edge serve`` over
 HTTP and gRPC on loopback, batch 1 and 8, 1/4/8 concurrent clients, in alternating rounds.
 
 Each cell: ``clients`` threads call ``detector.infer_prepared`` on a fixed uint8 batch for ``--block``

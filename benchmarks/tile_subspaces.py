@@ -1,5 +1,5 @@
 """Tiles: one subspace shared by every tile position (what fre-edge builds) or one subspace per position
-(as FRE keeps a pixel's position inside its one vector)? Both measured on the same tiles (#14 item 2).
+(as FRE keeps a pixel's position inside its one vector)? Both measured on the same tiles.
 
     python -m benchmarks.tile_subspaces [--sets mvtec_bottle,mtd_wide] [--tiles 2x2]
 
@@ -97,7 +97,7 @@ def markdown(env: dict, rows: list[dict]) -> str:
     from fre_edge.timing import markdown_table
 
     about = __doc__.split("\n\n", 2)[2].strip()
-    md = ["# Tiles: one subspace shared by every position, or one per position (#14)", "", header_md(env), about, ""]
+    md = ["# Tiles: one subspace shared by every position, or one per position", "", header_md(env), about, ""]
     table = []
     for r in rows:
         base = next(x for x in rows if x["set"] == r["set"] and x["subspace"] == "shared")

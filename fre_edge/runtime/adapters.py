@@ -138,8 +138,8 @@ def set_batch(model, n: int):
 
 
 # the batch sizes an adapter loaded with a dynamic batch compiles again at a fixed shape, when they come: batch 1,
-# a line's picture per trigger. A fixed shape took 0.89-0.90x the time for Lite0 at batch 1 and 2, 0.97x at
-# batch 8, 0.98-1.0x for the ResNets, and each compiled graph holds its own weights (benchmarks/fixed_batch.py)
+# a line's picture per trigger, where OpenVINO's CPU plugin runs a fixed shape faster than the dynamic one; each
+# compiled graph holds its own weights, so larger sizes, where the gain was small, keep the dynamic graph
 FIXED_BATCHES = (1,)
 
 
@@ -216,7 +216,7 @@ class OpenVINOAdapter:
     def _compiled_for(self, n: int):
         """The compiled model for a batch of ``n``. A graph with a dynamic batch is compiled again at a fixed
         batch of ``n`` the first time ``n`` comes, for the sizes in ``FIXED_BATCHES``: OpenVINO's CPU plugin runs
-        the fixed shape faster there (``benchmarks/fixed_batch.py``). Other sizes, and one the device cannot
+        the fixed shape faster there. Other sizes, and one the device cannot
         compile, run on the dynamic graph."""
         if self._fixed is None or n not in FIXED_BATCHES:
             return self.compiled
