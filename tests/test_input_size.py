@@ -1,4 +1,4 @@
-"""Non-square input (#14 item 1): ``--input-size HxW`` and ``auto`` carried through the fit, the exported
+"""Non-square input: ``--input-size HxW`` and ``auto`` carried through the fit, the exported
 graph (both formats), the manifest, the runtime's resize, INT8, serving, Model API, eval and bench."""
 
 from __future__ import annotations

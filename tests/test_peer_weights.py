@@ -1,4 +1,4 @@
-"""The peers' backbone (issue 14, item 6): fre-edge's Lite0 ImageNet weights mapped onto timm's
+"""The peers' backbone: fre-edge's Lite0 ImageNet weights mapped onto timm's
 tf_efficientnet_lite0 give the same features as fre-edge's own backbone, on real images."""
 
 from __future__ import annotations

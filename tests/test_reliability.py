@@ -1,6 +1,6 @@
-"""Trust on an unattended line (issue 12): no lost file, no silent pass, no traceback.
+"""Trust on an unattended line: no lost file, no silent pass, no traceback.
 
-Each test names the case of the issue it covers; each runs the command as the user meets it (the CLI),
+Each test runs the command as the user meets it (the CLI),
 on the real demo model and bundle.
 """
 

@@ -1,4 +1,4 @@
-"""Tiling (#14 item 2): pictures scored as overlapping tiles by the one exported graph: the geometry, the fit
+"""Tiling: pictures scored as overlapping tiles by the one exported graph: the geometry, the fit
 (held, streamed, on Dask), export, both backends, eval, bench, predict, INT8, serving, and one line per bad
 setting or tampered manifest."""
 
