@@ -335,3 +335,24 @@ def test_backbone_only_refuses_a_graph_without_an_fre_head():
     plain = ov.Model([ops.relu(x)], [x], "not_fre")
     with pytest.raises(FreEdgeError, match="cannot find the FRE head.*fre-edge bundle"):
         cut_to_backbone(plain)
+
+
+def test_a_verdict_is_made_without_the_full_size_map():
+    """Box, anomalous pixels and peak come from the model's map scaled to the picture: the full-size map is
+    never made for them, and they agree with it to one cell of the model map."""
+    from fre_edge.runtime.detector import Prediction
+
+    rng = np.random.default_rng(1)
+    model_map = rng.random((32, 32)).astype(np.float32) * 0.5
+    model_map[10:14, 20:27] = 2.0  # a defect
+    p = Prediction(9.0, True, model_map, (1944, 2592), 1.0)  # a 5 MP picture
+    d = p.to_dict()
+    assert p._map is None  # never made
+    x0, y0, x1, y1 = d["bbox"]
+    cell_h, cell_w = 1944 / 32, 2592 / 32
+    full = Prediction(9.0, True, model_map, (1944, 2592), 1.0).mask  # the full-size mask, for reference
+    rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+    fx0, fy0, fx1, fy1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    assert abs(x0 - fx0) <= cell_w and abs(x1 - fx1) <= cell_w and abs(y0 - fy0) <= cell_h and abs(y1 - fy1) <= cell_h
+    assert d["anomalous_pixels"] == pytest.approx(int(full.sum()), rel=0.35)
+    assert d["peak"] == pytest.approx(2.0)

@@ -70,13 +70,32 @@ class Prediction:
         return (f"Prediction(score={self.score:.6g}, anomalous={self.anomalous}, "
                 f"image_size={self.image_size[0]}x{self.image_size[1]})")
 
+    def _model_mask(self) -> np.ndarray:
+        """The cells of the model's map above the pixel threshold (a full-size mask given to ``from_map``)."""
+        if self._mask is not None and self._mask.shape == self.model_map.shape:
+            return self._mask
+        return self.model_map > self.pixel_threshold
+
     @property
     def bbox(self) -> tuple[int, int, int, int] | None:
-        """(x0, y0, x1, y1), the smallest box around every mask pixel (x1, y1 exclusive); None if none."""
-        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
+        """(x0, y0, x1, y1) in the picture's pixels (x1, y1 exclusive): the cells of the model's map above the
+        pixel threshold, scaled to the picture; None if none. Made without the full-size map (which a 5 MP
+        picture would take longer to make than the inference), so it is exact to one cell of the model map."""
+        cells = self._model_mask()
+        rows, cols = np.flatnonzero(cells.any(1)), np.flatnonzero(cells.any(0))
         if rows.size == 0:
             return None
-        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        (h, w), (mh, mw) = self.image_size, cells.shape
+        return (int(cols[0] * w // mw), int(rows[0] * h // mh), int(min(w, -(-(cols[-1] + 1) * w // mw))),
+                int(min(h, -(-(rows[-1] + 1) * h // mh))))
+
+    @property
+    def anomalous_pixels(self) -> int:
+        """How many of the picture's pixels are above the pixel threshold, counted on the model's map and
+        scaled to the picture's size (exact to the model map's resolution)."""
+        cells = self._model_mask()
+        (h, w), (mh, mw) = self.image_size, cells.shape
+        return int(round(int(cells.sum()) * h * w / (mh * mw)))
 
     @property
     def peak(self) -> float:
@@ -85,11 +104,11 @@ class Prediction:
         return float(self.model_map.max())
 
     def to_dict(self) -> dict:
-        """JSON-ready: score, label ("anomalous" or "good"), anomalous_pixels, peak, bbox [x0, y0, x1, y1]."""
-        above = self._any_above()  # nothing above the pixel threshold: no full-size map needed
-        box = self.bbox if above else None
+        """JSON-ready: score, label ("anomalous" or "good"), anomalous_pixels, peak, bbox [x0, y0, x1, y1]; all
+        from the model's map, never the full-size one."""
+        box = self.bbox
         return {"score": self.score, "label": "anomalous" if self.anomalous else "good",
-                "anomalous_pixels": int(self.mask.sum()) if above else 0, "peak": self.peak,
+                "anomalous_pixels": self.anomalous_pixels, "peak": self.peak,
                 "bbox": None if box is None else list(box)}
 
 
