@@ -102,7 +102,7 @@ def stages(det, paths) -> dict:
         t = time.perf_counter()
         det.infer_prepared(x)
         out["infer_batch8_per_image"].append((time.perf_counter() - t) / len(x))
-        for pred, p in zip(det._predict_prepared(prepared), paths[:8]):
+        for pred, p in zip(det.predict_prepared(prepared), paths[:8]):
             t = time.perf_counter()
             pred.to_dict()
             out["map_mask_box"].append(time.perf_counter() - t)

@@ -42,6 +42,8 @@ COMMANDS = {
     "serve": ("fre_edge.cli.serve_cmd", "Serve bundles over the KServe v2 protocol (needs the serve extra)."),
     "repository": ("fre_edge.cli.repository_cmd", "Lay out bundles as a model repository for OVMS and Triton."),
     "model-api": ("fre_edge.cli.model_api_cmd", "Write a bundle as an OpenVINO Model API AnomalyDetection model."),
+    "line": ("fre_edge.cli.line_cmd", "Run a bundle on a line: sources in, verdicts to MQTT, OPC UA and more, "
+                                      "nothing lost (needs the line extra)."),
     "info": ("fre_edge.cli.info_cmd", "Check a bundle and show what it holds and what this machine runs (torch-free)."),
 }
 

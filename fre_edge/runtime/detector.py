@@ -219,14 +219,15 @@ class AnomalyDetector(_LoadedGraph):
         Returns:
             one :class:`Prediction` per image, in order, with maps and masks at each image's own size.
         """
-        return self._predict_prepared([self.prepare(i) for i in images])
+        return self.predict_prepared([self.prepare(i) for i in images])
 
     def prepare(self, image) -> tuple[np.ndarray, tuple[int, int]]:
         """(the model's input, H x W x 3 uint8 (with tiles: [tiles, H, W, 3]), and the picture's (height,
         width)) for a path or an array."""
         return model_input(image, self.input_size) if self.tiling is None else tiles_of(image, self.tiling)
 
-    def _predict_prepared(self, prepared: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[Prediction]:
+    def predict_prepared(self, prepared: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[Prediction]:
+        """Score pictures already made ready by :meth:`prepare` (in other threads, say), in one call."""
         if not prepared:
             return []
         if self.tiling is not None:  # every tile of every picture in one call, then each picture's score and map
@@ -274,7 +275,7 @@ class AnomalyDetector(_LoadedGraph):
                             raise
                         on_error(item, exc)
                 fill()  # the next reads start before this batch infers
-                yield from zip(chunk, self._predict_prepared(ready))
+                yield from zip(chunk, self.predict_prepared(ready))
 
 
 _END = object()

@@ -1,0 +1,109 @@
+"""``fre-edge line`` (torch-free; MQTT, OPC UA and cameras need the line extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..runtime.adapters import BACKENDS
+from .params import FiniteFloat, batch_size_option
+
+
+@click.command("line")
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The station's TOML file ([station], [[source]], [[sink]]); BUNDLE, if given, replaces its "
+                   "bundle.")
+@click.option("--source", "sources", multiple=True, metavar="URL",
+              help="Where pictures come from, repeatable: folder:DIR, camera:INDEX, video:FILE, rtsp://..., "
+                   "http://... (a camera stream) or push://HOST:PORT (pictures POSTed).")
+@click.option("--sink", "sinks", multiple=True, metavar="URL",
+              help="Where verdicts go, repeatable: mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT, "
+                   "webhook+http://HOST:PORT/PATH or folder:DIR.")
+@click.option("--journal", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the journal every verdict is written to before any sink sends it (default "
+                   "./fre-edge-journal); a restarted station resumes its undelivered verdicts from it.")
+@click.option("--name", default=None, help="The station's name, in every message's id (default: station).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics at /metrics and the station's state at /status on this port "
+                   "(loopback).")
+@click.option("--threshold", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Image threshold instead of the bundle's.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
+              help="Which runtime runs the bundle's graph.")
+@click.option("--server", default=None, metavar="URL",
+              help="Run the graph on this model server (grpc://HOST:PORT or http://HOST:PORT) instead.")
+@batch_size_option(8, "Parts scored in one call when several are waiting (a lone part is never held back).",
+                   maximum=64)
+@click.option("--drain", "drain_s", type=FiniteFloat(0, 3600), default=10.0, show_default=True,
+              help="On SIGTERM or Ctrl-C: seconds to deliver what waits before stopping (the rest stays in the "
+                   "journal).")
+def command(bundle, config_path, sources, sinks, journal, name, metrics_port, threshold, backend, server,
+            batch_size, drain_s):
+    """Run BUNDLE on a line: pictures from sources, verdicts to sinks, nothing lost.
+
+    Every verdict is written to the journal on disk first; each sink delivers from it in order, retrying
+    while its peer (broker, PLC, web service) is away, without ever holding up inspection: at least once,
+    in order per sink, each message with an id to drop a repeat by. Runs until SIGTERM or Ctrl-C, then
+    delivers what it can within --drain seconds and stops. Example:
+
+    fre-edge line bundles/line3 --source folder:incoming --sink mqtt://127.0.0.1:1883/plant/line3
+    --sink opcua://127.0.0.1:4840 --metrics-port 9100
+    """
+    import logging
+    import signal
+    import threading
+
+    from ..errors import FreEdgeError
+    from ..line import config as conf
+
+    settings = {k: v for k, v in {"journal": str(journal) if journal else None, "name": name,
+                                   "threshold": threshold, "batch_size": batch_size, "drain_s": drain_s,
+                                   "server": server, "metrics": f"127.0.0.1:{metrics_port}" if metrics_port
+                                   else None}.items() if v is not None}
+    if config_path is not None:
+        if sources or sinks:
+            raise FreEdgeError("--config holds the sources and sinks; drop --source and --sink, or --config")
+        cfg = conf.from_toml(config_path, str(bundle) if bundle else None)
+        ctx = click.get_current_context()
+        for key, value in settings.items():  # what the command line gives replaces the file's
+            if key not in ("batch_size", "drain_s") or ctx.get_parameter_source(key).name == "COMMANDLINE":
+                setattr(cfg, key, value)
+    else:
+        if bundle is None:
+            raise FreEdgeError("no bundle; pass BUNDLE (a folder written by `fre-edge export`) or --config FILE")
+        cfg = conf.from_args(str(bundle), list(sources), list(sinks), **settings)
+    from ..line.station import Station
+    from ..runtime import load_detector
+    from ..runtime.bundle import bundle_digest, read_manifest, serving_version
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("asyncua", "paho"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    det = (load_detector(cfg.bundle, backend="kserve", url=cfg.server) if cfg.server else
+           load_detector(cfg.bundle, backend=backend))
+    version = serving_version(bundle_digest(read_manifest(cfg.bundle, verify=False)))
+    station = Station(cfg, det, version=version)
+    metrics = None
+    if cfg.metrics:
+        from ..line.metrics import MetricsServer
+
+        host, port = cfg.metrics.rsplit(":", 1)
+        metrics = MetricsServer(station, host, int(port)).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    station.start()
+    click.echo(f"station {cfg.name}: inspecting with {cfg.bundle} (version {version}); SIGTERM or Ctrl-C stops it",
+               err=True)
+    while not stop.wait(0.5):
+        pass
+    click.echo(f"station {cfg.name}: stopping, delivering for up to {cfg.drain_s:g} s", err=True)
+    summary = station.stop()
+    if metrics:
+        metrics.stop()
+    left = {k: v for k, v in summary["undelivered"].items() if v}
+    click.echo(f"station {cfg.name}: {summary['parts']} part(s), {summary['rejects']} reject(s)"
+               + (f"; undelivered, kept in the journal for the next start: {left}" if left else
+                  "; everything delivered"), err=True)

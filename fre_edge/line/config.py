@@ -1,0 +1,326 @@
+"""A station's configuration: one TOML file, or the command line's URL forms, checked whole before anything
+starts (one line naming the entry at fault and the fix).
+
+Sources (``--source`` or ``[[source]]`` with ``type``):
+
+    folder:DIR[?existing=1&after=keep|move|delete&settle=0.2]   pictures dropped into DIR (complete files only)
+    camera:INDEX | video:FILE | rtsp://... | http(s)://...[?fps=N]   OpenCV; reconnects when the stream drops
+    push://HOST:PORT                                          camera software POSTs pictures, gets the verdict
+
+Sinks (``--sink`` or ``[[sink]]``), each with ``?payload=verdict|verdict+picture&pictures=anomalous|all&rate=N``:
+
+    mqtt://HOST:PORT/TOPIC     JSON per part, QoS 1; retained status on TOPIC/status
+    opcua://HOST:PORT          the station as an OPC UA server a PLC reads or subscribes to
+    opcua-client://HOST:PORT   writes each verdict to the PLC's own server (nodes in the TOML file)
+    webhook+http(s)://HOST:PORT/PATH   POST per part, retried
+    folder:DIR                 JSON lines (rotated), and pictures of rejects with payload=verdict+picture
+
+Credentials come from the environment, never from the file: FRE_EDGE_MQTT_USERNAME, FRE_EDGE_MQTT_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from ..errors import FreEdgeError
+
+SOURCE_TYPES = ("folder", "camera", "push")
+SINK_TYPES = ("mqtt", "opcua", "opcua-client", "webhook", "folder")
+PAYLOADS = ("verdict", "verdict+picture")
+PICTURES = ("anomalous", "all")
+AFTER = ("keep", "move", "delete")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class SourceConfig:
+    type: str
+    name: str
+    path: str = ""  # folder: the folder; camera: index, file or URL
+    existing: bool = False  # folder: also score the pictures already there
+    after: str = "keep"  # folder: keep, move (to good/ and reject/ beside the folder's pictures) or delete
+    settle: float = 0.2  # folder: seconds a file's size must stay the same before it is complete
+    fps: float = 0.0  # camera: frames per second at most (0: as they come)
+    host: str = "127.0.0.1"  # push
+    port: int = 0  # push
+
+
+@dataclass
+class SinkConfig:
+    type: str
+    name: str
+    url: str = ""
+    host: str = ""
+    port: int = 0
+    topic: str = ""
+    path: str = ""
+    payload: str = "verdict"
+    pictures: str = "anomalous"
+    rate: float = 0.0  # messages per second at most (0: no limit); the rest wait in the journal
+    nodes: dict = field(default_factory=dict)  # opcua-client: {"verdict": NODE_ID, "score": ..., ...}
+    qos: int = 1
+
+
+@dataclass
+class StationConfig:
+    bundle: str
+    sources: list[SourceConfig]
+    sinks: list[SinkConfig]
+    name: str = "station"
+    journal: str = "fre-edge-journal"
+    journal_max_mb: float = 1024.0
+    journal_sync: bool = True
+    metrics: str = ""  # HOST:PORT, or "" for none
+    threshold: float | None = None
+    batch_size: int = 8
+    drain_s: float = 10.0
+    server: str | None = None  # run the graph on a model server (grpc://HOST:PORT or http://...)
+
+
+def _bad(where: str, message: str) -> FreEdgeError:
+    return FreEdgeError(f"{where}: {message}")
+
+
+def _port(where: str, text) -> int:
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        port = -1
+    if not 0 <= port <= 65535:
+        raise _bad(where, f"port {text!r} is not a number from 0 to 65535")
+    return port
+
+
+def _host_port(where: str, netloc: str, need_port: bool = True) -> tuple[str, int]:
+    parts = urlsplit(f"//{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or (need_port and port is None):
+        raise _bad(where, "write HOST:PORT, e.g. 127.0.0.1:1883")
+    return parts.hostname, port or 0
+
+
+def _options(where: str, query: str, allowed: set[str]) -> dict:
+    opts = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(opts) - allowed
+    if unknown:
+        raise _bad(where, f"unknown option {sorted(unknown)[0]!r}; use {', '.join(sorted(allowed)) or 'none'}")
+    return opts
+
+
+def _flag(where: str, text: str) -> bool:
+    if str(text).lower() in ("1", "true", "yes"):
+        return True
+    if str(text).lower() in ("0", "false", "no", ""):
+        return False
+    raise _bad(where, f"{text!r} is not true or false")
+
+
+def _number(where: str, text, low: float = 0.0) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise _bad(where, f"{text!r} is not a number") from None
+    if not value >= low or value != value or value == float("inf"):
+        raise _bad(where, f"{text!r} must be a finite number of {low:g} or more")
+    return value
+
+
+def parse_source(spec: str, index: int) -> SourceConfig:
+    """One ``--source`` URL form as a :class:`SourceConfig`."""
+    where = f"--source {spec}"
+    scheme, sep, rest = spec.partition(":")
+    if not sep:
+        raise _bad(where, "write folder:DIR, camera:INDEX, video:FILE, rtsp://..., http://... or push://HOST:PORT")
+    path, _, query = rest.partition("?")
+    name = f"source{index + 1}"
+    if scheme == "folder":
+        o = _options(where, query, {"existing", "after", "settle", "name"})
+        src = SourceConfig("folder", o.get("name", name), path=path, existing=_flag(where, o.get("existing", "0")),
+                           after=o.get("after", "keep"), settle=_number(where, o.get("settle", 0.2)))
+    elif scheme in ("camera", "video", "rtsp", "rtsps", "http", "https"):
+        o = _options(where, query, {"fps", "name"})
+        target = path if scheme in ("camera", "video") else spec.split("?")[0]
+        src = SourceConfig("camera", o.get("name", name), path=target, fps=_number(where, o.get("fps", 0)))
+    elif scheme == "push":
+        o = _options(where, query, {"name"})
+        host, port = _host_port(where, path.lstrip("/"))
+        src = SourceConfig("push", o.get("name", name), host=host, port=port)
+    else:
+        raise _bad(where, f"unknown source {scheme!r}; use folder:, camera:, video:, rtsp://, http:// or push://")
+    return check_source(src, where)
+
+
+def parse_sink(spec: str, index: int) -> SinkConfig:
+    """One ``--sink`` URL form as a :class:`SinkConfig`."""
+    where = f"--sink {spec}"
+    if spec.startswith("folder:"):
+        path, _, query = spec[len("folder:"):].partition("?")
+        o = _options(where, query, {"payload", "pictures", "rate", "name"})
+        return check_sink(SinkConfig("folder", o.get("name", f"folder{index + 1}"), path=path,
+                                     payload=o.get("payload", "verdict"), pictures=o.get("pictures", "anomalous"),
+                                     rate=_number(where, o.get("rate", 0))), where)
+    parts = urlsplit(spec)
+    o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"})
+    common = dict(payload=o.get("payload", "verdict"), pictures=o.get("pictures", "anomalous"),
+                  rate=_number(where, o.get("rate", 0)))
+    if parts.scheme == "mqtt":
+        host, port = _host_port(where, parts.netloc)
+        topic = parts.path.lstrip("/")
+        sink = SinkConfig("mqtt", o.get("name", f"mqtt{index + 1}"), host=host, port=port, topic=topic,
+                          qos=int(_number(where, o.get("qos", 1))), **common)
+    elif parts.scheme in ("opcua", "opc.tcp"):
+        host, port = _host_port(where, parts.netloc)
+        sink = SinkConfig("opcua", o.get("name", f"opcua{index + 1}"), host=host, port=port, **common)
+    elif parts.scheme == "opcua-client":
+        host, port = _host_port(where, parts.netloc)
+        sink = SinkConfig("opcua-client", o.get("name", f"plc{index + 1}"), url=f"opc.tcp://{parts.netloc}",
+                          host=host, port=port, **common)
+    elif parts.scheme in ("webhook+http", "webhook+https"):
+        host, port = _host_port(where, parts.netloc, need_port=False)
+        url = spec.split("?")[0].replace("webhook+", "", 1)
+        sink = SinkConfig("webhook", o.get("name", f"webhook{index + 1}"), url=url, host=host, port=port, **common)
+    else:
+        raise _bad(where, "use mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT, opcua-client://HOST:PORT, "
+                          "webhook+http://HOST:PORT/PATH or folder:DIR")
+    return check_sink(sink, where)
+
+
+def check_source(src: SourceConfig, where: str) -> SourceConfig:
+    if not NAME.match(src.name):
+        raise _bad(where, f"name {src.name!r}: use letters, digits, '_', '.', '-'")
+    if src.type == "folder":
+        if not src.path:
+            raise _bad(where, "no folder; write folder:DIR")
+        if not Path(src.path).is_dir():
+            raise _bad(where, f"{src.path} is not a folder; create it or check the path")
+        if src.after not in AFTER:
+            raise _bad(where, f"after={src.after!r}; use {', '.join(AFTER)}")
+    elif src.type == "camera":
+        if not src.path:
+            raise _bad(where, "no camera; write camera:0, video:FILE or a stream URL")
+        if not (src.path.isdigit() or "://" in src.path or Path(src.path).is_file()):
+            raise _bad(where, f"{src.path}: no such video file; check the path")
+    elif src.type == "push":
+        if src.port == 0:
+            raise _bad(where, "give the port to listen on, e.g. push://127.0.0.1:8090")
+    else:
+        raise _bad(where, f"unknown source type {src.type!r}; use {', '.join(SOURCE_TYPES)}")
+    return src
+
+
+def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
+    if not NAME.match(sink.name):
+        raise _bad(where, f"name {sink.name!r}: use letters, digits, '_', '.', '-'")
+    if sink.type not in SINK_TYPES:
+        raise _bad(where, f"unknown sink type {sink.type!r}; use {', '.join(SINK_TYPES)}")
+    if sink.payload not in PAYLOADS:
+        raise _bad(where, f"payload={sink.payload!r}; use {' or '.join(PAYLOADS)}")
+    if sink.pictures not in PICTURES:
+        raise _bad(where, f"pictures={sink.pictures!r}; use {' or '.join(PICTURES)}")
+    if sink.type == "mqtt":
+        if not sink.topic or any(c in sink.topic for c in "#+"):
+            raise _bad(where, "give the topic to publish to, without wildcards: mqtt://HOST:PORT/plant/line3")
+        if sink.qos not in (0, 1, 2):
+            raise _bad(where, f"qos={sink.qos}; use 1 (at least once), 2, or 0 (may lose messages)")
+    if sink.type == "folder" and not sink.path:
+        raise _bad(where, "no folder; write folder:DIR")
+    if sink.type == "opcua-client" and not sink.nodes:
+        raise _bad(where, "name the PLC's nodes to write in the TOML file: nodes = {verdict = \"ns=2;s=...\"}")
+    return sink
+
+
+def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> StationConfig:
+    cfg = StationConfig(bundle=bundle, sources=[parse_source(s, i) for i, s in enumerate(sources)],
+                        sinks=[parse_sink(s, i) for i, s in enumerate(sinks)], **settings)
+    return check_station(cfg)
+
+
+STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
+                "drain_s", "server"}
+
+
+def from_toml(path: str | Path, bundle: str | None = None) -> StationConfig:
+    """A station from a TOML file: ``[station]``, ``[[source]]`` and ``[[sink]]`` tables (each a URL form in
+    ``url`` or its fields by name)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise FreEdgeError(f"{path}: cannot read it ({exc.strerror}); check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FreEdgeError(f"{path}: not valid TOML ({exc}); fix that line") from None
+    unknown = set(data) - {"station", "source", "sink"}
+    if unknown:
+        raise FreEdgeError(f"{path}: unknown table [{sorted(unknown)[0]}]; use [station], [[source]], [[sink]]")
+    station = dict(data.get("station", {}))
+    bad = set(station) - STATION_KEYS
+    if bad:
+        raise FreEdgeError(f"{path} [station]: unknown key {sorted(bad)[0]!r}; use {', '.join(sorted(STATION_KEYS))}")
+    if bundle:
+        station["bundle"] = bundle
+    if "bundle" not in station:
+        raise FreEdgeError(f"{path} [station]: no bundle; add bundle = \"PATH\" or pass BUNDLE")
+    sources = [_table(path, "source", i, t, SourceConfig, parse_source, check_source)
+               for i, t in enumerate(data.get("source", []))]
+    sinks = [_table(path, "sink", i, t, SinkConfig, parse_sink, check_sink) for i, t in enumerate(data.get("sink", []))]
+    try:
+        cfg = StationConfig(sources=sources, sinks=sinks, **station)
+    except TypeError as exc:
+        raise FreEdgeError(f"{path} [station]: {exc}") from None
+    return check_station(cfg, str(path))
+
+
+def _table(path: Path, kind: str, i: int, table, cls, parse, check):
+    where = f"{path} [[{kind}]] #{i + 1}"
+    if not isinstance(table, dict):
+        raise FreEdgeError(f"{where}: not a table")
+    table = dict(table)
+    if "url" in table:
+        url = table.pop("url")
+        extra = {k: v for k, v in table.items() if k not in ("name", "nodes")}
+        if extra:
+            raise FreEdgeError(f"{where}: give either url or fields, not both ({sorted(extra)[0]!r})")
+        item = parse(str(url), i)
+        item.name = table.get("name", item.name)
+        if "nodes" in table:
+            item.nodes = dict(table["nodes"])
+        return check(item, where)
+    if "type" not in table:
+        raise FreEdgeError(f"{where}: no type; add type = \"{'folder' if kind == 'source' else 'mqtt'}\" or url = ...")
+    table.setdefault("name", f"{kind}{i + 1}")
+    known = set(cls.__dataclass_fields__)
+    bad = set(table) - known
+    if bad:
+        raise FreEdgeError(f"{where}: unknown key {sorted(bad)[0]!r}; use {', '.join(sorted(known))}")
+    return check(cls(**table), where)
+
+
+def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationConfig:
+    if not cfg.sources:
+        raise FreEdgeError(f"{where}: no source; add --source folder:DIR (or a [[source]] table)")
+    if not cfg.sinks:
+        raise FreEdgeError(f"{where}: no sink; add --sink mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT or folder:DIR")
+    for kind, items in (("source", cfg.sources), ("sink", cfg.sinks)):
+        names = [x.name for x in items]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise FreEdgeError(f"{where}: two {kind}s are named {sorted(dup)[0]!r}; give each its own ?name=")
+    if not (Path(cfg.bundle) / "manifest.json").is_file():
+        raise FreEdgeError(f"{cfg.bundle} is not a bundle (no manifest.json); pass a folder written by "
+                           f"`fre-edge export`")
+    if cfg.metrics:
+        _host_port("metrics", cfg.metrics)
+    if not 1 <= int(cfg.batch_size) <= 64:
+        raise FreEdgeError(f"{where}: batch_size {cfg.batch_size}; use 1 to 64")
+    return cfg

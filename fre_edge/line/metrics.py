@@ -1,0 +1,86 @@
+"""The station's numbers over HTTP: Prometheus text at ``/metrics``, the same as JSON at ``/status``.
+Loopback unless the configuration names another address."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..errors import FreEdgeError
+
+
+def prometheus(status: dict, journal_dropped: dict) -> str:
+    """The status as Prometheus' text exposition format (version 0.0.4)."""
+    lines = []
+
+    def metric(name: str, kind: str, help_: str, rows):
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in rows:
+            lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+
+    src, snk = status["sources"], status["sinks"]
+    metric("fre_edge_line_parts_total", "counter", "Parts inspected.",
+           [({"source": k}, v["parts"]) for k, v in src.items()])
+    metric("fre_edge_line_rejects_total", "counter", "Parts not judged good (anomalous or unreadable).",
+           [({"source": k}, v["rejects"]) for k, v in src.items()])
+    metric("fre_edge_line_errors_total", "counter", "Parts that could not be read or scored.",
+           [({"source": k}, v["errors"]) for k, v in src.items()])
+    metric("fre_edge_line_frames_skipped_total", "counter", "Live camera frames dropped while inspection was behind.",
+           [({"source": k}, v["skipped"]) for k, v in src.items()])
+    lat = status["latency_ms"]
+    metric("fre_edge_line_latency_seconds", "summary", "From a part's arrival to its journaled verdict (latest parts).",
+           [({"quantile": q}, lat[k] / 1e3) for q, k in (("0.5", "p50"), ("0.99", "p99")) if lat[k] is not None])
+    metric("fre_edge_line_sink_connected", "gauge", "1 when the sink's peer is reachable.",
+           [({"sink": k}, int(v["state"] == "connected")) for k, v in snk.items()])
+    metric("fre_edge_line_sink_backlog", "gauge", "Verdicts journaled and not yet delivered by the sink.",
+           [({"sink": k}, v["backlog"]) for k, v in snk.items()])
+    metric("fre_edge_line_sink_delivered_total", "counter", "Verdicts the sink's peer acknowledged.",
+           [({"sink": k}, v["delivered"]) for k, v in snk.items()])
+    metric("fre_edge_line_journal_dropped_total", "counter",
+           "Verdicts deleted undelivered at the journal's disk bound.",
+           [({"sink": k}, v) for k, v in journal_dropped.items()])
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    def __init__(self, station, host: str, port: int):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body, kind = prometheus(station.status(), station.journal.dropped).encode(), \
+                        "text/plain; version=0.0.4"
+                elif path == "/status":
+                    body, kind = json.dumps(station.status()).encode(), "application/json"
+                else:
+                    body, kind = b'{"error": "not found; use /metrics or /status"}', "application/json"
+                    self.send_response(404)
+                if path in ("/metrics", "/status"):
+                    self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise FreEdgeError(f"metrics: cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                               f"--metrics-port") from None
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="fre-edge-metrics", daemon=True)
+
+    def start(self) -> "MetricsServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,259 @@
+"""The station: sources in, the bundle's runtime, the journal, sinks out.
+
+Parts from every source wait in one bounded queue; one inference thread takes what is waiting (up to
+``batch_size`` parts, from any source, in one call of the graph: batching only when parts are already
+waiting, so a lone part is never held back), journals each verdict, then tells the source (a push request
+gets its answer, a folder's file is moved). Each sink has its own thread that reads the journal from its
+cursor and delivers at its own pace: a broker or PLC that is away holds back only its own sink, never the
+camera or the other sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+
+from ..errors import FreEdgeError
+from .config import StationConfig
+from .journal import Journal
+from .sinks import SINKS
+from .sources import SOURCES, Part
+
+log = logging.getLogger("fre_edge.line")
+QUEUE_PARTS = 64
+BACKOFF_S = (0.25, 5.0)
+
+
+class SinkWorker(threading.Thread):
+    """Delivers one sink's verdicts from the journal, in order, retrying with backoff; moves its cursor only
+    after an acknowledgement."""
+
+    def __init__(self, sink, station):
+        super().__init__(name=f"fre-edge-sink-{sink.cfg.name}", daemon=True)
+        self.sink, self.station = sink, station
+        self.reader = station.journal.reader(sink.cfg.name)
+        self.stopping = threading.Event()
+        self.delivered, self.failures, self.last_error = 0, 0, ""
+        self.min_interval = 1.0 / sink.cfg.rate if sink.cfg.rate else 0.0
+
+    @property
+    def state(self) -> str:
+        if self.sink.connected:
+            return "connected"
+        return f"disconnected: {self.last_error}" if self.last_error else "disconnected"
+
+    def run(self) -> None:
+        backoff, last_send = BACKOFF_S[0], 0.0
+        while not self.stopping.is_set():
+            try:
+                self.sink.open()
+                break
+            except FreEdgeError as exc:  # a configuration the sink cannot use: said once, not retried
+                self.last_error = str(exc)
+                log.error("sink %s: %s", self.sink.cfg.name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a peer away: retried
+                self.last_error = " ".join(str(exc).split())[:200]
+                self.stopping.wait(backoff)
+                backoff = min(BACKOFF_S[1], backoff * 2)
+        record = None
+        while not self.stopping.is_set():
+            if record is None:
+                record = self.reader.next(timeout=0.2)
+                if record is None:
+                    continue
+                picture = self.reader.picture(record) if self.sink.wants_picture(record) else None
+            wait = last_send + self.min_interval - time.monotonic()
+            if wait > 0 and self.stopping.wait(wait):
+                break
+            try:
+                self.sink.send(record, picture)
+            except Exception as exc:  # noqa: BLE001 - kept in the journal, tried again
+                self.failures += 1
+                if not self.last_error:
+                    log.warning("sink %s: cannot deliver (%s); verdicts wait in the journal", self.sink.cfg.name,
+                                " ".join(str(exc).split())[:200])
+                self.last_error = " ".join(str(exc).split())[:200]
+                self.stopping.wait(backoff)
+                backoff = min(BACKOFF_S[1], backoff * 2)
+                continue
+            if self.last_error:
+                log.info("sink %s: delivering again", self.sink.cfg.name)
+            self.last_error, backoff, last_send = "", BACKOFF_S[0], time.monotonic()
+            self.station.journal.commit(self.sink.cfg.name, record["seq"])
+            self.delivered += 1
+            record = None
+
+    def backlog(self) -> int:
+        return self.station.journal.backlog(self.sink.cfg.name)
+
+
+class Station:
+    """``Station(config, detector).start()``; :meth:`stop` drains and stops."""
+
+    def __init__(self, cfg: StationConfig, detector, *, version: str):
+        self.cfg, self.detector, self.name, self.version = cfg, detector, cfg.name, version
+        if cfg.threshold is not None:
+            detector.image_threshold = cfg.threshold
+        self.queue: queue.Queue[Part] = queue.Queue(QUEUE_PARTS)
+        self.sinks = [SINKS[s.type](s, self) for s in cfg.sinks]
+        self.wants_pictures = any(s.payload == "verdict+picture" for s in cfg.sinks)
+        self.journal = Journal(cfg.journal, [s.name for s in cfg.sinks], station=cfg.name,
+                               max_bytes=int(cfg.journal_max_mb * 2 ** 20), sync=cfg.journal_sync)
+        self.sources = [SOURCES[s.type](s, self) for s in cfg.sources]
+        self.workers = [SinkWorker(s, self) for s in self.sinks]
+        self.parts, self.rejects, self.errors = Counter(), Counter(), Counter()
+        self.last: dict[str, dict] = {}
+        self.latencies = deque(maxlen=2048)  # seconds from arrival to journaled verdict, the latest parts
+        self.skipped = Counter()  # live camera frames dropped because inspection was behind
+        self.stopping = threading.Event()
+        self._infer = threading.Thread(target=self._run, name="fre-edge-inference", daemon=True)
+        self.started = time.time()
+
+    # -- parts in ----------------------------------------------------------------------------------
+    def submit(self, part: Part, block: bool = True) -> None:
+        """Queue a part. ``block=False`` (a live camera): when inspection is behind, the part is dropped and
+        counted, so the newest frames are the ones inspected."""
+        if block:
+            while not self.stopping.is_set():
+                try:
+                    self.queue.put(part, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+        else:
+            try:
+                self.queue.put_nowait(part)
+            except queue.Full:
+                self.skipped[part.source] += 1
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.stopping.is_set():
+                    return
+                continue
+            batch = [first]
+            while len(batch) < self.cfg.batch_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._inspect(batch)
+
+    def _inspect(self, batch: list[Part]) -> None:
+        ready = [p for p in batch if p.prepared is not None]
+        try:
+            preds = dict(zip(map(id, ready), self.detector.predict_prepared([p.prepared for p in ready])))
+        except FreEdgeError as exc:  # a model server away, say: these parts get an error verdict
+            log.error("inspection failed: %s", exc)
+            preds = {}
+            for p in ready:
+                p.error = str(exc)
+        for part in batch:
+            pred = preds.get(id(part))
+            record = self._record(part, pred)
+            picture = self._picture(part, pred, record)
+            record = self.journal.append(record, picture)
+            self.parts[part.source] += 1
+            self.rejects[part.source] += record["verdict"] != "good"
+            self.errors[part.source] += record["verdict"] == "error"
+            self.last[part.source] = record
+            self.latencies.append(time.monotonic() - part.arrived)
+            for done in part.on_done:
+                done(record)
+
+    def _record(self, part: Part, pred) -> dict:
+        base = {"time": part.time, "source": part.source, "part": part.part,
+                "threshold": float(self.detector.image_threshold), "bundle_version": self.version}
+        if pred is None:
+            out = {**base, "score": None, "verdict": "error", "error": part.error or "not scored", "box": None,
+                   "anomalous_pixels": 0, "peak": None}
+        else:
+            d = pred.to_dict()
+            out = {**base, "score": d["score"], "verdict": d["label"], "box": d["bbox"],
+                   "anomalous_pixels": d["anomalous_pixels"], "peak": d["peak"]}
+        out["latency_ms"] = round((time.monotonic() - part.arrived) * 1e3, 3)
+        return out
+
+    def _picture(self, part: Part, pred, record: dict) -> bytes | None:
+        """The heatmap panel as JPEG, when a sink sends pictures of this part."""
+        if pred is None or part.image is None or not any(s.wants_picture(record) for s in self.sinks):
+            return None
+        import io
+
+        from ..images import read_image, resize_map, resize_rgb_to
+        from ..visualize import panel, picture_title
+
+        image = read_image(part.image, draft_size=640)[0] if not isinstance(part.image, np.ndarray) else part.image
+        h, w = image.shape[:2]
+        scale = min(1.0, 640 / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        buf = io.BytesIO()
+        panel(resize_rgb_to(image, *size), resize_map(pred.model_map, *size), 2 * self.detector.pixel_threshold,
+              title=picture_title(part.part, pred.score, self.detector.image_threshold, pred.anomalous),
+              anomalous=pred.anomalous).save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+    def status_message(self) -> dict:
+        return {"state": "online", "station": self.name, "bundle_version": self.version,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))}
+
+    # -- life ----------------------------------------------------------------------------------------
+    def start(self) -> "Station":
+        for w in self.workers:
+            w.start()
+        self._infer.start()
+        for s in self.sources:
+            s.start()
+        log.info("station %s: %d source(s), %d sink(s), bundle version %s", self.name, len(self.sources),
+                 len(self.sinks), self.version)
+        return self
+
+    def stop(self, drain_s: float | None = None) -> dict:
+        """Stop taking parts, inspect what is queued, give the sinks up to ``drain_s`` seconds to deliver
+        what they can (the rest stays in the journal for the next start), and stop."""
+        drain_s = self.cfg.drain_s if drain_s is None else drain_s
+        for s in self.sources:
+            s.stop()
+        self.stopping.set()
+        self._infer.join(timeout=60)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and any(w.backlog() for w in self.workers if w.is_alive()):
+            time.sleep(0.05)
+        for w in self.workers:
+            w.stopping.set()
+        for w in self.workers:
+            w.join(timeout=10)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - stopping anyway
+                log.warning("sink %s: %s while closing", sink.cfg.name, exc)
+        left = {w.sink.cfg.name: w.backlog() for w in self.workers}
+        self.journal.close()
+        return {"parts": sum(self.parts.values()), "rejects": sum(self.rejects.values()), "undelivered": left}
+
+    # -- what it sees --------------------------------------------------------------------------------
+    def status(self) -> dict:
+        lat = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(0)
+        return {
+            "station": self.name, "bundle_version": self.version, "uptime_s": round(time.time() - self.started, 1),
+            "sources": {s.cfg.name: {"type": s.cfg.type, "state": s.state, "parts": self.parts[s.cfg.name],
+                                     "rejects": self.rejects[s.cfg.name], "errors": self.errors[s.cfg.name],
+                                     "skipped": self.skipped[s.cfg.name], "last": self.last.get(s.cfg.name)}
+                        for s in self.sources},
+            "latency_ms": {"p50": float(np.percentile(lat, 50)) if lat.size else None,
+                           "p99": float(np.percentile(lat, 99)) if lat.size else None},
+            "sinks": {w.sink.cfg.name: {"type": w.sink.kind, "state": w.state, "backlog": w.backlog(),
+                                        "delivered": w.delivered, "dropped": self.journal.dropped[w.sink.cfg.name]}
+                      for w in self.workers},
+            "journal": {"folder": str(self.journal.folder), "last_seq": self.journal.last_seq},
+        }
