@@ -171,7 +171,7 @@ def parse_sink(spec: str, index: int) -> SinkConfig:
                   rate=_number(where, o.get("rate", 0)))
     if parts.scheme == "mqtt":
         host, port = _host_port(where, parts.netloc)
-        topic = parts.path.lstrip("/")
+        topic = parts.path.lstrip("/") + ("#" + parts.fragment if "#" in spec else "")  # '#' parses as a fragment
         sink = SinkConfig("mqtt", o.get("name", f"mqtt{index + 1}"), host=host, port=port, topic=topic,
                           qos=int(_number(where, o.get("qos", 1))), **common)
     elif parts.scheme in ("opcua", "opc.tcp"):

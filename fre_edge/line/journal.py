@@ -120,6 +120,19 @@ class Journal:
         self._bound()
         return record
 
+    def recent(self, source: str, segments: int = 2) -> dict[str, str]:
+        """{part: verdict} of ``source``'s verdicts in the last ``segments`` segments: what a folder source
+        restarted after a kill has already scored (its files not yet moved), so they are not scored twice."""
+        out = {}
+        for _, path in self._segments()[-segments:]:
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.endswith(b"\n"):
+                        r = json.loads(line)
+                        if r.get("source") == source:
+                            out[r.get("part")] = r.get("verdict")
+        return out
+
     # -- reading ---------------------------------------------------------------------------------------
     def reader(self, sink: str) -> "Reader":
         return Reader(self, sink)

@@ -84,6 +84,11 @@ class FolderSource(Source):
             for entry in self._entries():
                 st = entry.stat()
                 self.seen[entry.name] = (st.st_size, st.st_mtime_ns)
+        elif cfg.after != "keep":  # a restart after a kill: files already journaled are moved, not scored again
+            done = station.journal.recent(cfg.name)
+            for entry in list(self._entries()):
+                if entry.name in done:
+                    self._after(self.folder / entry.name, {"verdict": done[entry.name]})
 
     def _entries(self):
         try:
@@ -150,13 +155,15 @@ class CameraSource(Source):
     """Frames from OpenCV's VideoCapture: a camera index, a video file or a stream URL."""
 
     def _open(self):
-        import cv2
+        import cv2  # (FFmpeg's own log quietened in run(): a dropped stream is the station's to report)
 
         target = int(self.cfg.path) if self.cfg.path.isdigit() else self.cfg.path
         cap = cv2.VideoCapture(target)
         return cap if cap.isOpened() else None
 
     def run(self) -> None:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
         try:
             import cv2  # noqa: F401
         except ImportError:

@@ -1,0 +1,333 @@
+"""The inspection station as a user runs it: `fre-edge line` as a real process, a real Mosquitto broker, an
+OPC UA client, a webhook receiver and a video made here, all on loopback, each stopped by its PID."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+if not all(importlib.util.find_spec(m) for m in ("paho", "asyncua", "cv2")):
+    if os.environ.get("CI"):
+        pytest.fail('the line extra is missing on CI: pip install -e ".[test]"')
+    pytest.skip("paho-mqtt, asyncua or OpenCV not installed", allow_module_level=True)
+
+from cli_helpers import one_error_line, run  # noqa: E402
+from line_helpers import Broker, Receiver, Station, Subscriber, free_port, wait_for  # noqa: E402
+from fre_edge.runtime import load_detector  # noqa: E402
+
+TOPIC = "plant/line3"
+
+
+@pytest.fixture(scope="module")
+def pictures(sample_root):
+    return sorted(sample_root.glob("test/*/*.png"))
+
+
+@pytest.fixture(scope="module")
+def expected(sample_bundle, pictures):
+    det = load_detector(sample_bundle)
+    return {p.name if False else f"{i:03d}.png": det.predict(p) for i, p in enumerate(pictures)}
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+def drop(src, folder, name):
+    """As camera software does: write under a temporary name, then rename (complete at once)."""
+    tmp = folder / f".{name}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, folder / name)
+
+
+def test_n_pictures_give_n_messages_equal_to_predict_and_opcua_agrees(sample_bundle, pictures, expected, broker,
+                                                                      tmp_path):
+    from asyncua import ua
+    from asyncua.sync import Client
+
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    opc_port = free_port()
+    sub = Subscriber(broker.port, f"{TOPIC}/#")
+    st = Station([sample_bundle, "--source", f"folder:{incoming}", "--sink", f"mqtt://127.0.0.1:{broker.port}/{TOPIC}",
+                  "--sink", f"opcua://127.0.0.1:{opc_port}", "--sink", f"folder:{out}", "--journal", tmp_path / "j",
+                  "--name", "line3"], tmp_path / "station.log").start()
+    client = Client(f"opc.tcp://127.0.0.1:{opc_port}/fre-edge/", timeout=10)
+    try:
+        wait_for(lambda: st.status()["sinks"]["opcua2"]["state"] == "connected", 30, "the OPC UA server")
+        client.connect()
+        idx = client.get_namespace_index("urn:fre-edge:station")
+        node = client.nodes.objects.get_child([f"{idx}:Station", f"{idx}:PartCounter"])
+        seen = []
+
+        class Handler:
+            def datachange_notification(self, n, value, data):
+                seen.append(value)
+
+        subscription = client.create_subscription(50, Handler())
+        subscription.subscribe_data_change(node)
+        for i, p in enumerate(pictures):
+            drop(p, incoming, f"{i:03d}.png")
+            wait_for(lambda: st.parts() == i + 1, 30, f"part {i + 1} to be inspected")
+        wait_for(lambda: len(sub.on(TOPIC)) == len(pictures), 30, "every MQTT message")
+        msgs = sub.on(TOPIC)
+        assert [m["part"] for m in msgs] == [f"{i:03d}.png" for i in range(len(pictures))]  # in order
+        for m in msgs:
+            e = expected[m["part"]]
+            assert m["score"] == pytest.approx(e.score, rel=1e-5)
+            assert m["verdict"] == ("anomalous" if e.anomalous else "good")
+            assert m["box"] == e.to_dict()["bbox"] and m["id"] == f"line3-{m['seq']}"
+            assert m["bundle_version"] and m["latency_ms"] > 0 and m["time"].endswith("Z")
+        assert sub.on(f"{TOPIC}/status")[-1]["state"] == "online"
+        rejects = sum(m["verdict"] != "good" for m in msgs)
+        station = [f"{idx}:Station"]
+        read = {name: client.nodes.objects.get_child(station + [f"{idx}:{name}"]).read_value()
+                for name in ("PartCounter", "RejectCounter", "LastVerdict", "LastScore")}
+        assert read["PartCounter"] == len(pictures) and read["RejectCounter"] == rejects
+        assert read["LastVerdict"] == msgs[-1]["verdict"] and read["LastScore"] == pytest.approx(msgs[-1]["score"])
+        wait_for(lambda: seen and seen[-1] == len(pictures), 10, "the subscription's last change")
+        assert seen == sorted(seen) and isinstance(read["PartCounter"], int)
+        lines = [json.loads(x) for f in sorted(out.glob("verdicts-*.jsonl")) for x in f.read_text().splitlines()]
+        assert [x["id"] for x in lines] == [m["id"] for m in msgs]
+        status = st.status()
+        assert status["sources"]["source1"]["rejects"] == rejects and all(
+            s["backlog"] == 0 and s["state"] == "connected" for s in status["sinks"].values())
+        del ua
+    finally:
+        client.disconnect()
+        code = st.stop()
+        sub.close()
+    assert code == 0, st.output()
+    assert sub.on(f"{TOPIC}/status")[-1]["state"] == "offline"
+
+
+def test_the_broker_away_for_10_s_loses_nothing(sample_bundle, pictures, broker, tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    sub = Subscriber(broker.port, TOPIC, client_id="away-test")
+    st = Station([sample_bundle, "--source", f"folder:{incoming}", "--sink", f"mqtt://127.0.0.1:{broker.port}/{TOPIC}",
+                  "--journal", tmp_path / "j"], tmp_path / "station.log").start()
+    try:
+        for i in range(4):
+            drop(pictures[i], incoming, f"a{i}.png")
+        wait_for(lambda: len(sub.on(TOPIC)) == 4, 30, "the first messages")
+        broker.stop()
+        t0 = time.monotonic()
+        for i in range(6):  # inspection goes on while the broker is away
+            drop(pictures[i], incoming, f"b{i}.png")
+        wait_for(lambda: st.parts() == 10, 30, "inspection while the broker is away")
+        wait_for(lambda: st.status()["sinks"]["mqtt1"]["backlog"] == 6, 10, "the backlog")
+        assert st.status()["sinks"]["mqtt1"]["state"].startswith("disconnected")
+        time.sleep(max(0.0, 10 - (time.monotonic() - t0)))
+        broker.start()
+        wait_for(lambda: len({m["id"] for m in sub.on(TOPIC)}) == 10, 60, "every message after the broker's return")
+        ids = [m["seq"] for m in sub.on(TOPIC)]
+        assert sorted(set(ids)) == list(range(1, 11))
+        first = {}
+        for seq in ids:  # in order: a repeat (same id) may come, never a later message before an earlier one
+            first.setdefault(seq, len(first))
+        assert list(first) == sorted(first)
+    finally:
+        assert st.stop() == 0, st.output()
+        sub.close()
+
+
+def test_a_station_killed_mid_run_delivers_every_verdict_after_restart(sample_bundle, pictures, broker, tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    receiver = Receiver()
+    sub = Subscriber(broker.port, TOPIC, client_id="kill-test")
+    args = [sample_bundle, "--source", f"folder:{incoming}?existing=1&after=move", "--sink",
+            f"mqtt://127.0.0.1:{broker.port}/{TOPIC}", "--sink", f"webhook+http://127.0.0.1:{receiver.port}/parts",
+            "--journal", tmp_path / "j"]
+    names = [f"{i:03d}.png" for i in range(30)]
+    st = Station(args, tmp_path / "station.log").start()
+    try:
+        for i, name in enumerate(names):
+            drop(pictures[i % len(pictures)], incoming, name)
+            if i == 14:
+                wait_for(lambda: st.parts() >= 10, 30, "some parts")
+                st.stop(signal.SIGKILL)
+                break
+        for name in names[15:]:
+            drop(pictures[0], incoming, name)
+        st = Station(args, tmp_path / "station2.log").start()
+        wait_for(lambda: not [p for p in incoming.glob("*.png")], 60, "every file inspected and moved")
+        for got in (lambda: sub.on(TOPIC), lambda: receiver.bodies):
+            wait_for(lambda: {m["part"] for m in got()} == set(names), 60, "a verdict for every part")
+            by_id = {}
+            for m in got():
+                assert by_id.setdefault(m["id"], m["part"]) == m["part"]  # a repeat carries its id
+            assert sorted(by_id.values()) == names  # one id per part: no part scored twice
+    finally:
+        assert st.stop() == 0, st.output()
+        sub.close()
+        receiver.close()
+    assert len(list((incoming / "good").glob("*.png"))) + len(list((incoming / "reject").glob("*.png"))) == 30
+
+
+def test_a_half_written_file_is_scored_only_when_complete(sample_bundle, pictures, tmp_path):
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    st = Station([sample_bundle, "--source", f"folder:{incoming}", "--sink", f"folder:{out}", "--journal",
+                  tmp_path / "j"], tmp_path / "station.log").start()
+    try:
+        data = pictures[-1].read_bytes()
+        with open(incoming / "slow.png", "wb") as f:
+            f.write(data[:len(data) // 2])
+            f.flush()
+            time.sleep(1.5)  # a slow writer: longer than the settle time
+            assert st.parts() == 0
+            f.write(data[len(data) // 2:])
+        wait_for(lambda: st.parts() == 1, 30, "the complete file")
+        record = st.status()["sources"]["source1"]["last"]
+        assert record["verdict"] in ("good", "anomalous") and record["score"] > 0
+    finally:
+        assert st.stop() == 0, st.output()
+
+
+def _video(path, pictures, n):
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (224, 224))
+    from PIL import Image
+
+    for i in range(n):
+        rgb = np.asarray(Image.open(pictures[i % len(pictures)]).convert("RGB").resize((224, 224)))
+        w.write(rgb[..., ::-1].copy())
+    w.release()
+
+
+def test_a_video_file_and_a_dropping_stream(sample_bundle, pictures, tmp_path):
+    video = tmp_path / "line.avi"
+    _video(video, pictures, 12)
+    frames = []
+    from PIL import Image
+
+    for p in pictures[:3]:
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").save(buf, "JPEG")
+        frames.append(buf.getvalue())
+    connections = []
+
+    class Stream(BaseHTTPRequestHandler):  # an MJPEG camera that drops the connection after 4 frames
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            connections.append(1)
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for k in range(4):
+                f = frames[k % 3]
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(f) + f
+                                 + b"\r\n")
+                time.sleep(0.05)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stream)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    out = tmp_path / "out"
+    st = Station([sample_bundle, "--source", f"video:{video}?name=video", "--source",
+                  f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg?name=cam", "--sink", f"folder:{out}",
+                  "--journal", tmp_path / "j"], tmp_path / "station.log").start()
+    try:
+        wait_for(lambda: st.status()["sources"]["video"]["parts"] == 12, 60, "every frame of the video")
+        wait_for(lambda: len(connections) >= 3 and st.status()["sources"]["cam"]["parts"] >= 8, 60,
+                 "the stream reconnected and inspected")
+    finally:
+        assert st.stop() == 0, st.output()
+        server.shutdown()
+        server.server_close()
+    lines = [json.loads(x) for f in out.glob("verdicts-*.jsonl") for x in f.read_text().splitlines()]
+    video_parts = [x for x in lines if x["source"] == "video"]
+    assert [x["part"] for x in video_parts] == [f"frame-{i:08d}" for i in range(1, 13)]
+    assert all(x["verdict"] in ("good", "anomalous") for x in lines)
+
+
+def test_webhook_retries_and_push_answers_with_the_verdict(sample_bundle, pictures, expected, tmp_path):
+    receiver = Receiver(fail=3)
+    port = free_port()
+    st = Station([sample_bundle, "--source", f"push://127.0.0.1:{port}", "--sink",
+                  f"webhook+http://127.0.0.1:{receiver.port}/parts?payload=verdict%2Bpicture&pictures=all",
+                  "--journal", tmp_path / "j"], tmp_path / "station.log").start()
+    try:
+        answers = []
+        for i, p in enumerate(pictures[:4]):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=p.read_bytes(), method="POST",
+                                         headers={"Content-Type": "image/png", "X-Part-Id": f"{i:03d}.png"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                answers.append(json.loads(r.read()))
+        for a in answers:
+            e = expected[a["part"]]
+            assert a["score"] == pytest.approx(e.score, rel=1e-5)
+            assert a["verdict"] == ("anomalous" if e.anomalous else "good")
+        bad = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"not a picture", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=30)
+        assert err.value.code == 400
+        wait_for(lambda: len(receiver.bodies) == 4, 60, "the webhook after its failures")
+        assert [b["part"] for b in receiver.bodies] == [a["part"] for a in answers]
+        assert all(len(b["picture"]) > 1000 for b in receiver.bodies)  # base64 JPEG of the heatmap panel
+    finally:
+        assert st.stop() == 0, st.output()
+        receiver.close()
+
+
+BAD = [
+    (["--source", "ftp://x", "--sink", "folder:{tmp}/o"], "unknown source"),
+    (["--source", "folder:{tmp}/missing", "--sink", "folder:{tmp}/o"], "is not a folder"),
+    (["--source", "folder:{tmp}?after=copy", "--sink", "folder:{tmp}/o"], "after="),
+    (["--source", "folder:{tmp}?color=1", "--sink", "folder:{tmp}/o"], "unknown option"),
+    (["--source", "push://127.0.0.1", "--sink", "folder:{tmp}/o"], "HOST:PORT"),
+    (["--source", "video:{tmp}/none.avi", "--sink", "folder:{tmp}/o"], "no such video"),
+    (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1/topic"], "HOST:PORT"),
+    (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1:1883/"], "topic"),
+    (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1:1883/a/#"], "wildcards"),
+    (["--source", "folder:{tmp}", "--sink", "kafka://127.0.0.1:9092/x"], "use mqtt://"),
+    (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?payload=everything"], "payload="),
+    (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?rate=-1"], "finite number"),
+    (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/a?name=x", "--sink", "folder:{tmp}/b?name=x"], "two sinks"),
+    (["--source", "folder:{tmp}"], "no sink"),
+    (["--sink", "folder:{tmp}/o"], "no source"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[b[1] for b in BAD])
+def test_each_bad_configuration_entry_is_one_line(sample_bundle, tmp_path, args, words):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    line = one_error_line(run("line", sample_bundle, *args, "--journal", tmp_path / "j"))
+    assert words in line, line
+    assert not (tmp_path / "j").exists()
+
+
+def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
+    cases = [
+        ("[station]\nbundl = 'x'\n", "unknown key 'bundl'"),
+        ("[station]\n[[sink]]\nurl = 'folder:o'\n[[source]]\ntype = 'folder'\npath = '{tmp}'\ncolour = 1\n",
+         "unknown key 'colour'"),
+        ("[station\n", "not valid TOML"),
+        ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\ntype = 'mqtt'\nhost = '127.0.0.1'\nport = 1\n", "topic"),
+        ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'opcua-client://127.0.0.1:4840'\n", "nodes"),
+    ]
+    for text, words in cases:
+        f = tmp_path / "station.toml"
+        f.write_text(text.replace("{tmp}", str(tmp_path)))
+        line = one_error_line(run("line", sample_bundle, "--config", f, "--journal", tmp_path / "j"))
+        assert words in line, line
+    line = one_error_line(run("line", tmp_path, "--source", f"folder:{tmp_path}", "--sink", "folder:o"))
+    assert "not a bundle" in line
