@@ -2,8 +2,9 @@
 (read and resized for the model right there, so decoding overlaps inference) and hands it to ``submit``.
 
 - :class:`FolderSource`: files dropped into a folder by the camera software; a file is scored once it is
-  complete (its size unchanged for ``settle`` seconds and the picture readable); then left, moved to
-  ``good/`` or ``reject/`` beside it, or deleted.
+  complete: closed by its writer or renamed into the folder (inotify, on Linux), or else its size unchanged
+  for ``settle`` seconds, and in both cases the picture readable; then left, moved to ``good/`` or
+  ``reject/`` beside it, or deleted.
 - :class:`CameraSource`: a camera index, a video file or a stream URL through OpenCV; a dropped stream is
   opened again (backing off up to 5 s); ``fps`` caps the frame rate.
 - :class:`PushSource`: camera software POSTs a picture over HTTP and gets the verdict in the answer.
@@ -101,38 +102,71 @@ class FolderSource(Source):
             return
 
     def run(self) -> None:
-        self.state = "watching"
-        while not self.stopping.is_set():
-            now = time.monotonic()
-            present = set()
-            for entry in self._entries():
-                present.add(entry.name)
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
+        from .watch import open_watch
+
+        watch = open_watch(str(self.folder))
+        self.state = "watching (inotify)" if watch else "watching (polling)"
+        last_scan = 0.0
+        try:
+            while not self.stopping.is_set():
+                if watch is None:
+                    self._scan(self.cfg.settle)
+                    self.stopping.wait(self.POLL_S)
                     continue
-                sig = (st.st_size, st.st_mtime_ns)
-                if self.seen.get(entry.name) == sig:
-                    continue
-                old = self.pending.get(entry.name)
-                if old is None or old[:2] != sig:
-                    self.pending[entry.name] = (*sig, now, old[3] if old else now)
-                    continue
-                if sig[0] > 0 and now - old[2] >= self.cfg.settle:
-                    self._take(entry.name, sig, old)
-            for name in list(self.seen):  # forget files that are gone: memory stays bounded
-                if name not in present:
-                    self.seen.pop(name, None)
-            for name in list(self.pending):
-                if name not in present:
-                    self.pending.pop(name, None)
-            self.stopping.wait(self.POLL_S)
+                for name in watch.names(0.2):  # closed after writing, or renamed in: complete now
+                    self._complete(name)
+                now = time.monotonic()
+                if watch.overflowed or now - last_scan > 1.0:  # what inotify could not tell: polled, slowly
+                    watch.overflowed, last_scan = False, now
+                    self._scan(max(self.cfg.settle, 2.0))
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _complete(self, name: str) -> None:
+        if name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES) or not is_image_file(Path(name)):
+            return
+        try:
+            st = (self.folder / name).stat()
+        except FileNotFoundError:
+            return
+        sig = (st.st_size, st.st_mtime_ns)
+        if self.seen.get(name) == sig or sig[0] == 0:
+            return
+        now = time.monotonic()
+        self._take(name, sig, (*sig, now, now))
+
+    def _scan(self, settle: float) -> None:
+        now = time.monotonic()
+        present = set()
+        for entry in self._entries():
+            present.add(entry.name)
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self.seen.get(entry.name) == sig:
+                continue
+            old = self.pending.get(entry.name)
+            if old is None or old[:2] != sig:
+                self.pending[entry.name] = (*sig, now, old[3] if old else now)
+                continue
+            if sig[0] > 0 and now - old[2] >= settle:
+                self._take(entry.name, sig, old)
+        for name in list(self.seen):  # forget files that are gone: memory stays bounded
+            if name not in present:
+                self.seen.pop(name, None)
+        for name in list(self.pending):
+            if name not in present:
+                self.pending.pop(name, None)
 
     def _take(self, name: str, sig, pending) -> None:
         path = self.folder / name
         part = self.make_part(name, path, time.monotonic(), now_iso())
         if part.error and time.monotonic() - pending[2] < RETRY_UNREADABLE_S:
-            return  # not readable yet (still being written by a slow writer): tried again on the next poll
+            self.pending.setdefault(name, pending)  # not readable yet (a slow writer?): tried again by the scan
+            return
         self.pending.pop(name, None)
         self.seen[name] = sig
         if self.cfg.after != "keep":
