@@ -152,15 +152,18 @@ class Journal:
             raise FreEdgeError(f"{path}: not a cursor fre-edge wrote; remove it (its sink then starts from the "
                                f"journal's oldest verdict)") from None
 
-    def commit(self, name: str, seq: int) -> None:
-        """Sink ``name`` has delivered everything up to ``seq``."""
-        path = self.folder / "cursors" / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"seq": seq}))
-        os.replace(tmp, path)
+    def commit(self, name: str, seq: int, *, persist: bool = True) -> None:
+        """Sink ``name`` has delivered everything up to ``seq``. With ``persist`` False the cursor moves in
+        memory only (the sink persists it a little later: a crash in between repeats those messages, which
+        their ids mark)."""
         with self._lock:
             self.cursors[name] = seq
-        self._collect()
+        if persist:
+            path = self.folder / "cursors" / f"{name}.json"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps({"seq": seq}))
+            os.replace(tmp, path)
+            self._collect()
 
     def backlog(self, name: str) -> int:
         return self.last_seq - self.cursors[name]
@@ -261,6 +264,9 @@ class Reader:
                 return None
             self._open(newer)
         return None
+
+    def caught_up(self) -> bool:
+        return self.next_seq > self.journal.last_seq
 
     def close(self) -> None:
         if self._file:

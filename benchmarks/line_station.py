@@ -1,0 +1,312 @@
+"""The inspection station (`fre-edge line`) against the bundle's own runtime, on this machine.
+
+- Latency at a steady rate: pictures renamed into the station's watched folder at ``--rate`` parts/s; per
+  part, from the rename to the MQTT message received by a subscriber (a real Mosquitto broker on loopback),
+  against the bundle's own latency for the same pictures in this process (``detector.predict(path)``: read,
+  resize, infer at batch 1), in alternating blocks (order flipped each round).
+- The highest sustained rate: pictures dropped as fast as the station takes them (at most 64 waiting), the
+  rate over the second half of the run (so start-up is out and a growing backlog shows), against the
+  bundle's batch-1 FPS (the graph alone, one request at a time, as `fre-edge bench` reports it) and the
+  runtime's own pictures/s from the same files in one thread; for the bottle pictures (900 px PNG) and for
+  pictures at the model's input size.
+- Memory: the station process's resident memory every 1,000 parts over ``--soak`` parts.
+
+    python -m benchmarks.line_station [--rounds 3] [--parts 60] [--rate 10] [--soak 10000]
+
+Needs mosquitto (Debian package) and the line extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._bundles import bundle
+from ._common import DATASETS, environment, header_md, write
+
+TOPIC = "bench/line"
+
+
+def percentiles(values: list[float]) -> dict:
+    a = np.array(values) * 1e3
+    return {"n": len(values), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean())}
+
+
+class Broker:
+    def __init__(self, folder: Path, port: int):
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        (folder / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = subprocess.Popen([exe, "-c", str(folder / "m.conf")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Receipts:
+    """An MQTT subscriber noting when each part's message arrived (time.perf_counter)."""
+
+    def __init__(self, port: int):
+        import json
+
+        import paho.mqtt.client as mqtt
+
+        self.at, self.lock, self.cond = {}, threading.Lock(), threading.Condition()
+
+        def on_message(client, userdata, m):
+            t = time.perf_counter()
+            part = json.loads(m.payload)["part"]
+            with self.cond:
+                self.at[part] = t
+                self.cond.notify_all()
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.on_message = on_message
+        c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(TOPIC, qos=1)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+
+    def wait(self, part: str, timeout: float = 60) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: part in self.at, timeout):
+                raise RuntimeError(f"no message for {part} in {timeout} s")
+            return self.at[part]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.at)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class StationProcess:
+    def __init__(self, bundle_dir: Path, folder: Path, work: Path, port: int, after: str = "keep"):
+        from fre_edge.serve.process import free_port, http
+
+        metrics = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from fre_edge.cli import main; main()", "line", str(bundle_dir), "--source",
+             f"folder:{folder}?after={after}", "--sink", f"mqtt://127.0.0.1:{port}/{TOPIC}", "--journal",
+             str(work / "journal"), "--drain", "5", "--metrics-port", str(metrics)], stdout=subprocess.DEVNULL,
+            stderr=open(work / "station.log", "ab"))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until the folder is watched
+            try:
+                status = http(f"http://127.0.0.1:{metrics}/status", timeout=2)[1]
+                if status["sources"]["source1"]["state"].startswith("watching"):
+                    return
+            except (OSError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the station did not start; see {work / 'station.log'}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def drop(src: Path, folder: Path, name: str) -> float:
+    """Write under a hidden temporary name and rename into place; the time of the rename."""
+    tmp = folder / f".{name}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, folder / name)
+    return time.perf_counter()
+
+
+def steady(det, receipts, pictures, folder, args) -> dict:
+    lat = {"bundle": [], "station": []}
+    per_round = []
+    counter = [0]
+
+    def block(kind: str) -> list[float]:
+        out, period = [], 1.0 / args.rate
+        start = time.perf_counter()
+        for i in range(args.parts):
+            target = start + i * period
+            time.sleep(max(0.0, target - time.perf_counter()))
+            src = pictures[i % len(pictures)]
+            if kind == "bundle":
+                t0 = time.perf_counter()
+                det.predict(src)
+                out.append(time.perf_counter() - t0)
+            else:
+                counter[0] += 1
+                name = f"s{counter[0]:06d}.png"
+                t0 = drop(src, folder, name)
+                out.append(receipts.wait(name) - t0)
+        return out
+
+    for r in range(args.rounds):
+        medians = {}
+        for kind in (("bundle", "station") if r % 2 == 0 else ("station", "bundle")):
+            ts = block(kind)
+            lat[kind] += ts
+            medians[kind] = {"p50_ms": float(np.percentile(ts, 50)) * 1e3, "p99_ms": float(np.percentile(ts, 99)) * 1e3}
+        per_round.append(medians)
+    b, s = percentiles(lat["bundle"]), percentiles(lat["station"])
+    return {"rate": args.rate, "parts_per_block": args.parts, "rounds": args.rounds, "bundle": b, "station": s,
+            "added_p50_ms": s["p50_ms"] - b["p50_ms"], "added_p99_ms": s["p99_ms"] - b["p99_ms"],
+            "per_round": per_round}
+
+
+def sustained(det, receipts, pictures, folder, n: int, prefix: str) -> dict:
+    """Drop ``n`` pictures as fast as the station takes them (at most 64 waiting); parts/s over the second half."""
+    sent = {}
+    for i in range(n):
+        name = f"{prefix}{i:06d}.png"
+        while i - receipts_done(receipts, prefix) >= 64:
+            time.sleep(0.002)
+        sent[name] = drop(pictures[i % len(pictures)], folder, name)
+    names = sorted(sent)
+    last = receipts.wait(names[-1], 120)
+    half = names[n // 2]
+    t_half = receipts.wait(half)
+    return {"parts": n, "parts_per_s": (n - n // 2 - 1) / (last - t_half),
+            "first_half_parts_per_s": (n // 2) / (t_half - sent[names[0]])}
+
+
+def receipts_done(receipts, prefix: str) -> int:
+    with receipts.lock:
+        return sum(1 for k in receipts.at if k.startswith(prefix))
+
+
+def runtime_rates(det, pictures, seconds: float = 5.0) -> dict:
+    """The bundle's batch-1 FPS (graph alone, one request at a time) and pictures/s from the files."""
+    x, _ = det.prepare(pictures[0])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        det.infer_prepared(x[None])
+        n += 1
+    graph = n / (time.perf_counter() - t0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        det.predict(pictures[n % len(pictures)])
+        n += 1
+    return {"graph_fps_batch1": graph, "predict_from_files_per_s": n / (time.perf_counter() - t0)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parts", type=int, default=60, help="parts per block at the steady rate")
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--burst", type=int, default=600, help="parts for the highest sustained rate")
+    ap.add_argument("--soak", type=int, default=10000, help="parts for the memory run")
+    args = ap.parse_args()
+    from PIL import Image
+
+    from fre_edge.runtime import load_detector
+    from fre_edge.serve.process import free_port
+
+    env = environment()
+    bundle_dir = bundle("efficientnet_lite0")
+    det = load_detector(bundle_dir)
+    bottle = sorted((DATASETS / "mvtec_bottle" / "test").glob("*/*.png"))
+    work = Path(tempfile.mkdtemp(prefix="fre-edge-line-bench-"))
+    small_dir = work / "small"
+    small_dir.mkdir()
+    side = det.input_size
+    small = []
+    for p in bottle[:40]:
+        q = small_dir / p.name.replace(".png", f"_{p.parent.name}.png")
+        Image.open(p).convert("RGB").resize((side[1], side[0])).save(q)
+        small.append(q)
+    port = free_port()
+    broker = Broker(work, port)
+    receipts = Receipts(port)
+    folder = work / "in"
+    folder.mkdir()
+    station = StationProcess(bundle_dir, folder, work, port, after="delete")
+    try:
+        for p in bottle[:3]:  # the runtime's first calls compile its batch-1 graph: not part of any figure
+            det.predict(p)
+        drop(bottle[0], folder, "warm.png")
+        receipts.wait("warm.png", 180)
+        result = {"environment": env, "bundle": bundle_dir.name, "input_size": list(side),
+                  "steady": steady(det, receipts, bottle, folder, args)}
+        rates = {"bottle_900px_png": runtime_rates(det, bottle), "input_size_png": runtime_rates(det, small)}
+        for key, pics, prefix in (("bottle_900px_png", bottle, "b"), ("input_size_png", small, "i")):
+            rates[key]["station"] = sustained(det, receipts, pics, folder, args.burst, prefix)
+        result["sustained"] = rates
+        rss = []
+        t0 = time.perf_counter()
+        for i in range(args.soak):
+            while i - receipts_done(receipts, "k") >= 64:
+                time.sleep(0.002)
+            drop(small[i % len(small)], folder, f"k{i:06d}.png")
+            if (i + 1) % 1000 == 0:
+                receipts.wait(f"k{i:06d}.png", 120)
+                rss.append({"parts": i + 1, "rss_mb": station.rss_mb()})
+        receipts.wait(f"k{args.soak - 1:06d}.png", 120)
+        result["memory"] = {"parts": args.soak, "seconds": time.perf_counter() - t0, "rss": rss,
+                            "received": receipts_done(receipts, "k")}
+    finally:
+        station.stop()
+        receipts.close()
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    write("line_station", result, markdown(result))
+
+
+def markdown(r: dict) -> str:
+    s = r["steady"]
+    md = ["# The inspection station against the bundle's own runtime", "", header_md(r["environment"]),
+          f"Bundle `{r['bundle']}` (Lite0, MVTec bottle, input {r['input_size'][0]} x {r['input_size'][1]}), "
+          "OpenVINO f32 on CPU. Station: `fre-edge line` as its own process, a watched folder (files renamed in) "
+          "and an MQTT sink (QoS 1) to Mosquitto on loopback; every verdict fsynced to the journal first.", "",
+          f"## Latency at {s['rate']:g} parts/s ({s['rounds']} rounds of {s['parts_per_block']} parts a block, "
+          "blocks alternating)", "",
+          "| path | parts | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|",
+          f"| bundle: `detector.predict(path)` in this process (read, resize, infer, batch 1) | {s['bundle']['n']} | "
+          f"{s['bundle']['p50_ms']:.1f} | {s['bundle']['p99_ms']:.1f} | {s['bundle']['mean_ms']:.1f} |",
+          f"| station: file renamed in -> MQTT message received | {s['station']['n']} | {s['station']['p50_ms']:.1f} "
+          f"| {s['station']['p99_ms']:.1f} | {s['station']['mean_ms']:.1f} |", "",
+          f"The station adds {s['added_p50_ms']:.1f} ms at p50 and {s['added_p99_ms']:.1f} ms at p99 (goal: at most "
+          f"5 ms at p99). Per round (p50 / p99 ms, bundle | station): "
+          + "; ".join(f"{x['bundle']['p50_ms']:.1f}/{x['bundle']['p99_ms']:.1f} | {x['station']['p50_ms']:.1f}/"
+                      f"{x['station']['p99_ms']:.1f}" for x in s["per_round"]) + ".", "",
+          "## Highest sustained rate, one source", "",
+          "| pictures | bundle batch-1 FPS (graph alone) | runtime from files, one thread, pictures/s | "
+          "station parts/s (second half) | station / batch-1 FPS | first half parts/s |", "|---|---|---|---|---|---|"]
+    for key, label in (("bottle_900px_png", "bottle test PNGs, 900 px"), ("input_size_png", "PNGs at the input size")):
+        x = r["sustained"][key]
+        md.append(f"| {label} | {x['graph_fps_batch1']:.1f} | {x['predict_from_files_per_s']:.1f} | "
+                  f"{x['station']['parts_per_s']:.1f} | {x['station']['parts_per_s'] / x['graph_fps_batch1']:.2f} | "
+                  f"{x['station']['first_half_parts_per_s']:.1f} |")
+    m = r["memory"]
+    rss = m["rss"]
+    md += ["", "Goal: at least 0.8x the bundle's batch-1 FPS. The station reads and resizes each picture in its "
+           "source thread while the previous one is inferred (and batches parts that wait when that is faster per "
+           "part on this PC); on 2 cores reading a picture takes a core that inference would otherwise use, so the "
+           "runtime's own rate from the same files is the figure a station can approach.", "",
+           f"## Memory over {m['parts']} parts ({m['seconds']:.0f} s, {m['received']} messages received)", "",
+           "| parts | station RSS MB |", "|---|---|"] + [f"| {x['parts']} | {x['rss_mb']:.0f} |" for x in rss]
+    if len(rss) >= 2:
+        growth = rss[-1]["rss_mb"] - rss[0]["rss_mb"]
+        md += ["", f"From {rss[0]['parts']} to {rss[-1]['parts']} parts: {growth:+.0f} MB."]
+    return "\n".join(md) + "\n"
+
+
+if __name__ == "__main__":
+    main()
