@@ -304,15 +304,25 @@ BAD = [
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/a?name=x", "--sink", "folder:{tmp}/b?name=x"], "two sinks"),
     (["--source", "folder:{tmp}"], "no sink"),
     (["--sink", "folder:{tmp}/o"], "no source"),
+    (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o", "--journal", "{tmp}/notes"], "not a journal"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{tmp}"], "holds the watched"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/in"], "the watched folder"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{bundle}/j"], "the bundle"),
 ]
 
 
 @pytest.mark.parametrize("args, words", BAD, ids=[b[1] for b in BAD])
 def test_each_bad_configuration_entry_is_one_line(sample_bundle, tmp_path, args, words):
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    line = one_error_line(run("line", sample_bundle, *args, "--journal", tmp_path / "j"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    (tmp_path / "in").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{bundle}", str(sample_bundle)) for a in args]
+    if "--journal" not in args:
+        args += ["--journal", tmp_path / "j"]
+    line = one_error_line(run("line", sample_bundle, *args))
     assert words in line, line
-    assert not (tmp_path / "j").exists()
+    assert not (tmp_path / "j").exists() and (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "notes"]
 
 
 def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
@@ -331,3 +341,19 @@ def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
         assert words in line, line
     line = one_error_line(run("line", tmp_path, "--source", f"folder:{tmp_path}", "--sink", "folder:o"))
     assert "not a bundle" in line
+
+
+def test_the_documented_two_camera_station_parses(sample_bundle, tmp_path):
+    """docs/line.md's TOML, as a user copies it, is a valid configuration (its cameras and PLC are not here)."""
+    from pathlib import Path
+
+    from fre_edge.line.config import from_toml
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "line.md").read_text()
+    text = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "station.toml"
+    f.write_text(text)
+    cfg = from_toml(f, str(sample_bundle))
+    assert [s.name for s in cfg.sources] == ["cam-top", "cam-side"] and cfg.sources[0].fps == 10
+    assert [s.type for s in cfg.sinks] == ["opcua", "opcua-client", "mqtt"]
+    assert cfg.sinks[1].nodes["reject"] == "ns=3;s=Line3.Reject" and cfg.sinks[2].payload == "verdict+picture"

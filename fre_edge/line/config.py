@@ -131,7 +131,7 @@ def _number(where: str, text, low: float = 0.0) -> float:
     return value
 
 
-def parse_source(spec: str, index: int) -> SourceConfig:
+def parse_source(spec: str, index: int, check: bool = True) -> SourceConfig:
     """One ``--source`` URL form as a :class:`SourceConfig`."""
     where = f"--source {spec}"
     scheme, sep, rest = spec.partition(":")
@@ -153,21 +153,22 @@ def parse_source(spec: str, index: int) -> SourceConfig:
         src = SourceConfig("push", o.get("name", name), host=host, port=port)
     else:
         raise _bad(where, f"unknown source {scheme!r}; use folder:, camera:, video:, rtsp://, http:// or push://")
-    return check_source(src, where)
+    return check_source(src, where) if check else src
 
 
-def parse_sink(spec: str, index: int) -> SinkConfig:
+def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
     """One ``--sink`` URL form as a :class:`SinkConfig`."""
     where = f"--sink {spec}"
     if spec.startswith("folder:"):
         path, _, query = spec[len("folder:"):].partition("?")
         o = _options(where, query, {"payload", "pictures", "rate", "name"})
-        return check_sink(SinkConfig("folder", o.get("name", f"folder{index + 1}"), path=path,
-                                     payload=o.get("payload", "verdict"), pictures=o.get("pictures", "anomalous"),
-                                     rate=_number(where, o.get("rate", 0))), where)
+        sink = SinkConfig("folder", o.get("name", f"folder{index + 1}"), path=path,
+                          payload=o.get("payload", "verdict").replace(" ", "+"),
+                          pictures=o.get("pictures", "anomalous"), rate=_number(where, o.get("rate", 0)))
+        return check_sink(sink, where) if check else sink
     parts = urlsplit(spec)
     o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"})
-    common = dict(payload=o.get("payload", "verdict"), pictures=o.get("pictures", "anomalous"),
+    common = dict(payload=o.get("payload", "verdict").replace(" ", "+"), pictures=o.get("pictures", "anomalous"),
                   rate=_number(where, o.get("rate", 0)))
     if parts.scheme == "mqtt":
         host, port = _host_port(where, parts.netloc)
@@ -188,7 +189,7 @@ def parse_sink(spec: str, index: int) -> SinkConfig:
     else:
         raise _bad(where, "use mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT, opcua-client://HOST:PORT, "
                           "webhook+http://HOST:PORT/PATH or folder:DIR")
-    return check_sink(sink, where)
+    return check_sink(sink, where) if check else sink
 
 
 def check_source(src: SourceConfig, where: str) -> SourceConfig:
@@ -291,7 +292,7 @@ def _table(path: Path, kind: str, i: int, table, cls, parse, check):
         extra = {k: v for k, v in table.items() if k not in ("name", "nodes")}
         if extra:
             raise FreEdgeError(f"{where}: give either url or fields, not both ({sorted(extra)[0]!r})")
-        item = parse(str(url), i)
+        item = parse(str(url), i, check=False)
         item.name = table.get("name", item.name)
         if "nodes" in table:
             item.nodes = dict(table["nodes"])
@@ -304,6 +305,29 @@ def _table(path: Path, kind: str, i: int, table, cls, parse, check):
     if bad:
         raise FreEdgeError(f"{where}: unknown key {sorted(bad)[0]!r}; use {', '.join(sorted(known))}")
     return check(cls(**table), where)
+
+
+def check_journal(cfg: StationConfig) -> None:
+    """The journal and the folder sinks write only where nothing of the user's is: not in or around the
+    bundle, not a watched folder or around one (its subfolders are fine: a watched folder is read without
+    them), and the journal only into a new or empty folder or a journal of fre-edge's."""
+    from ..outputs import check_writable
+
+    bundle = Path(cfg.bundle).resolve()
+    watched = [Path(s.path).resolve() for s in cfg.sources if s.type == "folder"]
+    for what, path in [("--journal", cfg.journal)] + [(f"sink {s.name}", s.path) for s in cfg.sinks
+                                                      if s.type == "folder"]:
+        real = Path(path).resolve()
+        if real == bundle or bundle in real.parents or real in bundle.parents:
+            raise FreEdgeError(f"{what} {path}: in or around the bundle {cfg.bundle}; choose a folder outside it")
+        for w in watched:
+            if real == w or real in w.parents:
+                raise FreEdgeError(f"{what} {path}: is or holds the watched folder {w}; choose another folder")
+        check_writable(path)
+    journal = Path(cfg.journal)
+    if journal.exists() and (not journal.is_dir() or (any(journal.iterdir()) and not (journal / "cursors").is_dir())):
+        raise FreEdgeError(f"--journal {journal}: not a journal of fre-edge's (no cursors/ in it); choose a new or "
+                           f"empty folder")
 
 
 def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationConfig:
@@ -319,6 +343,7 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
     if not (Path(cfg.bundle) / "manifest.json").is_file():
         raise FreEdgeError(f"{cfg.bundle} is not a bundle (no manifest.json); pass a folder written by "
                            f"`fre-edge export`")
+    check_journal(cfg)
     if cfg.metrics:
         _host_port("metrics", cfg.metrics)
     if not 1 <= int(cfg.batch_size) <= 64:
