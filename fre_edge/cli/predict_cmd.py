@@ -62,7 +62,7 @@ def _csv(rows: list[dict]) -> str:
 @click.option("--pixel-threshold", type=POSITIVE, default=None,
               help="Pixel threshold for the masks instead of the bundle's.")
 @click.option("--overlays", type=click.Choice(OVERLAYS), default="all", show_default=True,
-              help="With --out: heatmap pictures (JPEG) of every image, of the anomalous ones only, or none.")
+              help="With --output: heatmap pictures (JPEG) of every image, of the anomalous ones only, or none.")
 @click.option("--no-overlays", is_flag=True, help="Same as --overlays none.")
 @server_options("Run the graph on this model server; pictures are read and resized here, thresholds come from "
                 "BUNDLE")
@@ -85,7 +85,7 @@ def command(bundle, images, output, backend, device, precision, batch_size, thre
     from ..outputs import atomic_dir
     from ..runtime import load_detector
 
-    # --out: checked before any work, written to a temporary folder and renamed into place when complete
+    # --output: checked before any work, written to a temporary folder and renamed into place when complete
     output = atomic_dir(out_dir, force, "predictions", inputs=[bundle, *images]) if out_dir else nullcontext()
     det = (remote_detector(bundle, server, model_name, backend) if server else
            load_detector(bundle, backend=backend, device=device, precision=precision))

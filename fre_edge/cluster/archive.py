@@ -99,13 +99,13 @@ def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tup
         try:
             old = json.loads(marker.read_text())
         except (OSError, ValueError):
-            raise FreEdgeError(f"{out} exists and is not an archive run of fre-edge; choose another --out") from None
+            raise FreEdgeError(f"{out} exists and is not an archive run of fre-edge; choose another --output") from None
         same = {k: old.get(k) for k in ("kind", "digest", "images_sha256", "partition_size")}
         if same != {k: run[k] for k in same}:
             what = ("another bundle" if old.get("digest") != run["digest"] else
                     "another list of images" if old.get("images_sha256") != run["images_sha256"] else
                     "another --partition-size")
-            raise FreEdgeError(f"{out} holds a run with {what}; choose another --out to start a new run")
+            raise FreEdgeError(f"{out} holds a run with {what}; choose another --output to start a new run")
     else:
         from ..outputs import write_text_atomic
 
@@ -114,7 +114,7 @@ def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tup
     scores = out / "scores"
     if scores.is_symlink() or scores.exists() and not scores.is_dir():
         raise FreEdgeError(f"{scores} is not the folder of partition files fre-edge writes; move it away or "
-                           f"choose another --out")
+                           f"choose another --output")
     scores.mkdir(exist_ok=True)
     todo = []
     for i in range(run["partitions"]):
