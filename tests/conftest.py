@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,15 @@ def bottle_bundle(bottle_fit, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "bottle"
     export_bundle(bottle_fit[1], out)
     return out
+
+
+@pytest.fixture
+def bundle(sample_bundle, tmp_path):
+    """A private copy of the demo bundle, free to damage."""
+    return shutil.copytree(sample_bundle, tmp_path / "bundle")
+
+
+@pytest.fixture
+def model(sample_model, tmp_path):
+    """A private copy of the demo model folder."""
+    return shutil.copytree(sample_model[0], tmp_path / "model")

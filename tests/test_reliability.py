@@ -25,17 +25,6 @@ from fre_edge.outputs import atomic_dir
 from fre_edge.runtime import load_detector
 
 
-@pytest.fixture
-def bundle(sample_bundle, tmp_path):
-    """A private copy of the demo bundle, free to damage."""
-    return shutil.copytree(sample_bundle, tmp_path / "bundle")
-
-
-@pytest.fixture
-def model(sample_model, tmp_path):
-    return shutil.copytree(sample_model[0], tmp_path / "model")
-
-
 def edit_manifest(bundle, change):
     path = bundle / "manifest.json"
     m = json.loads(path.read_text())

@@ -23,16 +23,6 @@ def digest_tree(root: Path) -> dict:
 
 
 @pytest.fixture
-def bundle(sample_bundle, tmp_path):
-    return shutil.copytree(sample_bundle, tmp_path / "bundle")
-
-
-@pytest.fixture
-def model(sample_model, tmp_path):
-    return shutil.copytree(sample_model[0], tmp_path / "model")
-
-
-@pytest.fixture
 def data(sample_root, tmp_path):
     return shutil.copytree(sample_root, tmp_path / "data")
 
