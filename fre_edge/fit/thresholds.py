@@ -50,7 +50,20 @@ def thresholds_from_scores(scores: np.ndarray, maps, source: str) -> dict:
         "n_images": int(scores.size),
         "score_stats": {"mean": float(scores.mean()), "std": float(scores.std()),
                         "min": float(scores.min()), "max": float(scores.max())},
+        "reference_scores": reference_scores(scores),
     }
+
+
+REFERENCE_POINTS = 1000
+
+
+def reference_scores(scores: np.ndarray) -> list[float]:
+    """The good images' scores, sorted (at most ``REFERENCE_POINTS`` evenly spaced quantiles of them): the
+    reference distribution a station compares the line's scores with (:mod:`fre_edge.line.drift`)."""
+    values = np.sort(np.asarray(scores, dtype=np.float64))
+    if values.size > REFERENCE_POINTS:
+        values = np.quantile(values, np.linspace(0, 1, REFERENCE_POINTS))
+    return [float(f"{v:.6g}") for v in values]
 
 
 class TopValues:

@@ -42,6 +42,13 @@ def prometheus(status: dict, journal_dropped: dict) -> str:
     metric("fre_edge_line_journal_dropped_total", "counter",
            "Verdicts deleted undelivered at the journal's disk bound.",
            [({"sink": k}, v) for k, v in journal_dropped.items()])
+    d = status.get("drift")
+    if d:
+        metric("fre_edge_line_drift_statistic", "gauge", "The drift watch's CUSUM (alarm above fre_edge_line_drift_"
+               "alarm_level).", [({}, d["statistic"])])
+        metric("fre_edge_line_drift_alarm_level", "gauge", "Where the drift alarm is raised.", [({}, d["alarm_level"])])
+        metric("fre_edge_line_drift_alarm", "gauge", "1 once good parts have drifted (until restart).",
+               [({}, int(d["state"] == "drift"))])
     return "\n".join(lines) + "\n"
 
 

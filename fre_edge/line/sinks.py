@@ -2,6 +2,10 @@
 ``send`` returns once its peer has acknowledged the message and raises when it cannot deliver (the station
 then keeps the verdict in the journal and tries again, backing off). A new sink is one class here.
 
+A drift alarm (:mod:`.drift`) goes through the same journal as a record with ``"kind": "drift"``: MQTT
+publishes it, retained, on ``TOPIC/drift``; the OPC UA server sets ``Drift`` and ``Status``; a webhook and a
+folder get it as they get verdicts.
+
 Each message is the verdict's JSON (:func:`message`): ``id`` (station name and sequence number: a
 consumer drops a repeat by it), ``seq``, ``time``, ``source``, ``part``, ``score``, ``threshold``,
 ``verdict`` (good, anomalous or error), ``box``, ``anomalous_pixels``, ``peak``, ``bundle_version``,
@@ -96,7 +100,9 @@ class MqttSink(Sink):
     def send(self, record: dict, picture: bytes | None) -> None:
         if not self.connected:
             raise ConnectionError(f"not connected to the broker {self.cfg.host}:{self.cfg.port}")
-        info = self.client.publish(self.cfg.topic, json.dumps(message(record, picture)), qos=self.cfg.qos)
+        drift = record.get("kind") == "drift"  # the drift alarm: its own topic, retained
+        info = self.client.publish(f"{self.cfg.topic}/drift" if drift else self.cfg.topic,
+                                   json.dumps(message(record, picture)), qos=self.cfg.qos, retain=drift)
         info.wait_for_publish(TIMEOUT_S)
         if not info.is_published():
             raise ConnectionError(f"the broker {self.cfg.host}:{self.cfg.port} did not acknowledge in {TIMEOUT_S} s")
@@ -195,7 +201,8 @@ class OpcUaServerSink(Sink):
         self.nodes = {name: obj.add_variable(idx, name, ua.Variant(value, vt)) for name, value, vt in (
             ("LastVerdict", "", V.String), ("LastReject", False, V.Boolean), ("LastScore", 0.0, V.Double),
             ("LastPart", "", V.String), ("PartCounter", 0, V.UInt64), ("RejectCounter", 0, V.UInt64),
-            ("Status", "starting", V.String), ("Threshold", float(self.station.detector.image_threshold), V.Double))}
+            ("Status", "starting", V.String), ("Threshold", float(self.station.detector.image_threshold), V.Double),
+            ("Drift", False, V.Boolean))}
         self.ua, self.rejects = ua, 0
         try:
             server.start()
@@ -210,6 +217,10 @@ class OpcUaServerSink(Sink):
         self.nodes[name].write_value(self.ua.Variant(value, getattr(self.ua.VariantType, vt)))
 
     def send(self, record: dict, picture: bytes | None) -> None:
+        if record.get("kind") == "drift":
+            self.write("Drift", True, "Boolean")
+            self.write("Status", f"drift: {record['shift_spreads']:+.2f} spreads", "String")
+            return
         reject = record.get("verdict") != "good"
         self.rejects += reject
         self.write("LastScore", float(record.get("score") or 0.0), "Double")
@@ -235,7 +246,8 @@ class OpcUaClientSink(Sink):
     reject: Boolean, score: Double, part: String, seq: UInt64), any subset."""
 
     kind = "opcua-client"
-    TYPES = {"verdict": "String", "reject": "Boolean", "score": "Double", "part": "String", "seq": "UInt64"}
+    TYPES = {"verdict": "String", "reject": "Boolean", "score": "Double", "part": "String", "seq": "UInt64",
+             "drift": "Boolean"}
 
     def open(self) -> None:
         try:
@@ -265,11 +277,16 @@ class OpcUaClientSink(Sink):
     def send(self, record: dict, picture: bytes | None) -> None:
         if getattr(self, "client", None) is None:
             self.open()
-        values = {"verdict": record.get("verdict", ""), "reject": record.get("verdict") != "good",
-                  "score": float(record.get("score") or 0.0), "part": str(record.get("part", "")),
-                  "seq": int(record["seq"])}
+        if record.get("kind") == "drift":
+            values, keys = {"drift": True}, [k for k in self.targets if k == "drift"]
+        else:
+            values = {"verdict": record.get("verdict", ""), "reject": record.get("verdict") != "good",
+                      "score": float(record.get("score") or 0.0), "part": str(record.get("part", "")),
+                      "seq": int(record["seq"])}
+            keys = [k for k in self.targets if k != "drift"]
         try:
-            for key, node in self.targets.items():
+            for key in keys:
+                node = self.targets[key]
                 node.write_value(self.ua.DataValue(self.ua.Variant(values[key],
                                                                    getattr(self.ua.VariantType, self.TYPES[key]))))
         except Exception as exc:  # noqa: BLE001

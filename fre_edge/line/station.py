@@ -20,9 +20,10 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from .config import StationConfig
+from .drift import DriftWatch
 from .journal import Journal
 from .sinks import SINKS
-from .sources import SOURCES, Part
+from .sources import SOURCES, Part, now_iso
 
 log = logging.getLogger("fre_edge.line")
 QUEUE_PARTS = 64
@@ -142,6 +143,8 @@ class Station:
         self._infer = threading.Thread(target=self._run, name="fre-edge-inference", daemon=True)
         self.started = time.time()
         self.batch_size = batch_size_that_pays(detector, cfg.batch_size)
+        thresholds = (getattr(detector, "metadata", None) or {}).get("thresholds", {})
+        self.drift = DriftWatch(detector.image_threshold, thresholds.get("reference_scores"))
 
     # -- parts in ----------------------------------------------------------------------------------
     def submit(self, part: Part, block: bool = True) -> None:
@@ -197,6 +200,14 @@ class Station:
             self.latencies.append(time.monotonic() - part.arrived)
             for done in part.on_done:
                 done(record)
+            alarm = self.drift.add(record["score"])
+            if alarm:  # journaled like a verdict: every sink tells its peer, in order
+                log.warning("station %s: drift: good parts score %.2f spreads higher than the line's baseline; "
+                            "%.1f%% of the last parts above the threshold (baseline %.1f%%)", self.name,
+                            alarm["shift_spreads"], 100 * alarm["share_above_threshold"],
+                            100 * (alarm["baseline_share_above_threshold"] or 0))
+                self.journal.append({**alarm, "time": now_iso(), "source": "station",
+                                     "bundle_version": self.version})
 
     def _record(self, part: Part, pred) -> dict:
         base = {"time": part.time, "source": part.source, "part": part.part,
@@ -285,4 +296,5 @@ class Station:
                                         "delivered": w.delivered, "dropped": self.journal.dropped[w.sink.cfg.name]}
                       for w in self.workers},
             "journal": {"folder": str(self.journal.folder), "last_seq": self.journal.last_seq},
+            "drift": self.drift.status(),
         }
