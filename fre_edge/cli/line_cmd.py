@@ -28,6 +28,13 @@ from .params import FiniteFloat, batch_size_option
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics at /metrics and the station's state at /status on this port "
                    "(loopback).")
+@click.option("--ui", default=None, metavar="HOST:PORT",
+              help="Serve the live page here (e.g. 127.0.0.1:8088): latest parts with their heatmaps, counts, the "
+                   "score over time, sinks and drift; operators mark parts. Beyond loopback it needs "
+                   "FRE_EDGE_UI_TOKEN set.")
+@click.option("--review", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the page's marks go, laid out for fit (train/good) and eval (test/defective) "
+                   "(default ./fre-edge-review).")
 @click.option("--threshold", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Image threshold instead of the bundle's.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
@@ -39,7 +46,7 @@ from .params import FiniteFloat, batch_size_option
 @click.option("--drain", "drain_s", type=FiniteFloat(0, 3600), default=10.0, show_default=True,
               help="On SIGTERM or Ctrl-C: seconds to deliver what waits before stopping (the rest stays in the "
                    "journal).")
-def command(bundle, config_path, sources, sinks, journal, name, metrics_port, threshold, backend, server,
+def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui, review, threshold, backend, server,
             batch_size, drain_s):
     """Run BUNDLE on a line: pictures from sources, verdicts to sinks, nothing lost.
 
@@ -61,7 +68,8 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, th
     settings = {k: v for k, v in {"journal": str(journal) if journal else None, "name": name,
                                    "threshold": threshold, "batch_size": batch_size, "drain_s": drain_s,
                                    "server": server, "metrics": f"127.0.0.1:{metrics_port}" if metrics_port
-                                   else None}.items() if v is not None}
+                                   else None, "ui": ui, "review": str(review) if review else None}.items()
+                if v is not None}
     if config_path is not None:
         if sources or sinks:
             raise FreEdgeError("--config holds the sources and sinks; drop --source and --sink, or --config")
@@ -91,6 +99,12 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, th
 
         host, port = cfg.metrics.rsplit(":", 1)
         metrics = MetricsServer(station, host, int(port)).start()
+    page = None
+    if cfg.ui:
+        from ..line.ui import LivePage
+
+        host, port = cfg.ui.rsplit(":", 1)
+        page = LivePage(station, host.strip("[]"), int(port), cfg.review).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -101,8 +115,9 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, th
         pass
     click.echo(f"station {cfg.name}: stopping, delivering for up to {cfg.drain_s:g} s", err=True)
     summary = station.stop()
-    if metrics:
-        metrics.stop()
+    for server in (metrics, page):
+        if server:
+            server.stop()
     left = {k: v for k, v in summary["undelivered"].items() if v}
     click.echo(f"station {cfg.name}: {summary['parts']} part(s), {summary['rejects']} reject(s)"
                + (f"; undelivered, kept in the journal for the next start: {left}" if left else

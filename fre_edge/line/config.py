@@ -78,6 +78,9 @@ class StationConfig:
     batch_size: int = 8
     drain_s: float = 10.0
     server: str | None = None  # run the graph on a model server (grpc://HOST:PORT or http://...)
+    ui: str = ""  # HOST:PORT of the live page, or "" for none
+    review: str = "fre-edge-review"  # where the page's marks go, laid out for fit and eval
+    drift_baseline: int = 1000  # parts the drift watch learns the line's baseline from
 
 
 def _bad(where: str, message: str) -> FreEdgeError:
@@ -243,6 +246,7 @@ def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> 
 
 
 STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
+                "ui", "review", "drift_baseline",
                 "drain_s", "server"}
 
 
@@ -315,8 +319,8 @@ def check_journal(cfg: StationConfig) -> None:
 
     bundle = Path(cfg.bundle).resolve()
     watched = [Path(s.path).resolve() for s in cfg.sources if s.type == "folder"]
-    for what, path in [("--journal", cfg.journal)] + [(f"sink {s.name}", s.path) for s in cfg.sinks
-                                                      if s.type == "folder"]:
+    for what, path in [("--journal", cfg.journal)] + [("--review", cfg.review)] * bool(cfg.ui) + [
+            (f"sink {s.name}", s.path) for s in cfg.sinks if s.type == "folder"]:
         real = Path(path).resolve()
         if real == bundle or bundle in real.parents or real in bundle.parents:
             raise FreEdgeError(f"{what} {path}: in or around the bundle {cfg.bundle}; choose a folder outside it")
@@ -346,6 +350,12 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
     check_journal(cfg)
     if cfg.metrics:
         _host_port("metrics", cfg.metrics)
+    if cfg.ui:
+        _host_port("--ui", cfg.ui)
+        if cfg.metrics and cfg.metrics == cfg.ui:
+            raise FreEdgeError(f"{where}: the live page and the metrics both on {cfg.ui}; give them different ports")
+    if not isinstance(cfg.drift_baseline, int) or cfg.drift_baseline < 10:
+        raise FreEdgeError(f"{where}: drift_baseline {cfg.drift_baseline!r}; use a whole number of parts, 10 or more")
     if not 1 <= int(cfg.batch_size) <= 64:
         raise FreEdgeError(f"{where}: batch_size {cfg.batch_size}; use 1 to 64")
     return cfg

@@ -130,7 +130,7 @@ class Station:
             detector.image_threshold = cfg.threshold
         self.queue: queue.Queue[Part] = queue.Queue(QUEUE_PARTS)
         self.sinks = [SINKS[s.type](s, self) for s in cfg.sinks]
-        self.wants_pictures = any(s.payload == "verdict+picture" for s in cfg.sinks)
+        self.wants_pictures = bool(cfg.ui) or any(s.payload == "verdict+picture" for s in cfg.sinks)
         self.journal = Journal(cfg.journal, [s.name for s in cfg.sinks], station=cfg.name,
                                max_bytes=int(cfg.journal_max_mb * 2 ** 20), sync=cfg.journal_sync)
         self.sources = [SOURCES[s.type](s, self) for s in cfg.sources]
@@ -144,7 +144,9 @@ class Station:
         self.started = time.time()
         self.batch_size = batch_size_that_pays(detector, cfg.batch_size)
         thresholds = (getattr(detector, "metadata", None) or {}).get("thresholds", {})
-        self.drift = DriftWatch(detector.image_threshold, thresholds.get("reference_scores"))
+        self.drift = DriftWatch(detector.image_threshold, thresholds.get("reference_scores"),
+                                baseline_parts=cfg.drift_baseline)
+        self.listeners: list = []  # callables(record, part, prediction) after each journaled record (the page)
 
     # -- parts in ----------------------------------------------------------------------------------
     def submit(self, part: Part, block: bool = True) -> None:
@@ -200,14 +202,18 @@ class Station:
             self.latencies.append(time.monotonic() - part.arrived)
             for done in part.on_done:
                 done(record)
+            for listener in self.listeners:
+                listener(record, part, pred)
             alarm = self.drift.add(record["score"])
             if alarm:  # journaled like a verdict: every sink tells its peer, in order
                 log.warning("station %s: drift: good parts score %.2f spreads higher than the line's baseline; "
                             "%.1f%% of the last parts above the threshold (baseline %.1f%%)", self.name,
                             alarm["shift_spreads"], 100 * alarm["share_above_threshold"],
                             100 * (alarm["baseline_share_above_threshold"] or 0))
-                self.journal.append({**alarm, "time": now_iso(), "source": "station",
-                                     "bundle_version": self.version})
+                alarm_record = self.journal.append({**alarm, "time": now_iso(), "source": "station",
+                                                    "bundle_version": self.version})
+                for listener in self.listeners:
+                    listener(alarm_record, None, None)
 
     def _record(self, part: Part, pred) -> dict:
         base = {"time": part.time, "source": part.source, "part": part.part,

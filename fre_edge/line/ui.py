@@ -1,0 +1,305 @@
+"""The station's live page (``--ui HOST:PORT``): one HTML page with its script inline, no external assets, so
+it works offline on a plant network. It updates by itself over server-sent events.
+
+Routes: ``/`` the page; ``/status`` the station's state as JSON; ``/events`` server-sent events (``part``
+per journaled verdict, ``drift`` when the alarm is raised); ``/parts/SEQ.jpg`` the heatmap panel of one of
+the latest parts (drawn when asked for, so a station nobody watches draws nothing); ``POST /review`` an
+operator's mark. Loopback by default; when opened to the network, marking needs the token set with
+``FRE_EDGE_UI_TOKEN`` (sent as the ``X-Token`` header), and the page asks for it once.
+
+Review: a part marked good is saved as ``REVIEW/train/good/SEQ_PART.png`` (pictures to refit with), one
+marked defective as ``REVIEW/test/defective/SEQ_PART.png`` (to evaluate with); each mark is a JSON line in
+``REVIEW/reviews.jsonl`` with who, when, the part's verdict and score.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import threading
+from collections import OrderedDict
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FreEdgeError
+
+KEEP_PARTS = 24  # the latest parts whose pictures the page can show and an operator can mark
+CLIENTS = 16  # server-sent event streams at once
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class LivePage:
+    def __init__(self, station, host: str, port: int, review: str | Path, token: str | None = None):
+        self.station, self.review = station, Path(review)
+        self.token = token if token is not None else os.environ.get("FRE_EDGE_UI_TOKEN")
+        if host not in LOOPBACK and not self.token:
+            raise FreEdgeError(f"--ui {host}:{port} opens the page to the network; set FRE_EDGE_UI_TOKEN so that "
+                               f"marking parts needs it, or use 127.0.0.1")
+        self.parts: OrderedDict[int, tuple] = OrderedDict()  # seq -> (record, picture RGB, model map)
+        self.lock = threading.Lock()
+        self.clients: list[queue.Queue] = []
+        self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
+        self.stopping = threading.Event()
+        station.listeners.append(self.on_record)
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                page.get(self)
+
+            def do_POST(self):  # noqa: N802
+                page.post(self)
+
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise FreEdgeError(f"--ui: cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="fre-edge-ui", daemon=True)
+
+    # -- what the station tells it ------------------------------------------------------------------
+    def on_record(self, record: dict, part, pred) -> None:
+        if record.get("kind") != "drift" and part is not None:
+            image = None
+            if part.image is not None and pred is not None:
+                image = part.image
+            with self.lock:
+                self.parts[record["seq"]] = (record, image, None if pred is None else pred.model_map)
+                while len(self.parts) > KEEP_PARTS:
+                    self.parts.popitem(last=False)
+                self.scores.append((record["seq"], record.get("score"), record.get("verdict")))
+                del self.scores[:-500]
+        event = "drift" if record.get("kind") == "drift" else "part"
+        self.broadcast(event, record)
+
+    def broadcast(self, event: str, data: dict) -> None:
+        text = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        with self.lock:
+            for q in self.clients:
+                try:
+                    q.put_nowait(text)
+                except queue.Full:  # a client that does not read: it misses events, never holds up the line
+                    pass
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    def _send(self, req, status: int, body: bytes, kind: str) -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", kind)
+        req.send_header("Content-Length", str(len(body)))
+        req.send_header("Cache-Control", "no-store")
+        req.end_headers()
+        req.wfile.write(body)
+
+    def _json(self, req, status: int, data) -> None:
+        self._send(req, status, json.dumps(data).encode(), "application/json")
+
+    def get(self, req) -> None:
+        path = req.path.split("?")[0]
+        if path == "/":
+            return self._send(req, 200, PAGE.encode(), "text/html; charset=utf-8")
+        if path == "/status":
+            status = self.station.status()
+            with self.lock:
+                status["recent_scores"] = list(self.scores)
+                status["latest_parts"] = [r for r, _, _ in self.parts.values()]
+            status["threshold"] = float(self.station.detector.image_threshold)
+            status["review_needs_token"] = bool(self.token)
+            return self._json(req, 200, status)
+        if path == "/events":
+            return self.events(req)
+        if path.startswith("/parts/") and path.endswith(".jpg"):
+            seq = path[len("/parts/"):-4]
+            jpeg = self.picture(int(seq)) if seq.isdigit() else None
+            if jpeg is None:
+                return self._json(req, 404, {"error": "no picture of that part (only the latest are kept)"})
+            return self._send(req, 200, jpeg, "image/jpeg")
+        self._json(req, 404, {"error": "not found; the page is at /"})
+
+    def events(self, req) -> None:
+        q: queue.Queue = queue.Queue(256)
+        with self.lock:
+            if len(self.clients) >= CLIENTS:
+                return self._json(req, 503, {"error": f"at most {CLIENTS} pages at once"})
+            self.clients.append(q)
+        try:
+            req.send_response(200)
+            req.send_header("Content-Type", "text/event-stream")
+            req.send_header("Cache-Control", "no-store")
+            req.end_headers()
+            req.wfile.write(b"retry: 1000\n\n")
+            req.wfile.flush()
+            while not self.stopping.is_set():
+                try:
+                    text = q.get(timeout=15)
+                except queue.Empty:
+                    text = b": keep-alive\n\n"
+                req.wfile.write(text)
+                req.wfile.flush()
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.clients.remove(q)
+
+    def picture(self, seq: int) -> bytes | None:
+        with self.lock:
+            item = self.parts.get(seq)
+        if item is None or item[1] is None:
+            return None
+        from ..images import read_image, resize_map, resize_rgb_to
+        from ..visualize import panel, picture_title
+
+        record, image, model_map = item
+        try:
+            image = read_image(image, draft_size=480)[0] if not isinstance(image, np.ndarray) else image
+        except FreEdgeError:
+            return None
+        h, w = image.shape[:2]
+        scale = min(1.0, 480 / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        buf = io.BytesIO()
+        anomalous = record.get("verdict") == "anomalous"
+        panel(resize_rgb_to(image, *size), resize_map(model_map, *size), 2 * self.station.detector.pixel_threshold,
+              title=picture_title(record.get("part", ""), record["score"], record["threshold"], anomalous),
+              anomalous=anomalous).save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+    def post(self, req) -> None:
+        if req.path.split("?")[0] != "/review":
+            return self._json(req, 404, {"error": "not found; POST /review"})
+        if self.token and req.headers.get("X-Token") != self.token:
+            return self._json(req, 403, {"error": "marking needs the station's token (X-Token)"})
+        try:
+            body = json.loads(req.rfile.read(min(int(req.headers.get("Content-Length") or 0), 1 << 16)))
+            seq, mark, who = int(body["seq"]), body["mark"], str(body.get("who") or "operator")[:80]
+            if mark not in ("good", "defective"):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return self._json(req, 400, {"error": 'send {"seq": N, "mark": "good"|"defective", "who": NAME}'})
+        with self.lock:
+            item = self.parts.get(seq)
+        if item is None or item[1] is None:
+            return self._json(req, 404, {"error": f"part {seq} is no longer among the latest; mark it sooner"})
+        record, image = item[0], item[1]
+        from PIL import Image
+
+        from ..images import read_image
+
+        try:
+            rgb = read_image(image)[0] if not isinstance(image, np.ndarray) else image
+        except FreEdgeError as exc:
+            return self._json(req, 410, {"error": str(exc)})
+        folder = self.review / ("train/good" if mark == "good" else "test/defective")
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(record.get("part", ""))).stem)[:60]
+        target = folder / f"{seq:09d}_{safe}.png"
+        tmp = target.with_name(f".{target.name}.partial")
+        Image.fromarray(rgb).save(tmp, format="PNG")
+        os.replace(tmp, target)
+        line = {"seq": seq, "id": record.get("id"), "part": record.get("part"), "source": record.get("source"),
+                "verdict": record.get("verdict"), "score": record.get("score"), "mark": mark, "who": who,
+                "when": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "picture": str(target.relative_to(self.review))}
+        with open(self.review / "reviews.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        self._json(req, 200, line)
+
+    def start(self) -> "LivePage":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fre-edge station</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px system-ui,sans-serif;margin:0;background:#f4f5f7;color:#222}
+header{background:#1f2933;color:#fff;padding:8px 16px;display:flex;gap:24px;align-items:baseline}
+header h1{font-size:18px;margin:0} .ok{color:#2e7d32} .bad{color:#c62828} .warn{color:#ef6c00}
+main{display:grid;grid-template-columns:2fr 1fr;gap:12px;padding:12px}
+section{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 2px #0002}
+h2{font-size:14px;margin:0 0 8px} table{border-collapse:collapse;width:100%} td,th{padding:3px 6px;text-align:left}
+#parts{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:8px}
+.part{border:2px solid #ddd;border-radius:4px;padding:4px} .part.anomalous{border-color:#c62828}
+.part img{width:100%;display:block;min-height:60px;background:#eee} .part .v{font-weight:600}
+button{margin:2px 4px 0 0} #drift{font-weight:600}
+</style></head><body>
+<header><h1>fre-edge station <span id="name"></span></h1><span id="bundle"></span><span id="lat"></span>
+<span>drift: <span id="drift">-</span></span></header>
+<main><div>
+<section><h2>Score over time (red line: threshold)</h2><canvas id="chart" width="900" height="180"
+ style="width:100%"></canvas></section>
+<section style="margin-top:12px"><h2>Latest parts</h2><div id="parts"></div></section></div>
+<div><section><h2>Sources</h2><table id="sources"></table></section>
+<section style="margin-top:12px"><h2>Sinks</h2><table id="sinks"></table></section>
+<section style="margin-top:12px"><h2>Last event</h2><div id="last">-</div></section></div></main>
+<script>
+"use strict";
+let status = null, token = null;
+const $ = id => document.getElementById(id);
+function esc(s){return String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;","\\"":"&quot;"}[c]));}
+async function refresh(){ status = await (await fetch("/status")).json(); draw(); }
+function draw(){
+  if(!status) return;
+  $("name").textContent = status.station; $("bundle").textContent = "bundle " + status.bundle_version;
+  const l = status.latency_ms; $("lat").textContent = l.p50 == null ? "" :
+    `latency p50 ${l.p50.toFixed(1)} ms, p99 ${l.p99.toFixed(1)} ms`;
+  const d = status.drift; $("drift").textContent = d.state + (d.state === "learning" ?
+    ` (${d.parts_learned}/${d.baseline_parts})` : ` (statistic ${d.statistic.toFixed(1)} / ${d.alarm_level})`);
+  $("drift").className = d.state === "drift" ? "bad" : "ok";
+  $("sources").innerHTML = "<tr><th>source</th><th>parts</th><th>rejects</th><th>rate</th><th>state</th></tr>" +
+    Object.entries(status.sources).map(([n, s]) => `<tr><td>${esc(n)}</td><td>${s.parts}</td><td>${s.rejects}</td>
+    <td>${s.parts ? (100 * s.rejects / s.parts).toFixed(1) + "%" : "-"}</td><td>${esc(s.state)}</td></tr>`).join("");
+  $("sinks").innerHTML = "<tr><th>sink</th><th>state</th><th>backlog</th></tr>" +
+    Object.entries(status.sinks).map(([n, s]) => `<tr><td>${esc(n)}</td><td class="${s.state === "connected" ?
+    "ok" : "bad"}">${esc(s.state)}</td><td>${s.backlog}</td></tr>`).join("");
+  const parts = status.latest_parts.slice().reverse();
+  $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
+    <img src="/parts/${r.seq}.jpg" alt="">
+    <div><span class="v ${r.verdict === "good" ? "ok" : "bad"}">${esc(r.verdict)}</span>
+    ${r.score == null ? "" : r.score.toPrecision(6)} <small>${esc(r.source)} ${esc(r.part)}</small></div>
+    <button onclick="mark(${r.seq},'good')">mark good</button>
+    <button onclick="mark(${r.seq},'defective')">mark defective</button></div>`).join("");
+  chart();
+}
+function chart(){
+  const c = $("chart"), g = c.getContext("2d"), pts = status.recent_scores.filter(p => p[1] != null);
+  g.clearRect(0, 0, c.width, c.height);
+  if(!pts.length) return;
+  const ys = pts.map(p => Math.log(p[1])), th = Math.log(status.threshold);
+  const lo = Math.min(th, ...ys) - 0.1, hi = Math.max(th, ...ys) + 0.1;
+  const x = i => 10 + i * (c.width - 20) / Math.max(1, pts.length - 1), y = v => c.height - 10 -
+    (v - lo) / (hi - lo) * (c.height - 20);
+  g.strokeStyle = "#c62828"; g.beginPath(); g.moveTo(0, y(th)); g.lineTo(c.width, y(th)); g.stroke();
+  pts.forEach((p, i) => { g.fillStyle = p[2] === "good" ? "#1565c0" : "#c62828";
+    g.fillRect(x(i) - 2, y(Math.log(p[1])) - 2, 4, 4); });
+}
+async function mark(seq, mark){
+  if(status.review_needs_token && !token) token = prompt("The station's token, to mark parts");
+  const r = await fetch("/review", {method: "POST", headers: {"Content-Type": "application/json",
+    ...(token ? {"X-Token": token} : {})}, body: JSON.stringify({seq, mark, who: "operator"})});
+  $("last").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
+}
+let pending = false;
+function soon(){ if(!pending){ pending = true; setTimeout(() => { pending = false; refresh(); }, 200); } }
+const es = new EventSource("/events");
+es.addEventListener("part", e => { const r = JSON.parse(e.data);
+  $("last").textContent = `${r.part}: ${r.verdict} (${r.score == null ? "-" : r.score.toPrecision(6)})`; soon(); });
+es.addEventListener("drift", e => { $("last").textContent = "DRIFT: " + e.data; soon(); });
+refresh();
+</script></body></html>
+"""
