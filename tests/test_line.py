@@ -308,6 +308,9 @@ BAD = [
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{tmp}"], "holds the watched"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/in"], "the watched folder"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{bundle}/j"], "the bundle"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "0.0.0.0:8088"], "FRE_EDGE_UI_TOKEN"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "127.0.0.1:9100", "--metrics-port",
+      "9100"], "different ports"),
 ]
 
 
@@ -357,3 +360,48 @@ def test_the_documented_two_camera_station_parses(sample_bundle, tmp_path):
     assert [s.name for s in cfg.sources] == ["cam-top", "cam-side"] and cfg.sources[0].fps == 10
     assert [s.type for s in cfg.sinks] == ["opcua", "opcua-client", "mqtt"]
     assert cfg.sinks[1].nodes["reject"] == "ns=3;s=Line3.Reject" and cfg.sinks[2].payload == "verdict+picture"
+
+
+def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictures, tmp_path, monkeypatch):
+    """The page's data as a browser gets it: the page itself, a server-sent event per verdict, the part's
+    heatmap picture, and a mark written where fit and eval read it; with a token, marking needs it."""
+    incoming, review, port = tmp_path / "in", tmp_path / "review", free_port()
+    incoming.mkdir()
+    monkeypatch.setenv("FRE_EDGE_UI_TOKEN", "s3cret")
+    st = Station([sample_bundle, "--source", f"folder:{incoming}", "--sink", f"folder:{tmp_path / 'out'}",
+                  "--journal", tmp_path / "j", "--ui", f"127.0.0.1:{port}", "--review", review],
+                 tmp_path / "station.log").start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: st.status()["sources"]["source1"]["state"].startswith("watching"), 30, "the watch")
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            html = r.read().decode()
+        assert "EventSource" in html and "<script" in html and "http" not in html.split("<script", 1)[1].split(
+            "EventSource", 1)[0]  # no external assets
+        events = urllib.request.urlopen(base + "/events", timeout=30)
+        assert events.readline().startswith(b"retry:")
+        drop(pictures[0], incoming, "p0.png")
+        t0 = time.monotonic()
+        lines = []
+        while not any(line.startswith(b"data:") for line in lines):
+            lines.append(events.readline())
+        assert time.monotonic() - t0 < 30
+        record = json.loads(next(line for line in lines if line.startswith(b"data:"))[5:])
+        assert b"event: part\n" in lines and record["part"] == "p0.png"
+        events.close()
+        with urllib.request.urlopen(f"{base}/parts/{record['seq']}.jpg", timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read(3) == b"\xff\xd8\xff"
+        body = json.dumps({"seq": record["seq"], "mark": "good", "who": "ana"}).encode()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(base + "/review", data=body, method="POST"), timeout=30)
+        assert err.value.code == 403
+        req = urllib.request.Request(base + "/review", data=body, method="POST", headers={"X-Token": "s3cret"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            mark = json.loads(r.read())
+        assert (review / mark["picture"]).is_file() and mark["picture"].startswith("train/good/")
+        line = json.loads((review / "reviews.jsonl").read_text().splitlines()[-1])
+        assert line["who"] == "ana" and line["mark"] == "good" and line["id"] == record["id"]
+        status = json.loads(urllib.request.urlopen(base + "/status", timeout=10).read())
+        assert status["latest_parts"][-1]["seq"] == record["seq"] and status["drift"]["state"] == "learning"
+    finally:
+        assert st.stop() == 0, st.output()

@@ -351,7 +351,12 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
     if cfg.metrics:
         _host_port("metrics", cfg.metrics)
     if cfg.ui:
-        _host_port("--ui", cfg.ui)
+        import os
+
+        host, _ = _host_port("--ui", cfg.ui)
+        if host not in ("127.0.0.1", "::1", "localhost") and not os.environ.get("FRE_EDGE_UI_TOKEN"):
+            raise FreEdgeError(f"--ui {cfg.ui} opens the live page to the network; set FRE_EDGE_UI_TOKEN (marking "
+                               f"parts then needs it) or use 127.0.0.1")
         if cfg.metrics and cfg.metrics == cfg.ui:
             raise FreEdgeError(f"{where}: the live page and the metrics both on {cfg.ui}; give them different ports")
     if not isinstance(cfg.drift_baseline, int) or cfg.drift_baseline < 10:
