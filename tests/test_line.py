@@ -309,6 +309,7 @@ BAD = [
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/in"], "the watched folder"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{bundle}/j"], "the bundle"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "0.0.0.0:8088"], "FRE_EDGE_UI_TOKEN"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--shadow", "{tmp}/notes"], "not a bundle"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "127.0.0.1:9100", "--metrics-port",
       "9100"], "different ports"),
 ]
@@ -405,3 +406,48 @@ def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictu
         assert status["latest_parts"][-1]["seq"] == record["seq"] and status["drift"]["state"] == "learning"
     finally:
         assert st.stop() == 0, st.output()
+
+
+@pytest.fixture(scope="module")
+def refit_bundle(sample_root, tmp_path_factory):
+    """A refit of the demo sample (another variance ratio) at the live bundle's input size."""
+    from fre_edge.export import export_bundle
+    from fre_edge.fit import FitConfig, fit_fre
+    from fre_edge.fit.data import read_dataset
+
+    ds = read_dataset(sample_root)
+    fitted = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, n_components=0.9), progress=False)
+    out = tmp_path_factory.mktemp("refit") / "refit"
+    export_bundle(fitted, out)
+    return out
+
+
+def test_a_shadow_bundle_is_compared_and_promoted_mid_stream(sample_bundle, refit_bundle, pictures, tmp_path):
+    from fre_edge.runtime.bundle import bundle_digest, read_manifest, serving_version
+
+    live_v, shadow_v = (serving_version(bundle_digest(read_manifest(b))) for b in (sample_bundle, refit_bundle))
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    st = Station([sample_bundle, "--shadow", refit_bundle, "--source", f"folder:{incoming}", "--sink",
+                  f"folder:{out}", "--journal", tmp_path / "j"], tmp_path / "station.log").start()
+    n = 24
+    try:
+        wait_for(lambda: st.status()["sources"]["source1"]["state"].startswith("watching"), 30, "the watch")
+        for i in range(n):
+            drop(pictures[i % len(pictures)], incoming, f"{i:03d}.png")
+            if i == n // 2:  # promoted while parts keep coming
+                req = urllib.request.Request(f"http://127.0.0.1:{st.metrics_port}/promote", data=b"", method="POST")
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    assert json.loads(r.read())["live"]["bundle_version"] == shadow_v
+            time.sleep(0.05)
+        wait_for(lambda: st.parts() == n, 60, "every part")
+        status = st.status()
+        assert status["bundle_version"] == shadow_v and status["shadow"]["bundle_version"] == live_v
+        assert status["shadow"]["bundle"] == str(sample_bundle)
+    finally:
+        assert st.stop() == 0, st.output()
+    lines = [json.loads(x) for f in out.glob("verdicts-*.jsonl") for x in f.read_text().splitlines()]
+    assert sorted(x["part"] for x in lines) == [f"{i:03d}.png" for i in range(n)]  # each part scored once
+    versions = [x["bundle_version"] for x in sorted(lines, key=lambda x: x["seq"])]
+    switch = versions.index(shadow_v)
+    assert set(versions[:switch]) == {live_v} and set(versions[switch:]) == {shadow_v} and 0 < switch < n

@@ -35,6 +35,10 @@ from .params import FiniteFloat, batch_size_option
 @click.option("--review", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Where the page's marks go, laid out for fit (train/good) and eval (test/defective) "
                    "(default ./fre-edge-review).")
+@click.option("--shadow", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="A second bundle (a refit, say) that scores the same parts beside BUNDLE; only BUNDLE's verdicts "
+                   "reach the sinks. Where they disagree: /status, the page, JOURNAL/shadow.jsonl. POST /promote "
+                   "(metrics port or page) swaps them without stopping the line.")
 @click.option("--threshold", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Image threshold instead of the bundle's.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="openvino", show_default=True,
@@ -46,8 +50,8 @@ from .params import FiniteFloat, batch_size_option
 @click.option("--drain", "drain_s", type=FiniteFloat(0, 3600), default=10.0, show_default=True,
               help="On SIGTERM or Ctrl-C: seconds to deliver what waits before stopping (the rest stays in the "
                    "journal).")
-def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui, review, threshold, backend, server,
-            batch_size, drain_s):
+def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui, review, shadow, threshold, backend,
+            server, batch_size, drain_s):
     """Run BUNDLE on a line: pictures from sources, verdicts to sinks, nothing lost.
 
     Every verdict is written to the journal on disk first; each sink delivers from it in order, retrying
@@ -68,7 +72,8 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui
     settings = {k: v for k, v in {"journal": str(journal) if journal else None, "name": name,
                                    "threshold": threshold, "batch_size": batch_size, "drain_s": drain_s,
                                    "server": server, "metrics": f"127.0.0.1:{metrics_port}" if metrics_port
-                                   else None, "ui": ui, "review": str(review) if review else None}.items()
+                                   else None, "ui": ui, "review": str(review) if review else None,
+                                   "shadow": str(shadow) if shadow else None}.items()
                 if v is not None}
     if config_path is not None:
         if sources or sinks:
@@ -92,7 +97,16 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui
     det = (load_detector(cfg.bundle, backend="kserve", url=cfg.server) if cfg.server else
            load_detector(cfg.bundle, backend=backend))
     version = serving_version(bundle_digest(read_manifest(cfg.bundle, verify=False)))
-    station = Station(cfg, det, version=version)
+    twin = None
+    if cfg.shadow:
+        from ..line.shadow import Shadow
+
+        other = (load_detector(cfg.shadow, backend="kserve", url=cfg.server) if cfg.server else
+                 load_detector(cfg.shadow, backend=backend))
+        Shadow.check(det, other, cfg.shadow)
+        twin = Shadow(other, serving_version(bundle_digest(read_manifest(cfg.shadow, verify=False))), cfg.shadow,
+                      Path(cfg.journal) / "shadow.jsonl")
+    station = Station(cfg, det, version=version, shadow=twin)
     metrics = None
     if cfg.metrics:
         from ..line.metrics import MetricsServer

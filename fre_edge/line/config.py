@@ -81,6 +81,7 @@ class StationConfig:
     ui: str = ""  # HOST:PORT of the live page, or "" for none
     review: str = "fre-edge-review"  # where the page's marks go, laid out for fit and eval
     drift_baseline: int = 1000  # parts the drift watch learns the line's baseline from
+    shadow: str | None = None  # a second bundle scoring the same parts, its verdicts kept to itself
 
 
 def _bad(where: str, message: str) -> FreEdgeError:
@@ -246,7 +247,7 @@ def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> 
 
 
 STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
-                "ui", "review", "drift_baseline",
+                "ui", "review", "drift_baseline", "shadow",
                 "drain_s", "server"}
 
 
@@ -346,6 +347,9 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
             raise FreEdgeError(f"{where}: two {kind}s are named {sorted(dup)[0]!r}; give each its own ?name=")
     if not (Path(cfg.bundle) / "manifest.json").is_file():
         raise FreEdgeError(f"{cfg.bundle} is not a bundle (no manifest.json); pass a folder written by "
+                           f"`fre-edge export`")
+    if cfg.shadow is not None and not (Path(cfg.shadow) / "manifest.json").is_file():
+        raise FreEdgeError(f"--shadow {cfg.shadow} is not a bundle (no manifest.json); pass a folder written by "
                            f"`fre-edge export`")
     check_journal(cfg)
     if cfg.metrics:

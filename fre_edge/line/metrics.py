@@ -66,7 +66,7 @@ class MetricsServer:
                 elif path == "/status":
                     body, kind = json.dumps(station.status()).encode(), "application/json"
                 else:
-                    body, kind = b'{"error": "not found; use /metrics or /status"}', "application/json"
+                    body, kind = b'{"error": "not found; use /metrics, /status or POST /promote"}', "application/json"
                     self.send_response(404)
                 if path in ("/metrics", "/status"):
                     self.send_response(200)
@@ -74,6 +74,21 @@ class MetricsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 - POST /promote: the shadow bundle becomes the live one
+                if self.path.split("?")[0] != "/promote":
+                    status, body = 404, {"error": "not found; POST /promote"}
+                else:
+                    try:
+                        status, body = 200, station.promote()
+                    except FreEdgeError as exc:
+                        status, body = 409, {"error": str(exc)}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         try:
             self.server = ThreadingHTTPServer((host, port), Handler)

@@ -124,8 +124,12 @@ def batch_size_that_pays(detector, most: int) -> int:
 class Station:
     """``Station(config, detector).start()``; :meth:`stop` drains and stops."""
 
-    def __init__(self, cfg: StationConfig, detector, *, version: str):
+    def __init__(self, cfg: StationConfig, detector, *, version: str, shadow=None):
         self.cfg, self.detector, self.name, self.version = cfg, detector, cfg.name, version
+        self.shadow = shadow  # a .shadow.Shadow scoring the same parts, or None
+        self.live_bundle = cfg.bundle
+        self._promote = threading.Event()
+        self._promoted = threading.Event()
         if cfg.threshold is not None:
             detector.image_threshold = cfg.threshold
         self.queue: queue.Queue[Part] = queue.Queue(QUEUE_PARTS)
@@ -170,9 +174,13 @@ class Station:
             try:
                 first = self.queue.get(timeout=0.2)
             except queue.Empty:
+                if self._promote.is_set():
+                    self._swap()
                 if self.stopping.is_set():
                     return
                 continue
+            if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
+                self._swap()
             batch = [first]
             while len(batch) < self.batch_size:
                 try:
@@ -190,6 +198,13 @@ class Station:
             preds = {}
             for p in ready:
                 p.error = str(exc)
+        shadow_preds = {}
+        if self.shadow is not None and ready:
+            try:
+                shadow_preds = dict(zip(map(id, ready), self.shadow.detector.predict_prepared(
+                    [p.prepared for p in ready])))
+            except FreEdgeError as exc:
+                log.error("shadow bundle: %s", exc)
         for part in batch:
             pred = preds.get(id(part))
             record = self._record(part, pred)
@@ -204,6 +219,8 @@ class Station:
                 done(record)
             for listener in self.listeners:
                 listener(record, part, pred)
+            if id(part) in shadow_preds and pred is not None:
+                self.shadow.compare(record, shadow_preds[id(part)])
             alarm = self.drift.add(record["score"])
             if alarm:  # journaled like a verdict: every sink tells its peer, in order
                 log.warning("station %s: drift: good parts score %.2f spreads higher than the line's baseline; "
@@ -246,6 +263,30 @@ class Station:
               title=picture_title(part.part, pred.score, self.detector.image_threshold, pred.anomalous),
               anomalous=pred.anomalous).save(buf, format="JPEG", quality=85)
         return buf.getvalue()
+
+    def promote(self, timeout: float = 60.0) -> dict:
+        """Make the shadow bundle the live one (and the live one the shadow), between two inference calls."""
+        if self.shadow is None:
+            raise FreEdgeError("no shadow bundle to promote; start the station with --shadow BUNDLE")
+        self._promoted.clear()
+        self._promote.set()
+        if not self._promoted.wait(timeout):
+            raise FreEdgeError("the promotion did not happen in time; the station is busy or stopping")
+        return {"live": {"bundle_version": self.version}, "shadow": {"bundle_version": self.shadow.version}}
+
+    def _swap(self) -> None:
+        old, old_version = self.detector, self.version
+        self.detector, self.version = self.shadow.detector, self.shadow.version
+        self.shadow.detector, self.shadow.version = old, old_version
+        self.live_bundle, self.shadow.bundle = self.shadow.bundle, self.live_bundle
+        self.shadow.reset()
+        thresholds = (getattr(self.detector, "metadata", None) or {}).get("thresholds", {})
+        self.drift = DriftWatch(self.detector.image_threshold, thresholds.get("reference_scores"),
+                                baseline_parts=self.cfg.drift_baseline)  # a new score scale: a new baseline
+        log.info("station %s: promoted bundle version %s (was %s, now the shadow)", self.name, self.version,
+                 old_version)
+        self._promote.clear()
+        self._promoted.set()
 
     def status_message(self) -> dict:
         return {"state": "online", "station": self.name, "bundle_version": self.version,
@@ -290,7 +331,8 @@ class Station:
     def status(self) -> dict:
         lat = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(0)
         return {
-            "station": self.name, "bundle_version": self.version, "uptime_s": round(time.time() - self.started, 1),
+            "station": self.name, "bundle": self.live_bundle, "bundle_version": self.version,
+            "uptime_s": round(time.time() - self.started, 1),
             "batch_size": self.batch_size,
             "sources": {s.cfg.name: {"type": s.cfg.type, "state": s.state, "parts": self.parts[s.cfg.name],
                                      "rejects": self.rejects[s.cfg.name], "errors": self.errors[s.cfg.name],
@@ -303,4 +345,5 @@ class Station:
                       for w in self.workers},
             "journal": {"folder": str(self.journal.folder), "last_seq": self.journal.last_seq},
             "drift": self.drift.status(),
+            "shadow": None if self.shadow is None else self.shadow.status(),
         }

@@ -174,10 +174,16 @@ class LivePage:
         return buf.getvalue()
 
     def post(self, req) -> None:
-        if req.path.split("?")[0] != "/review":
-            return self._json(req, 404, {"error": "not found; POST /review"})
+        path = req.path.split("?")[0]
+        if path not in ("/review", "/promote"):
+            return self._json(req, 404, {"error": "not found; POST /review or /promote"})
         if self.token and req.headers.get("X-Token") != self.token:
-            return self._json(req, 403, {"error": "marking needs the station's token (X-Token)"})
+            return self._json(req, 403, {"error": "this needs the station's token (X-Token)"})
+        if path == "/promote":
+            try:
+                return self._json(req, 200, self.station.promote())
+            except FreEdgeError as exc:
+                return self._json(req, 409, {"error": str(exc)})
         try:
             body = json.loads(req.rfile.read(min(int(req.headers.get("Content-Length") or 0), 1 << 16)))
             seq, mark, who = int(body["seq"]), body["mark"], str(body.get("who") or "operator")[:80]
@@ -246,6 +252,7 @@ button{margin:2px 4px 0 0} #drift{font-weight:600}
 <section style="margin-top:12px"><h2>Latest parts</h2><div id="parts"></div></section></div>
 <div><section><h2>Sources</h2><table id="sources"></table></section>
 <section style="margin-top:12px"><h2>Sinks</h2><table id="sinks"></table></section>
+<section style="margin-top:12px"><h2>Shadow bundle</h2><div id="shadow">none</div></section>
 <section style="margin-top:12px"><h2>Last event</h2><div id="last">-</div></section></div></main>
 <script>
 "use strict";
@@ -267,6 +274,14 @@ function draw(){
   $("sinks").innerHTML = "<tr><th>sink</th><th>state</th><th>backlog</th></tr>" +
     Object.entries(status.sinks).map(([n, s]) => `<tr><td>${esc(n)}</td><td class="${s.state === "connected" ?
     "ok" : "bad"}">${esc(s.state)}</td><td>${s.backlog}</td></tr>`).join("");
+  const sh = status.shadow;
+  $("shadow").innerHTML = !sh ? "none" : `${esc(sh.bundle)} (version ${esc(sh.bundle_version)}): ${sh.parts} parts,
+    reject rate ${sh.reject_rate == null ? "-" : (100 * sh.reject_rate).toFixed(1) + "%"} against the live
+    ${sh.live_reject_rate == null ? "-" : (100 * sh.live_reject_rate).toFixed(1) + "%"}; ${sh.disagreements}
+    disagreement(s)` + sh.recent_disagreements.slice(-5).reverse().map(d => `<div><small>${esc(d.part)}: live
+    ${esc(d.live.verdict)} ${d.live.score.toPrecision(5)}, shadow ${esc(d.shadow.verdict)}
+    ${d.shadow.score.toPrecision(5)}</small></div>`).join("") + `<div><button onclick="promote()">promote the
+    shadow bundle</button></div>`;
   const parts = status.latest_parts.slice().reverse();
   $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
     <img src="/parts/${r.seq}.jpg" alt="">
@@ -293,6 +308,14 @@ async function mark(seq, mark){
   const r = await fetch("/review", {method: "POST", headers: {"Content-Type": "application/json",
     ...(token ? {"X-Token": token} : {})}, body: JSON.stringify({seq, mark, who: "operator"})});
   $("last").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
+}
+async function promote(){
+  if(!confirm("Make the shadow bundle the live one?")) return;
+  if(status.review_needs_token && !token) token = prompt("The station's token");
+  const r = await fetch("/promote", {method: "POST", headers: token ? {"X-Token": token} : {}});
+  $("last").textContent = r.ok ? "promoted: live version " + (await r.json()).live.bundle_version :
+    (await r.json()).error;
+  soon();
 }
 let pending = false;
 function soon(){ if(!pending){ pending = true; setTimeout(() => { pending = false; refresh(); }, 200); } }
