@@ -204,7 +204,7 @@ def _apply_umask(root: Path) -> None:
                 os.chmod(p, 0o666 & ~mask)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -227,7 +227,7 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
         prefix = _temp_prefix(final, what)
         for p in final.parent.glob(f"{glob_escape(prefix)}*"):
             pid = p.name[len(prefix):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
+            if pid.isdigit() and not pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     if removed:

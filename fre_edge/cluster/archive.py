@@ -80,8 +80,20 @@ def score_partition(bundle: str, digest: str, paths: list[str], out_file: str, b
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    remove_dead_partials(final.parent, final.name)
     return {"rows": len(ordered), "anomalous": sum(r["label"] == "anomalous" for r in ordered),
             "errors": len(errors)}
+
+
+def remove_dead_partials(folder: Path, name: str = "part-") -> None:
+    """Remove half-written partition files (``.NAME.partial-PID``) whose writer is gone: a worker killed while
+    writing leaves one, and the partition's re-run writes its own."""
+    from ..outputs import pid_alive
+
+    for p in folder.glob(f".{name}*.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
 
 
 def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tuple[dict, list[tuple[int, list[str]]]]:
@@ -116,6 +128,7 @@ def plan(bundle: Path, paths: list[Path], out: Path, partition_size: int) -> tup
         raise FreEdgeError(f"{scores} is not the folder of partition files fre-edge writes; move it away or "
                            f"choose another --output")
     scores.mkdir(exist_ok=True)
+    remove_dead_partials(scores)
     todo = []
     for i in range(run["partitions"]):
         part = partition_file(out, i)
