@@ -81,6 +81,7 @@ class StationConfig:
     ui: str = ""  # HOST:PORT of the live page, or "" for none
     review: str = "fre-edge-review"  # where the page's marks go, laid out for fit and eval
     drift_baseline: int = 1000  # parts the drift watch learns the line's baseline from
+    drift: bool = True  # watch for drift
     shadow: str | None = None  # a second bundle scoring the same parts, its verdicts kept to itself
 
 
@@ -247,7 +248,7 @@ def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> 
 
 
 STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
-                "ui", "review", "drift_baseline", "shadow",
+                "ui", "review", "drift_baseline", "drift", "shadow",
                 "drain_s", "server"}
 
 

@@ -221,7 +221,7 @@ class Station:
                 listener(record, part, pred)
             if id(part) in shadow_preds and pred is not None:
                 self.shadow.compare(record, shadow_preds[id(part)])
-            alarm = self.drift.add(record["score"])
+            alarm = self.drift.add(record["score"]) if self.cfg.drift else None
             if alarm:  # journaled like a verdict: every sink tells its peer, in order
                 log.warning("station %s: drift: good parts score %.2f spreads higher than the line's baseline; "
                             "%.1f%% of the last parts above the threshold (baseline %.1f%%)", self.name,
@@ -344,6 +344,7 @@ class Station:
                                         "delivered": w.delivered, "dropped": self.journal.dropped[w.sink.cfg.name]}
                       for w in self.workers},
             "journal": {"folder": str(self.journal.folder), "last_seq": self.journal.last_seq},
-            "drift": self.drift.status(),
+            "drift": self.drift.status() if self.cfg.drift else {"state": "off", "statistic": 0.0,
+                                                                 "alarm_level": self.drift.h},
             "shadow": None if self.shadow is None else self.shadow.status(),
         }

@@ -69,11 +69,12 @@ class LivePage:
     # -- what the station tells it ------------------------------------------------------------------
     def on_record(self, record: dict, part, pred) -> None:
         if record.get("kind") != "drift" and part is not None:
-            image = None
-            if part.image is not None and pred is not None:
-                image = part.image
+            # the picture as the model saw it (a folder source may move or delete the file right after the
+            # verdict); tiles are no picture, so a tiled bundle's page reads the file again
+            seen = (part.prepared[0] if part.prepared is not None and pred is not None
+                    and self.station.detector.tiling is None else part.image)
             with self.lock:
-                self.parts[record["seq"]] = (record, image, None if pred is None else pred.model_map)
+                self.parts[record["seq"]] = (record, seen, None if pred is None else pred.model_map, part.image)
                 while len(self.parts) > KEEP_PARTS:
                     self.parts.popitem(last=False)
                 self.scores.append((record["seq"], record.get("score"), record.get("verdict")))
@@ -110,7 +111,7 @@ class LivePage:
             status = self.station.status()
             with self.lock:
                 status["recent_scores"] = list(self.scores)
-                status["latest_parts"] = [r for r, _, _ in self.parts.values()]
+                status["latest_parts"] = [item[0] for item in self.parts.values()]
             status["threshold"] = float(self.station.detector.image_threshold)
             status["review_needs_token"] = bool(self.token)
             return self._json(req, 200, status)
@@ -158,13 +159,13 @@ class LivePage:
         from ..images import read_image, resize_map, resize_rgb_to
         from ..visualize import panel, picture_title
 
-        record, image, model_map = item
+        record, image, model_map, _ = item
         try:
-            image = read_image(image, draft_size=480)[0] if not isinstance(image, np.ndarray) else image
+            image = read_image(image, draft_size=320)[0] if not isinstance(image, np.ndarray) else image
         except FreEdgeError:
             return None
         h, w = image.shape[:2]
-        scale = min(1.0, 480 / max(h, w))
+        scale = min(1.0, 320 / max(h, w))
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         buf = io.BytesIO()
         anomalous = record.get("verdict") == "anomalous"
@@ -195,11 +196,13 @@ class LivePage:
             item = self.parts.get(seq)
         if item is None or item[1] is None:
             return self._json(req, 404, {"error": f"part {seq} is no longer among the latest; mark it sooner"})
-        record, image = item[0], item[1]
+        record, image, original = item[0], item[1], item[3]
         from PIL import Image
 
         from ..images import read_image
 
+        if isinstance(original, (str, Path)) and Path(original).is_file():
+            image = original  # the picture at its own size, while the file is still there
         try:
             rgb = read_image(image)[0] if not isinstance(image, np.ndarray) else image
         except FreEdgeError as exc:
@@ -283,8 +286,8 @@ function draw(){
     ${d.shadow.score.toPrecision(5)}</small></div>`).join("") + `<div><button onclick="promote()">promote the
     shadow bundle</button></div>`;
   const parts = status.latest_parts.slice().reverse();
-  $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
-    <img src="/parts/${r.seq}.jpg" alt="">
+  $("parts").innerHTML = parts.map((r, i) => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
+    ${i < PICTURES ? `<img src="/parts/${r.seq}.jpg" alt="">` : ""}
     <div><span class="v ${r.verdict === "good" ? "ok" : "bad"}">${esc(r.verdict)}</span>
     ${r.score == null ? "" : r.score.toPrecision(6)} <small>${esc(r.source)} ${esc(r.part)}</small></div>
     <button onclick="mark(${r.seq},'good')">mark good</button>
@@ -317,8 +320,10 @@ async function promote(){
     (await r.json()).error;
   soon();
 }
-let pending = false;
-function soon(){ if(!pending){ pending = true; setTimeout(() => { pending = false; refresh(); }, 200); } }
+const PICTURES = 3;  // the newest parts drawn with their heatmaps: the page stays light on a fast line
+let last = 0, timer = null;  // at most two refreshes a second, the first at once
+function soon(){ if(timer) return; timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); },
+  Math.max(0, last + 500 - Date.now())); }
 const es = new EventSource("/events");
 es.addEventListener("part", e => { const r = JSON.parse(e.data);
   $("last").textContent = `${r.part}: ${r.verdict} (${r.score == null ? "-" : r.score.toPrecision(6)})`; soon(); });
