@@ -18,8 +18,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from ._bundles import bundle
 from ._common import DATASETS, environment, header_md, write
+from ._line import start_station, station_status
 
 
 def get(url: str, timeout: float = 10):
@@ -49,21 +48,11 @@ class StationProcess:
                              else "drift = false\n")
                           + f'[[source]]\nurl = "folder:{self.folder}?after=delete"\n'
                           f'[[sink]]\nurl = "folder:{work / name / "out"}"\n')
-        self.proc = subprocess.Popen([sys.executable, "-c", "from fre_edge.cli import main; main()", "line",
-                                      str(bundle_dir), "--config", str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=open(work / name / "station.log", "ab"))
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if self.status()["sources"]["source1"]["state"].startswith("watching"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        self.proc = start_station([bundle_dir, "--config", config], self.metrics, work / name / "station.log")
         self.page_client = PageClient(self.ui) if page else None
 
     def status(self) -> dict:
-        return json.loads(get(f"http://127.0.0.1:{self.metrics}/status"))
+        return station_status(self.metrics)
 
     def parts(self) -> int:
         return self.status()["sources"]["source1"]["parts"]

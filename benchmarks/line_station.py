@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ import numpy as np
 
 from ._bundles import bundle
 from ._common import DATASETS, environment, header_md, write
+from ._line import start_station
 
 TOPIC = "bench/line"
 
@@ -99,24 +99,12 @@ class Receipts:
 
 class StationProcess:
     def __init__(self, bundle_dir: Path, folder: Path, work: Path, port: int, after: str = "keep"):
-        from fre_edge.serve.process import free_port, http
+        from fre_edge.serve.process import free_port
 
         metrics = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from fre_edge.cli import main; main()", "line", str(bundle_dir), "--source",
-             f"folder:{folder}?after={after}", "--sink", f"mqtt://127.0.0.1:{port}/{TOPIC}", "--journal",
-             str(work / "journal"), "--drain", "5", "--metrics-port", str(metrics)], stdout=subprocess.DEVNULL,
-            stderr=open(work / "station.log", "ab"))
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # until the folder is watched
-            try:
-                status = http(f"http://127.0.0.1:{metrics}/status", timeout=2)[1]
-                if status["sources"]["source1"]["state"].startswith("watching"):
-                    return
-            except (OSError, KeyError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the station did not start; see {work / 'station.log'}")
+        self.proc = start_station([bundle_dir, "--source", f"folder:{folder}?after={after}", "--sink",
+                                   f"mqtt://127.0.0.1:{port}/{TOPIC}", "--journal", work / "journal", "--drain", "5",
+                                   "--metrics-port", metrics], metrics, work / "station.log")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

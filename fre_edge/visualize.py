@@ -113,17 +113,40 @@ def save_panel(path: str | Path, *args, **kwargs) -> None:
 OVERLAY_SIDE = 1024  # long side of a predict overlay, in pixels: it is for a person to look at
 
 
+def _scaled(image, model_map: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(picture, map) at most ``max_side`` pixels on the long side: ``image`` a path (read again, a large JPEG
+    decoded at reduced scale) or an RGB array; ``model_map`` the graph's map."""
+    from .images import read_image, resize_map, resize_rgb_to
+
+    if isinstance(image, np.ndarray):
+        h, w = image.shape[:2]
+    else:
+        image, (h, w) = read_image(image, draft_size=max_side)
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return resize_rgb_to(image, *size), resize_map(model_map, *size)
+
+
+def scaled_panel(image, model_map: np.ndarray, pixel_threshold: float, *, title: str, anomalous: bool | None,
+                 max_side: int = OVERLAY_SIDE) -> Image.Image:
+    """The heatmap panel of one scored picture (a path or an RGB array), at most ``max_side`` pixels long."""
+    return panel(*_scaled(image, model_map, max_side), 2 * pixel_threshold, title=title, anomalous=anomalous)
+
+
 def save_overlay(target: str | Path, path: str | Path, pred, pixel_threshold: float,
                  max_side: int = OVERLAY_SIDE) -> None:
     """The heatmap panel of one scored picture (a ``Prediction``), read again from ``path`` and drawn at most
     ``max_side`` pixels on its long side; JPEG when ``target`` ends in .jpg."""
-    from .images import read_image, resize_map, resize_rgb_to
-
-    image, (h, w) = read_image(path, draft_size=max_side)  # a large JPEG decoded at reduced scale
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    save_panel(target, resize_rgb_to(image, *size), resize_map(pred.model_map, *size), 2 * pixel_threshold,
+    save_panel(target, *_scaled(path, pred.model_map, max_side), 2 * pixel_threshold,
                title=picture_title(path, pred.score, anomalous=pred.anomalous), anomalous=pred.anomalous)
+
+
+def jpeg_bytes(picture: Image.Image, quality: int = 85) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 OVERLAYS = ("all", "anomalous", "none")  # which pictures predict draws

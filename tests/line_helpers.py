@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -17,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from fre_edge.serve.process import fre_edge_cmd
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 
@@ -141,8 +142,7 @@ class Station:
 
     def start(self) -> "Station":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", "from fre_edge.cli import main; main()", "line",
-                                      *self.args], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(fre_edge_cmd("line", *self.args), stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.proc.poll() is not None or self._up(), 120, "the station's /status")
         assert self.proc.poll() is None, self.output()
         return self

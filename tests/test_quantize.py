@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from fre_edge.cli import cli
 from fre_edge.errors import FreEdgeError
 from fre_edge.runtime import load_detector
+from fre_edge.serve.process import fre_edge_cmd
 
 
 @pytest.fixture(scope="module")
@@ -142,15 +143,13 @@ def test_quiet_means_quiet(sample_model, sample_bundle, sample_root, tmp_path, c
     """Nothing but the command's JSON: no torch CUDA line, no NNCF tables or bars (a fresh process, where
     torch's import-time line would show)."""
     import subprocess
-    import sys
 
     good = sample_root / "train" / "good"
     args = (["quantize", str(sample_bundle), "-o", str(tmp_path / "q"), "--calib", str(good), "--quiet"]
             if command == "quantize" else
             ["export", str(sample_model[0]), "-o", str(tmp_path / "q"), "--format", "openvino", "--head-weights",
              "int8", "--check-images", str(sample_root / "test" / "good"), "--quiet"])
-    r = subprocess.run([sys.executable, "-c", "from fre_edge.cli import main; main()", *args], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(fre_edge_cmd(*args), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "", r.stderr
     assert json.loads(r.stdout)["bundle"] == str(tmp_path / "q")

@@ -8,13 +8,13 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from cli_helpers import one_error_line, run
+from fre_edge.serve.process import fre_edge_cmd
 
 
 def digest_tree(root: Path) -> dict:
@@ -200,9 +200,8 @@ def test_no_library_noise_on_the_terminal(bundle, data, tmp_path):
     big = tmp_path / "big" / f"{uuid.uuid4().hex}.png"
     big.parent.mkdir()
     Image.new("RGB", (10000, 9000), (90, 90, 90)).save(big)  # past Pillow's warning limit, under its error limit
-    r = subprocess.run([sys.executable, "-c", "from fre_edge.cli import main; main()", "predict", str(bundle),
-                        str(big), str(data / "test" / "good"), "--backend", "onnxruntime", "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(fre_edge_cmd("predict", str(bundle), str(big), str(data / "test" / "good"), "--backend",
+                                    "onnxruntime", "--quiet"), capture_output=True, text=True, timeout=300)
     assert r.returncode in (0, 1), r.stderr
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len([line for line in err if line.startswith("warning:") and big.name in line]) == 1, err

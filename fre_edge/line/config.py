@@ -32,6 +32,7 @@ SINK_TYPES = ("mqtt", "opcua", "opcua-client", "webhook", "folder")
 PAYLOADS = ("verdict", "verdict+picture")
 PICTURES = ("anomalous", "all")
 AFTER = ("keep", "move", "delete")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")  # addresses that keep a server to this PC
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -359,7 +360,7 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
         import os
 
         host, _ = _host_port("--ui", cfg.ui)
-        if host not in ("127.0.0.1", "::1", "localhost") and not os.environ.get("FRE_EDGE_UI_TOKEN"):
+        if host not in LOOPBACK and not os.environ.get("FRE_EDGE_UI_TOKEN"):
             raise FreEdgeError(f"--ui {cfg.ui} opens the live page to the network; set FRE_EDGE_UI_TOKEN (marking "
                                f"parts then needs it) or use 127.0.0.1")
         if cfg.metrics and cfg.metrics == cfg.ui:

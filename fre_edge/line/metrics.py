@@ -3,11 +3,7 @@ Loopback unless the configuration names another address."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from ..errors import FreEdgeError
+from .http import HttpService, respond, respond_json, respond_promote
 
 
 def prometheus(status: dict, journal_dropped: dict) -> str:
@@ -52,57 +48,21 @@ def prometheus(status: dict, journal_dropped: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
+class MetricsServer(HttpService):
     def __init__(self, station, host: str, port: int):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        def get(req):
+            path = req.path.split("?")[0]
+            if path == "/metrics":
+                respond(req, 200, prometheus(station.status(), station.journal.dropped).encode(),
+                        "text/plain; version=0.0.4")
+            elif path == "/status":
+                respond_json(req, 200, station.status())
+            else:
+                respond_json(req, 404, {"error": "not found; use /metrics, /status or POST /promote"})
 
-            def do_GET(self):  # noqa: N802
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    body, kind = prometheus(station.status(), station.journal.dropped).encode(), \
-                        "text/plain; version=0.0.4"
-                elif path == "/status":
-                    body, kind = json.dumps(station.status()).encode(), "application/json"
-                else:
-                    body, kind = b'{"error": "not found; use /metrics, /status or POST /promote"}', "application/json"
-                    self.send_response(404)
-                if path in ("/metrics", "/status"):
-                    self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def post(req):  # POST /promote: the shadow bundle becomes the live one
+            if req.path.split("?")[0] != "/promote":
+                return respond_json(req, 404, {"error": "not found; POST /promote"})
+            respond_promote(req, station)
 
-            def do_POST(self):  # noqa: N802 - POST /promote: the shadow bundle becomes the live one
-                if self.path.split("?")[0] != "/promote":
-                    status, body = 404, {"error": "not found; POST /promote"}
-                else:
-                    try:
-                        status, body = 200, station.promote()
-                    except FreEdgeError as exc:
-                        status, body = 409, {"error": str(exc)}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise FreEdgeError(f"metrics: cannot listen on {host}:{port} ({exc.strerror}); choose another "
-                               f"--metrics-port") from None
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="fre-edge-metrics", daemon=True)
-
-    def start(self) -> "MetricsServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from ..images import is_image_file
+from .http import HttpService, respond_json
 
 log = logging.getLogger("fre_edge.line")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp")
@@ -251,66 +251,41 @@ class PushSource(Source):
 
     def __init__(self, cfg, station):
         super().__init__(cfg, station)
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        source = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # the station logs what matters
-                pass
-
-            def _answer(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):  # noqa: N802 - http.server's name
-                source.handle(self)
-
-        try:
-            self.server = ThreadingHTTPServer((cfg.host, cfg.port), Handler)
-        except OSError as exc:
-            raise FreEdgeError(f"source {cfg.name}: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror}); "
-                               f"choose another port") from None
-        self.server.daemon_threads = True
+        self.http = HttpService(cfg.host, cfg.port, post=self.handle, what=f"source {cfg.name}")
 
     def handle(self, req) -> None:
         arrived, when = time.monotonic(), now_iso()
         length = req.headers.get("Content-Length")
         if length is None or not length.isdigit() or int(length) > self.MAX_BYTES:
-            return req._answer(400 if length is None or not length.isdigit() else 413,
-                               {"error": f"send the picture as the body, with its Content-Length (at most "
-                                         f"{self.MAX_BYTES >> 20} MB)"})
+            return respond_json(req, 400 if length is None or not length.isdigit() else 413,
+                                {"error": f"send the picture as the body, with its Content-Length (at most "
+                                          f"{self.MAX_BYTES >> 20} MB)"})
         body = req.rfile.read(int(length))
         if self.stopping.is_set():
-            return req._answer(503, {"error": "the station is stopping"})
+            return respond_json(req, 503, {"error": "the station is stopping"})
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(body)) as im:
                 image = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            return req._answer(400, {"error": f"the body is not a picture ({exc}); send PNG or JPEG bytes"})
+            return respond_json(req, 400, {"error": f"the body is not a picture ({exc}); send PNG or JPEG bytes"})
         name = req.headers.get("X-Part-Id") or f"push-{int(time.time() * 1000)}"
         part = self.make_part(name[:200], image, arrived, when)
         done, box = threading.Event(), {}
         part.on_done.append(lambda record: (box.update(record=record), done.set()))
         self.station.submit(part)
         if not done.wait(self.WAIT_S):
-            return req._answer(504, {"error": "no verdict within 30 s; the station is overloaded"})
-        req._answer(200, box["record"])
+            return respond_json(req, 504, {"error": "no verdict within 30 s; the station is overloaded"})
+        respond_json(req, 200, box["record"])
 
     def run(self) -> None:
-        self.state = f"listening on {self.cfg.host}:{self.server.server_address[1]}"
-        self.server.serve_forever(poll_interval=0.2)
+        self.state = f"listening on {self.cfg.host}:{self.http.port}"
+        self.http.serve_forever()
 
     def stop(self) -> None:
         super().stop()
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 SOURCES = {"folder": FolderSource, "camera": CameraSource, "push": PushSource}

@@ -147,9 +147,7 @@ class Station:
         self._infer = threading.Thread(target=self._run, name="fre-edge-inference", daemon=True)
         self.started = time.time()
         self.batch_size = batch_size_that_pays(detector, cfg.batch_size)
-        thresholds = (getattr(detector, "metadata", None) or {}).get("thresholds", {})
-        self.drift = DriftWatch(detector.image_threshold, thresholds.get("reference_scores"),
-                                baseline_parts=cfg.drift_baseline)
+        self.drift = self._drift_watch()
         self.listeners: list = []  # callables(record, part, prediction) after each journaled record (the page)
 
     # -- parts in ----------------------------------------------------------------------------------
@@ -171,16 +169,14 @@ class Station:
 
     def _run(self) -> None:
         while True:
+            if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
+                self._swap()
             try:
                 first = self.queue.get(timeout=0.2)
             except queue.Empty:
-                if self._promote.is_set():
-                    self._swap()
                 if self.stopping.is_set():
                     return
                 continue
-            if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
-                self._swap()
             batch = [first]
             while len(batch) < self.batch_size:
                 try:
@@ -191,8 +187,12 @@ class Station:
 
     def _inspect(self, batch: list[Part]) -> None:
         ready = [p for p in batch if p.prepared is not None]
+
+        def predict(detector) -> dict:  # {id(part): Prediction}
+            return dict(zip(map(id, ready), detector.predict_prepared([p.prepared for p in ready])))
+
         try:
-            preds = dict(zip(map(id, ready), self.detector.predict_prepared([p.prepared for p in ready])))
+            preds = predict(self.detector)
         except FreEdgeError as exc:  # a model server away, say: these parts get an error verdict
             log.error("inspection failed: %s", exc)
             preds = {}
@@ -201,8 +201,7 @@ class Station:
         shadow_preds = {}
         if self.shadow is not None and ready:
             try:
-                shadow_preds = dict(zip(map(id, ready), self.shadow.detector.predict_prepared(
-                    [p.prepared for p in ready])))
+                shadow_preds = predict(self.shadow.detector)
             except FreEdgeError as exc:
                 log.error("shadow bundle: %s", exc)
         for part in batch:
@@ -249,20 +248,17 @@ class Station:
         """The heatmap panel as JPEG, when a sink sends pictures of this part."""
         if pred is None or part.image is None or not any(s.wants_picture(record) for s in self.sinks):
             return None
-        import io
+        from ..visualize import jpeg_bytes, picture_title, scaled_panel
 
-        from ..images import read_image, resize_map, resize_rgb_to
-        from ..visualize import panel, picture_title
+        return jpeg_bytes(scaled_panel(
+            part.image, pred.model_map, self.detector.pixel_threshold, max_side=640, anomalous=pred.anomalous,
+            title=picture_title(part.part, pred.score, self.detector.image_threshold, pred.anomalous)))
 
-        image = read_image(part.image, draft_size=640)[0] if not isinstance(part.image, np.ndarray) else part.image
-        h, w = image.shape[:2]
-        scale = min(1.0, 640 / max(h, w))
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        buf = io.BytesIO()
-        panel(resize_rgb_to(image, *size), resize_map(pred.model_map, *size), 2 * self.detector.pixel_threshold,
-              title=picture_title(part.part, pred.score, self.detector.image_threshold, pred.anomalous),
-              anomalous=pred.anomalous).save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+    def _drift_watch(self) -> DriftWatch:
+        """A drift watch for the live bundle: its threshold and the reference scores it carries."""
+        thresholds = (getattr(self.detector, "metadata", None) or {}).get("thresholds", {})
+        return DriftWatch(self.detector.image_threshold, thresholds.get("reference_scores"),
+                          baseline_parts=self.cfg.drift_baseline)
 
     def promote(self, timeout: float = 60.0) -> dict:
         """Make the shadow bundle the live one (and the live one the shadow), between two inference calls."""
@@ -280,9 +276,7 @@ class Station:
         self.shadow.detector, self.shadow.version = old, old_version
         self.live_bundle, self.shadow.bundle = self.shadow.bundle, self.live_bundle
         self.shadow.reset()
-        thresholds = (getattr(self.detector, "metadata", None) or {}).get("thresholds", {})
-        self.drift = DriftWatch(self.detector.image_threshold, thresholds.get("reference_scores"),
-                                baseline_parts=self.cfg.drift_baseline)  # a new score scale: a new baseline
+        self.drift = self._drift_watch()  # a new score scale: a new baseline
         log.info("station %s: promoted bundle version %s (was %s, now the shadow)", self.name, self.version,
                  old_version)
         self._promote.clear()

@@ -14,23 +14,22 @@ marked defective as ``REVIEW/test/defective/SEQ_PART.png`` (to evaluate with); e
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import queue
 import threading
 from collections import OrderedDict
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FreEdgeError
+from .config import LOOPBACK
+from .http import HttpService, respond, respond_json, respond_promote
 
 KEEP_PARTS = 24  # the latest parts whose pictures the page can show and an operator can mark
 CLIENTS = 16  # server-sent event streams at once
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class LivePage:
@@ -46,25 +45,7 @@ class LivePage:
         self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
         self.stopping = threading.Event()
         station.listeners.append(self.on_record)
-        page = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):  # noqa: N802
-                page.get(self)
-
-            def do_POST(self):  # noqa: N802
-                page.post(self)
-
-        try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise FreEdgeError(f"--ui: cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="fre-edge-ui", daemon=True)
+        self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui")
 
     # -- what the station tells it ------------------------------------------------------------------
     def on_record(self, record: dict, part, pred) -> None:
@@ -92,21 +73,10 @@ class LivePage:
                     pass
 
     # -- HTTP ----------------------------------------------------------------------------------------
-    def _send(self, req, status: int, body: bytes, kind: str) -> None:
-        req.send_response(status)
-        req.send_header("Content-Type", kind)
-        req.send_header("Content-Length", str(len(body)))
-        req.send_header("Cache-Control", "no-store")
-        req.end_headers()
-        req.wfile.write(body)
-
-    def _json(self, req, status: int, data) -> None:
-        self._send(req, status, json.dumps(data).encode(), "application/json")
-
     def get(self, req) -> None:
         path = req.path.split("?")[0]
         if path == "/":
-            return self._send(req, 200, PAGE.encode(), "text/html; charset=utf-8")
+            return respond(req, 200, PAGE.encode(), "text/html; charset=utf-8")
         if path == "/status":
             status = self.station.status()
             with self.lock:
@@ -114,22 +84,22 @@ class LivePage:
                 status["latest_parts"] = [item[0] for item in self.parts.values()]
             status["threshold"] = float(self.station.detector.image_threshold)
             status["review_needs_token"] = bool(self.token)
-            return self._json(req, 200, status)
+            return respond_json(req, 200, status)
         if path == "/events":
             return self.events(req)
         if path.startswith("/parts/") and path.endswith(".jpg"):
             seq = path[len("/parts/"):-4]
             jpeg = self.picture(int(seq)) if seq.isdigit() else None
             if jpeg is None:
-                return self._json(req, 404, {"error": "no picture of that part (only the latest are kept)"})
-            return self._send(req, 200, jpeg, "image/jpeg")
-        self._json(req, 404, {"error": "not found; the page is at /"})
+                return respond_json(req, 404, {"error": "no picture of that part (only the latest are kept)"})
+            return respond(req, 200, jpeg, "image/jpeg")
+        respond_json(req, 404, {"error": "not found; the page is at /"})
 
     def events(self, req) -> None:
         q: queue.Queue = queue.Queue(256)
         with self.lock:
             if len(self.clients) >= CLIENTS:
-                return self._json(req, 503, {"error": f"at most {CLIENTS} pages at once"})
+                return respond_json(req, 503, {"error": f"at most {CLIENTS} pages at once"})
             self.clients.append(q)
         try:
             req.send_response(200)
@@ -156,46 +126,36 @@ class LivePage:
             item = self.parts.get(seq)
         if item is None or item[1] is None:
             return None
-        from ..images import read_image, resize_map, resize_rgb_to
-        from ..visualize import panel, picture_title
+        from ..visualize import jpeg_bytes, picture_title, scaled_panel
 
         record, image, model_map, _ = item
-        try:
-            image = read_image(image, draft_size=320)[0] if not isinstance(image, np.ndarray) else image
-        except FreEdgeError:
-            return None
-        h, w = image.shape[:2]
-        scale = min(1.0, 320 / max(h, w))
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        buf = io.BytesIO()
         anomalous = record.get("verdict") == "anomalous"
-        panel(resize_rgb_to(image, *size), resize_map(model_map, *size), 2 * self.station.detector.pixel_threshold,
-              title=picture_title(record.get("part", ""), record["score"], record["threshold"], anomalous),
-              anomalous=anomalous).save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+        try:
+            return jpeg_bytes(scaled_panel(
+                image, model_map, self.station.detector.pixel_threshold, max_side=320, anomalous=anomalous,
+                title=picture_title(record.get("part", ""), record["score"], record["threshold"], anomalous)))
+        except FreEdgeError:  # the file is gone or unreadable now
+            return None
 
     def post(self, req) -> None:
         path = req.path.split("?")[0]
         if path not in ("/review", "/promote"):
-            return self._json(req, 404, {"error": "not found; POST /review or /promote"})
+            return respond_json(req, 404, {"error": "not found; POST /review or /promote"})
         if self.token and req.headers.get("X-Token") != self.token:
-            return self._json(req, 403, {"error": "this needs the station's token (X-Token)"})
+            return respond_json(req, 403, {"error": "this needs the station's token (X-Token)"})
         if path == "/promote":
-            try:
-                return self._json(req, 200, self.station.promote())
-            except FreEdgeError as exc:
-                return self._json(req, 409, {"error": str(exc)})
+            return respond_promote(req, self.station)
         try:
             body = json.loads(req.rfile.read(min(int(req.headers.get("Content-Length") or 0), 1 << 16)))
             seq, mark, who = int(body["seq"]), body["mark"], str(body.get("who") or "operator")[:80]
             if mark not in ("good", "defective"):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return self._json(req, 400, {"error": 'send {"seq": N, "mark": "good"|"defective", "who": NAME}'})
+            return respond_json(req, 400, {"error": 'send {"seq": N, "mark": "good"|"defective", "who": NAME}'})
         with self.lock:
             item = self.parts.get(seq)
         if item is None or item[1] is None:
-            return self._json(req, 404, {"error": f"part {seq} is no longer among the latest; mark it sooner"})
+            return respond_json(req, 404, {"error": f"part {seq} is no longer among the latest; mark it sooner"})
         record, image, original = item[0], item[1], item[3]
         from PIL import Image
 
@@ -206,7 +166,7 @@ class LivePage:
         try:
             rgb = read_image(image)[0] if not isinstance(image, np.ndarray) else image
         except FreEdgeError as exc:
-            return self._json(req, 410, {"error": str(exc)})
+            return respond_json(req, 410, {"error": str(exc)})
         folder = self.review / ("train/good" if mark == "good" else "test/defective")
         folder.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(str(record.get("part", ""))).stem)[:60]
@@ -220,16 +180,15 @@ class LivePage:
                 "picture": str(target.relative_to(self.review))}
         with open(self.review / "reviews.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
-        self._json(req, 200, line)
+        respond_json(req, 200, line)
 
     def start(self) -> "LivePage":
-        self.thread.start()
+        self.http.start()
         return self
 
     def stop(self) -> None:
         self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.stop()
 
 
 PAGE = """<!doctype html>

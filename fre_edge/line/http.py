@@ -1,0 +1,68 @@
+"""The station's small HTTP servers (metrics and /status, the live page, the push source): one way to listen,
+answer and stop, on the standard library's threading server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..errors import FreEdgeError
+
+
+def respond(req, status: int, body: bytes, kind: str = "application/json") -> None:
+    """One whole answer: status, type, length, no caching (everything served is live)."""
+    req.send_response(status)
+    req.send_header("Content-Type", kind)
+    req.send_header("Content-Length", str(len(body)))
+    req.send_header("Cache-Control", "no-store")
+    req.end_headers()
+    req.wfile.write(body)
+
+
+def respond_json(req, status: int, data) -> None:
+    respond(req, status, json.dumps(data).encode())
+
+
+def respond_promote(req, station) -> None:
+    """``POST /promote``: the shadow bundle becomes the live one (409 with the reason when it cannot)."""
+    try:
+        respond_json(req, 200, station.promote())
+    except FreEdgeError as exc:
+        respond_json(req, 409, {"error": str(exc)})
+
+
+class HttpService:
+    """``get(req)`` and ``post(req)`` (either may be None: the method is not served) on ``host:port``; one
+    line naming ``what`` and the fix when it cannot listen. :meth:`start` serves from a thread of its own,
+    :meth:`serve_forever` from the caller's."""
+
+    def __init__(self, host: str, port: int, *, get=None, post=None, what: str, fix: str = "choose another port"):
+        methods = {"log_message": lambda self, *args: None}  # the station logs what matters
+        if get is not None:
+            methods["do_GET"] = lambda self: get(self)
+        if post is not None:
+            methods["do_POST"] = lambda self: post(self)
+        Handler = type("Handler", (BaseHTTPRequestHandler,), methods)  # noqa: N806
+
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise FreEdgeError(f"{what}: cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.serve_forever, name=f"fre-edge-{what}", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def start(self) -> "HttpService":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
