@@ -12,8 +12,9 @@ long-part set: 127 good pictures to fit on, 34 good and 100 defective to test, m
 Every fit uses fre-edge's defaults except the one knob a row names. The metrics are computed on each map
 resized (bilinear) to 256 x 256 and each mask to 256 x 256 (nearest), whatever the model's input, so rows with
 other input sizes or aspects are scored on the same pixels: for the default 256 x 256 input these are
-exactly `fre-edge eval`'s figures. FPS: the exported OpenVINO IR, f32, batch 1, sync, latency hint, graph
-only (no decode/resize), every bundle of a set timed in the same alternating rounds (fre_edge.timing).
+exactly `fre-edge eval`'s figures. FPS: the exported OpenVINO IR, f32, batch 1 and batch 8 (pictures per
+second), sync, latency hint, graph only (no decode/resize), every bundle of a set timed in the same
+alternating rounds (fre_edge.timing). Image score: the rule the fit kept (``--position-free auto``).
 With tiles, FPS counts pictures (the graph's
 tile rate / tiles a picture, batch 1 tile). Bundle size: model.xml + model.bin. Each fit runs in its own
 process.
@@ -35,15 +36,22 @@ from ._sets import EVAL_HW, dataset
 
 # name -> (FitConfig overrides, what it varies)
 KNOBS: dict[str, tuple[dict, str]] = {
-    "default": ({}, "defaults: blocks.10, pool 2, variance 0.97, input auto (256 x 256 unless the pictures "
-                    "are 1.25 or more from square), no blur"),
+    "default": ({}, "defaults: score from blocks.10, pool 2, variance 0.97; map also from blocks.4 and blocks.10 "
+                    "unpooled, 16 components each; position-free score auto; input auto (256 x 256 unless the "
+                    "pictures are 1.25 or more from square), no blur"),
+    "single_map": ({"map_layers": (), "position_free": "off"}, "one subspace for score and map (no map heads, "
+                                                               "no position-free score)"),
+    "map_k64": ({"map_components": 64}, "map heads' components"),
+    "position_free_on": ({"position_free": "on"}, "position-free score always on"),
     "variance0.90": ({"n_components": 0.90}, "variance ratio"),
     "variance0.95": ({"n_components": 0.95}, "variance ratio"),
     "variance0.99": ({"n_components": 0.99}, "variance ratio"),
-    "pool1": ({"pool": 1}, "pooling"),
-    "pool4": ({"pool": 4}, "pooling"),
-    "stride8+16": ({"layers": ("blocks.4", "blocks.10")}, "layers"),
-    "deeper3": ({"layers": ("blocks.7", "blocks.10", "blocks.14")}, "layers"),
+    "pool1": ({"pool": 1, "map_layers": (), "position_free": "off"}, "pooling (single_map)"),
+    "pool4": ({"pool": 4}, "pooling of the score's layer"),
+    "stride8+16": ({"layers": ("blocks.4", "blocks.10"), "map_layers": (), "position_free": "off"},
+                   "the score's layers, map from them (single_map)"),
+    "deeper3": ({"layers": ("blocks.7", "blocks.10", "blocks.14"), "map_layers": (), "position_free": "off"},
+                "the score's layers, map from them (single_map)"),
     "square192": ({"input_size": 192}, "input size"),
     "square256": ({"input_size": 256}, "input size and aspect"),
     "square320": ({"input_size": 320}, "input size"),
@@ -77,6 +85,7 @@ def one(set_name: str, knob: str, out: Path) -> dict:
             "input_size": size_json(fitted.config.input_size), "input_rule": fitted.info["input_size"],
             "layers": list(fitted.config.layers), "pool": fitted.config.pool,
             "n_components": fitted.info["n_components"], "fit_images": len(train), "test_images": len(test),
+            "image_score": fitted.info.get("image_score", {}).get("rule", "global"),
             "tiles_per_picture": per_picture(fitted.tiling),
             "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics.get("pixel_auroc", math.nan),
             "aupro": metrics.get("aupro", math.nan), "at_threshold": metrics.get("at_threshold"),
@@ -98,18 +107,20 @@ def time_bundles(rows: list[dict], rounds: int, block: float) -> None:
     core = ov.Core()
     for set_name in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == set_name]
-        reqs, inputs = {}, {}
-        for r in mine:
-            model = core.read_model(str(Path(r["bundle"]) / "model.xml"))
-            reqs[r["knob"]] = latency_request(model, 1)
-            h, w = model.input(0).get_partial_shape()[1:3].to_shape()
-            inputs[r["knob"]] = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-        calls = {k: (lambda q=q, x=inputs[k]: q.infer({0: x})) for k, q in reqs.items()}
-        lat, per_round = alternate(calls, rounds, block)
-        for r in mine:
-            per = [1.0 / m[r["knob"]] / r.get("tiles_per_picture", 1) for m in per_round]
-            r["fps"] = 1.0 / statistics.median(lat[r["knob"]]) / r.get("tiles_per_picture", 1)
-            r["fps_rounds"] = {**{q: v for q, v in spread(per).items() if q != "median"}, "per_round": per}
+        for batch, key in ((1, "fps"), (8, "fps_batch8")):
+            reqs, inputs = {}, {}
+            for r in mine:
+                model = core.read_model(str(Path(r["bundle"]) / "model.xml"))
+                reqs[r["knob"]] = latency_request(model, batch)
+                h, w = model.input(0).get_partial_shape()[1:3].to_shape()
+                inputs[r["knob"]] = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+            calls = {k: (lambda q=q, x=inputs[k]: q.infer({0: x})) for k, q in reqs.items()}
+            lat, per_round = alternate(calls, rounds, block)
+            for r in mine:
+                tiles = r.get("tiles_per_picture", 1)
+                per = [batch / m[r["knob"]] / tiles for m in per_round]
+                r[key] = batch / statistics.median(lat[r["knob"]]) / tiles
+                r[key + "_rounds"] = {**{q: v for q, v in spread(per).items() if q != "median"}, "per_round": per}
 
 
 def chart(rows: list[dict], path: Path) -> None:
@@ -161,12 +172,22 @@ def markdown(env: dict, rows: list[dict], rounds: int) -> str:
             return "" if base is None or r is base else f" ({r[k] - base[k]:+.3f})"
 
         md.append(markdown_table(
-            ["knob", "input", "k", "image AUROC", "pixel AUROC", "AUPRO", "FPS", "bundle MB"],
+            ["knob", "input", "k", "image score", "image AUROC", "pixel AUROC", "AUPRO", "FPS", "FPS batch 8",
+             "bundle MB", "fit s"],
             [[r["knob"], size_text(r["input_size"])
               + (f" ({r['tiles_per_picture']} tiles)" if r.get("tiles_per_picture", 1) > 1 else ""),
-              ",".join(map(str, r["n_components"])), f"{r['image_auroc']:.4f}{delta(r, 'image_auroc')}",
+              ",".join(map(str, r["n_components"])), r.get("image_score", "global"),
+              f"{r['image_auroc']:.4f}{delta(r, 'image_auroc')}",
               f"{r['pixel_auroc']:.4f}{delta(r, 'pixel_auroc')}", f"{r['aupro']:.4f}{delta(r, 'aupro')}",
-              f"{r.get('fps', math.nan):.1f}", f"{r['bundle_bytes'] / 1e6:.1f}"] for r in mine]))
+              f"{r.get('fps', math.nan):.1f}", f"{r.get('fps_batch8', math.nan):.1f}",
+              f"{r['bundle_bytes'] / 1e6:.1f}", f"{r['fit_s']:.1f}"] for r in mine]))
+        single = next((r for r in mine if r["knob"] == "single_map"), None)
+        if base is not None and single is not None:
+            md.append("\nThe defaults against one subspace for score and map (`single_map`), timed in the same "
+                      f"rounds: batch-1 FPS {base['fps'] / single['fps']:.2f}x, batch-8 FPS "
+                      f"{base['fps_batch8'] / single['fps_batch8']:.2f}x, "
+                      f"bundle {base['bundle_bytes'] / single['bundle_bytes']:.2f}x, "
+                      f"fit time {base['fit_s'] / single['fit_s']:.2f}x.")
         twin = next((r for r in mine if r["knob"] == "square256"), None)
         if base is not None and twin is not None and base["input_size"] == twin["input_size"]:
             md.append(f"\n`default` and `square256` are the same graph here (the pictures are near square): "

@@ -22,6 +22,12 @@ def _n_components(ctx, param, value: str) -> float | int:
     return number
 
 
+def _map_layers(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return () if value.strip().lower() == "none" else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 @click.command("fit")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @output_option("Model folder to write (new, or one fre-edge fit wrote, with --force).")
@@ -42,6 +48,17 @@ def _n_components(ctx, param, value: str) -> float | int:
               help="With --tiles: the fraction of a tile shared with its neighbour.")
 @click.option("--pool", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Average-pooling kernel on the features (1: none; larger: coarser map, fewer dimensions).")
+@click.option("--map-layers", default=None, metavar="LAYERS|none",
+              help="Layers of the map's own heads, comma-separated (default: the backbone's stride-8 layer and the "
+                   "score's layer, unpooled); none: the map comes from the score's subspace.")
+@click.option("--map-pool", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Average-pooling kernel on the map heads' features.")
+@click.option("--map-components", default="16", show_default=True, callback=_n_components,
+              help="Components of each map head: a count, or a variance ratio in (0, 1).")
+@click.option("--position-free", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
+              help="Also score each picture by its worst local patch against one subspace of patches shared by "
+                   "every location (catches small defects on parts that move in the fixture); auto keeps it where "
+                   "it tells held-out good pictures from pasted-in defects clearly better.")
 @click.option("--variance", "n_components", default="0.97", show_default=True, callback=_n_components,
               help="Variance ratio to keep (float in (0,1)) or a component count (int).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
@@ -65,7 +82,8 @@ def _n_components(ctx, param, value: str) -> float | int:
                    "result is the D x D sums).")
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
-def command(data, output, layout, split, backbone, layers, input_size, tiles, tile_overlap, pool, n_components,
+def command(data, output, layout, split, backbone, layers, input_size, tiles, tile_overlap, pool, map_layers,
+            map_pool, map_components, position_free, n_components,
             strategy, ae_epochs, holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size,
             force, quiet):
     """Fit FRE on the good images of DATA and write a model folder.
@@ -95,7 +113,9 @@ def command(data, output, layout, split, backbone, layers, input_size, tiles, ti
     cfg = FitConfig(backbone=backbone, layers=tuple(layers.split(",")) if layers else None, input_size=input_size,
                     pool=pool, n_components=n_components, strategy=strategy, holdout=holdout,
                     blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs,
-                    memory_budget_gb=memory_budget_gb, tiles=tiles, tile_overlap=tile_overlap).validate()
+                    memory_budget_gb=memory_budget_gb, tiles=tiles, tile_overlap=tile_overlap,
+                    map_layers=_map_layers(map_layers), map_pool=map_pool,
+                    map_components=map_components, position_free=position_free).validate()
     if address:
         from ..cluster.engine import check_address
 
@@ -109,6 +129,7 @@ def command(data, output, layout, split, backbone, layers, input_size, tiles, ti
     info = fitted.info
     echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
+                           "map_layers": list(cfg.map_layers),
                            "input_size": size_json(fitted.config.input_size),
                            "tiles": None if fitted.tiling is None else fitted.tiling.to_json(),
                            "n_components": info["n_components"],

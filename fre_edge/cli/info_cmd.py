@@ -52,6 +52,9 @@ def command(bundle, as_json):
            f"{size_text(m['tiling']['canvas'])})" if m.get("tiling") else "")
         + f", pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
         f"head {','.join(m.get('head_forms') or ['?'])}",
+        *([f"map          its own heads: {','.join(m['map_layers'])}, pool {m.get('map_pool', 1)} (the score from "
+           f"{','.join(m['layers'])})"] if m.get("map_layers") else []),
+        *([score_rule_text(m["image_score"])] if m.get("image_score") else []),
         f"weights      {m['precision']}" + head_weights_text(m.get("head_weights")),
         f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "
         f"source: {th.get('source', '?')})",
@@ -63,6 +66,17 @@ def command(bundle, as_json):
     if "model.xml" in m["files"] and not report["runtimes"]["openvino"]:
         lines.append("note         pip install openvino to run the IR (or onnxruntime for model.onnx)")
     click.echo("\n".join(lines))
+
+
+def score_rule_text(rule: dict) -> str:
+    """The image score's rule, and the fit's evidence where it chose it."""
+    text = f"score        {rule.get('rule', '?')}"
+    if "auroc_max" in rule:
+        text += (f" (chosen at fit: good vs pasted patches, AUROC global {rule['auroc_global']:.4f}, with "
+                 f"position-free {rule['auroc_max']:.4f})")
+    elif rule.get("chosen_by"):
+        text += f" ({rule['chosen_by']})"
+    return text
 
 
 def head_weights_text(hw: dict | None) -> str:

@@ -42,6 +42,9 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         **weights_record(cfg),
         "layers": list(cfg.layers),
         "pool": cfg.pool,
+        **({"map_layers": list(cfg.map_layers), "map_pool": cfg.map_pool} if cfg.map_layers else {}),
+        **({"image_score": info["image_score"]} if info.get("image_score") else {}),
+        **({"position_free": info["position_free"]} if info.get("position_free") else {}),
         "input_size": size_json(cfg.input_size),  # a side when square, else [height, width]
         "input": {"name": "images", "layout": "NHWC", "dtype": "uint8", "color": "RGB",
                   "resize": "lanczos", "shape": [-1, *input_hw(cfg.input_size), 3]},

@@ -259,9 +259,17 @@ def get_spec(name: str) -> BackboneSpec:
     return REGISTRY[name]
 
 
-def resolve_layers(spec: BackboneSpec, layers: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+def default_map_layers(spec: BackboneSpec, score_layers: tuple[str, ...]) -> tuple[str, ...]:
+    """The map's layers by default: the deepest stride-8 layer (fine enough to outline small defects) and the
+    score's layers (seen unpooled), the pair that localised best in benchmarks/results/map_score_study.md."""
+    fine = [name for name, info in spec.layers.items() if info.stride == 8][-1:]
+    return tuple(dict.fromkeys([*fine, *score_layers]))
+
+
+def resolve_layers(spec: BackboneSpec, layers: tuple[str, ...] | list[str] | None,
+                   empty_ok: bool = False) -> tuple[str, ...]:
     if not layers:
-        return spec.default_layers
+        return () if empty_ok and layers is not None else spec.default_layers
     layers = tuple(layers)
     for layer in layers:
         if layer not in spec.layers:

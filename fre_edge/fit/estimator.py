@@ -162,6 +162,18 @@ def fusion_statistics(fres: list, features: list) -> torch.Tensor:
     return torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32)
 
 
+@torch.inference_mode()
+def held_out_map_scales(fusion: torch.Tensor, fres: list, features: list) -> torch.Tensor:
+    """``fusion`` with each head's map deviation taken on held-out good pictures' ``features`` instead: a head
+    fitted with nearly as many components as pictures reconstructs its own fitting pictures almost exactly,
+    so its map's spread there understates the spread on new good parts and would overweight it in the sum."""
+    out = fusion.clone()
+    for i, (fre, f) in enumerate(zip(fres, features)):
+        m = fre._head(fre._check(f))[1]
+        out[i, 2], out[i, 3] = float(m.mean()), float(m.std().clamp_min(1e-12))
+    return out
+
+
 def _as_tensor(X) -> torch.Tensor:
     """float32 torch view or copy of X; never a view the caller could see modified (we never write to it)."""
     if isinstance(X, torch.Tensor):

@@ -49,6 +49,9 @@ from .pca import Subspace
 from ..choices import HEAD_FORMS  # noqa: E402
 
 
+MAX_LOG_SCORE = 80.0  # the position-free term's log is capped here: exp(80) is far above any score yet finite in f32
+
+
 def head_form(n_components: int, channels: int) -> str:
     """``one_pass`` when its k(k+1)/2 Gram values per position are at most half of the C x k it saves."""
     return "one_pass" if n_components + 1 <= channels else "reconstruct"
@@ -142,6 +145,40 @@ class FREHead(nn.Module):
         return torch.clamp(e2, min=0.0)
 
 
+class LocalHead(nn.Module):
+    """Position-free FRE: one subspace of local feature vectors, shared by every location of every picture.
+
+    Each location's vector is the mean of its ``window`` x ``window`` neighbourhood (C channels, unpooled
+    grid); PCA of those vectors over all locations of the good pictures describes what any normal patch looks
+    like, wherever it lies. A picture's score is its worst location's squared reconstruction error, so a
+    small defect counts as much wherever the part sits in the frame: the per-picture subspace of
+    :class:`FREHead` ties each feature to a position, and parts that move in the fixture blur it.
+    """
+
+    def __init__(self, subspace: Subspace, window: int = 3):
+        super().__init__()
+        self.window = int(window)
+        self.register_buffer("mean", subspace.mean.float().reshape(-1).clone())  # [C]
+        self.register_buffer("components", subspace.components.float().clone())  # [k, C]
+
+    @property
+    def n_components(self) -> int:
+        return self.components.shape[0]
+
+    @staticmethod
+    def vectors(feat: torch.Tensor, window: int = 3) -> torch.Tensor:
+        """[N, h*w, C] local vectors: each location's neighbourhood mean (borders average what lies inside)."""
+        x = F.avg_pool2d(feat, window, 1, window // 2, count_include_pad=False) if window > 1 else feat
+        return x.flatten(2).transpose(1, 2)
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score [N]: the largest location error, errors [N, h, w])."""
+        d = self.vectors(feat, self.window) - self.mean
+        e = (d @ self.components.T) @ self.components - d
+        e2 = (e * e).sum(2)
+        return e2.amax(1), e2.reshape(feat.shape[0], *feat.shape[2:])
+
+
 def linear_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in] matrix R with R @ v == F.interpolate(v, n_out, mode="linear", align_corners=False).
 
@@ -173,12 +210,26 @@ class FREDetector(nn.Module):
         pool: int = 2,
         blur_sigma: float = 0.0,
         fusion: torch.Tensor | None = None,
+        head_inputs: list[tuple[int, int]] | None = None,
+        score_heads: int | None = None,
+        local: LocalHead | None = None,
+        local_input: int | None = None,
+        local_norm: torch.Tensor | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
         self.input_size = input_hw(input_size)  # (height, width)
         self.pool = int(pool)
+        # per head: (backbone output it reads, its pooling kernel); by default head i reads output i at ``pool``
+        self.head_inputs = [tuple(map(int, t)) for t in head_inputs] if head_inputs is not None else None
+        # the first ``score_heads`` heads make the image score, the others the map; None: every head makes both
+        self.score_heads = None if score_heads is None else int(score_heads)
+        # the position-free score (LocalHead) on backbone output ``local_input``, unpooled; ``local_norm``: mean and
+        # std of the global score's log, then of the local one's, on held-out good pictures (see score_features)
+        self.local_input = None if local_input is None else int(local_input)
+        self.local = local
+        self.register_buffer("local_norm", local_norm if local_norm is not None else torch.tensor([0.0, 1.0, 0.0, 1.0]))
         self.blur_sigma = float(blur_sigma)
         std_t = torch.tensor(std, dtype=torch.float32)
         # (x / 255 - mean) / std  ==  x * scale + shift
@@ -186,7 +237,9 @@ class FREDetector(nn.Module):
         self.register_buffer("in_shift", (-torch.tensor(mean) / std_t).view(1, 3, 1, 1))
         self.register_buffer("blur_kernel", gaussian_kernel1d(blur_sigma) if blur_sigma > 0 else torch.ones(1))
         # per layer: score loc, score scale, map loc, map scale (used only with several layers)
-        self.register_buffer("fusion", fusion if fusion is not None else torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
+        if fusion is None:
+            fusion = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(max(len(heads), 1), 1)
+        self.register_buffer("fusion", fusion)
         for i, head in enumerate(self.heads):
             _, h, w = head.shape
             self.register_buffer(f"up_rows{i}", linear_resize_matrix(h, self.input_size[0]), persistent=False)
@@ -215,11 +268,12 @@ class FREDetector(nn.Module):
         return x * self.in_scale + self.in_shift
 
     def features(self, images_u8_nhwc: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled feature tensors [N, C, h, w], one per layer."""
+        """Pooled feature tensors [N, C, h, w], one per head (one per layer when every head has its own)."""
         feats = self.backbone(self.normalize(images_u8_nhwc))
-        if self.pool > 1:
-            feats = [F.avg_pool2d(f, self.pool) for f in feats]
-        return feats
+        if self.head_inputs is None:
+            return [F.avg_pool2d(f, self.pool) for f in feats] if self.pool > 1 else list(feats)
+        out = [F.avg_pool2d(feats[i], p) if p > 1 else feats[i] for i, p in self.head_inputs]
+        return out if self.local_input is None else out + [feats[self.local_input]]
 
     def blur(self, amap: torch.Tensor) -> torch.Tensor:
         if self.blur_sigma <= 0:
@@ -235,17 +289,44 @@ class FREDetector(nn.Module):
         """Bilinear (align_corners=False) upsampling of layer i's [N, h, w] map to the input size."""
         return getattr(self, f"up_rows{i}") @ amap @ getattr(self, f"up_cols_t{i}")
 
-    def score_features(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def roles(self) -> tuple[list[int], list[int]]:
+        """(heads that make the image score, heads that make the map): the first ``score_heads`` make the score,
+        and every head adds to the map (the score's coarse map and the map heads' fine ones)."""
+        n = len(self.heads)
+        return list(range(n if self.score_heads is None else self.score_heads)), list(range(n))
+
+    def global_score_features(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The FRE heads' score and map, before the position-free score (fitting needs them apart)."""
+        return self.score_features(feats, with_local=False)
+
+    def score_features(self, feats: list[torch.Tensor], with_local: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image score and map from each head's features. Where several heads make one output, each is
+        normalised by its statistics on good images (``fusion``) and they are added.
+
+        With a position-free head, the image score is ``max(g, exp(mu_g + sigma_g (log l - mu_l) / sigma_l))``:
+        the local score ``l`` put on the global score ``g``'s scale by the mean and deviation of both logs on
+        held-out good pictures, so whichever is further out among good parts decides. Logs, because both are
+        sums of squares with long right tails (on the log scale a good part's local score strays less often,
+        so it adds fewer false rejects). The score stays in the global score's units and above 0, and equals
+        ``g`` wherever the local score is unremarkable."""
         score, amap = None, None
+        by_score, by_map = self.roles()
         for i, (head, f) in enumerate(zip(self.heads, feats)):
             s, m = head(f)
-            m = self.upsample(m, i)
-            if len(self.heads) > 1:  # normalise each layer by its statistics on good images
-                st = self.fusion[i]
-                s = (s - st[0]) / st[1]
-                m = (m - st[2]) / st[3]
-            score = s if score is None else score + s
-            amap = m if amap is None else amap + m
+            st = self.fusion[i]
+            if i in by_score:
+                s = (s - st[0]) / st[1] if len(by_score) > 1 else s
+                score = s if score is None else score + s
+            if i in by_map:
+                m = self.upsample(m, i)
+                if len(by_map) > 1:  # the map's own heads: scaled only, so the map stays >= 0 (same ranking)
+                    m = m / st[3] if self.score_heads is not None else (m - st[2]) / st[3]
+                amap = m if amap is None else amap + m
+        if with_local and self.local is not None:
+            nrm = self.local_norm
+            local = self.local(feats[len(self.heads)])[0]
+            z = (nrm[0] + nrm[1] * (torch.log(local) - nrm[2]) / nrm[3]).clamp(max=MAX_LOG_SCORE)
+            score = torch.maximum(score, torch.exp(z))
         return score, self.blur(amap)
 
     def forward(self, images_u8_nhwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from .thresholds import TopValues
 def config_json(cfg) -> str:
     """A validated FitConfig as the JSON the partition functions take (and cache the backbone by)."""
     d = dataclasses.asdict(cfg)
-    d["layers"] = list(d["layers"])
+    d["layers"], d["map_layers"] = list(d["layers"]), list(d["map_layers"])
     return json.dumps(d, sort_keys=True)
 
 
@@ -43,7 +43,7 @@ def _config(cfg_json: str):
     from .pipeline import FitConfig
 
     d = json.loads(cfg_json)
-    d["layers"] = tuple(d["layers"])
+    d["layers"], d["map_layers"] = tuple(d["layers"]), tuple(d["map_layers"])
     return FitConfig(**d).validate()
 
 

@@ -18,6 +18,7 @@ from ..errors import FreEdgeError
 from .pipeline import FitConfig, FittedFRE, build_detector
 from ..images import size_json
 from ..outputs import atomic_dir
+from .model import LocalHead
 from .pca import Subspace
 from ..runtime.bundle import check_thresholds, sha256_file as file_sha256
 
@@ -36,10 +37,15 @@ def save_model(fitted: FittedFRE, out_dir: str | Path, *, force: bool = False) -
         tensors[f"layer{i}.mean"] = head.mean.contiguous()
         tensors[f"layer{i}.components"] = head.components.contiguous()
     tensors["fusion"] = fitted.detector.fusion.contiguous()
+    if fitted.detector.local is not None:
+        tensors["local.mean"] = fitted.detector.local.mean.contiguous()
+        tensors["local.components"] = fitted.detector.local.components.contiguous()
+        tensors["local_norm"] = fitted.detector.local_norm.contiguous()
     settings = {
         "schema": MODEL_SCHEMA,
         "kind": "fre-edge model",
-        "config": {**asdict(cfg), "layers": list(cfg.layers), "input_size": size_json(cfg.input_size)},
+        "config": {**asdict(cfg), "layers": list(cfg.layers), "map_layers": list(cfg.map_layers),
+                   "input_size": size_json(cfg.input_size)},
         "info": fitted.info,
     }
     if cfg.weights:
@@ -55,9 +61,12 @@ _CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int, list
                  "n_components": (int, float), "strategy": (str,), "holdout": (int, float),
                  "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
                  "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,),
-                 "tiles": (list, type(None)), "tile_overlap": (int, float)}
+                 "tiles": (list, type(None)), "tile_overlap": (int, float), "map_layers": (list,),
+                 "map_pool": (int,), "map_components": (int, float), "position_free": (str,)}
 # settings added after models were first saved: a model.json without them takes the default they had
-_ADDED_LATER = {"ae_epochs": 250, "tiles": None, "tile_overlap": 0.25}
+# (a model without map_layers made its map from its score's subspace)
+_ADDED_LATER = {"ae_epochs": 250, "tiles": None, "tile_overlap": 0.25, "map_layers": [], "map_pool": 1,
+                "map_components": 16, "position_free": "off"}
 
 
 def _config(settings: dict, where: Path) -> FitConfig:
@@ -78,7 +87,7 @@ def _config(settings: dict, where: Path) -> FitConfig:
                 isinstance(v, float) and not math.isfinite(v)):
             raise FreEdgeError(f"{where}: config: {name} = {v!r} has the wrong type or value; fit the model again")
     try:
-        return FitConfig(**{**c, "layers": tuple(c["layers"])}).validate()
+        return FitConfig(**{**c, "layers": tuple(c["layers"]), "map_layers": tuple(c["map_layers"])}).validate()
     except FreEdgeError as exc:
         raise FreEdgeError(f"{where}: config: {exc}; or fit the model again") from None
 
@@ -94,8 +103,9 @@ def _info(settings: dict, where: Path) -> dict:
     if not all(isinstance(s, list) and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s)
                for s in info["feature_shapes"]):
         raise FreEdgeError(f"{where}: info: feature_shapes is not a list of [C, H, W]; fit the model again")
-    if not len(info["strategies"]) == len(info["feature_shapes"]) == len(settings["config"]["layers"]):
-        raise FreEdgeError(f"{where}: info: one entry per layer is needed; fit the model again")
+    heads = len(settings["config"]["layers"]) + len(settings["config"].get("map_layers", []))
+    if not len(info["strategies"]) == len(info["feature_shapes"]) == heads:
+        raise FreEdgeError(f"{where}: info: one entry per head is needed; fit the model again")
     check_thresholds(info.get("thresholds"), str(where), "fit the model again")
     return info
 
@@ -130,6 +140,8 @@ def load_model(model_dir: str | Path) -> FittedFRE:
     except (SafetensorError, OSError, ValueError) as exc:
         raise FreEdgeError(f"{tp}: cannot read ({exc}); the file is damaged, fit again") from None
     expected = [f"layer{i}.{t}" for i in range(len(info["feature_shapes"])) for t in ("mean", "components")]
+    if cfg.position_free == "on":
+        expected += ["local.mean", "local.components", "local_norm"]
     missing = [k for k in expected + ["fusion"] if k not in tensors]
     if missing:
         raise FreEdgeError(f"{tp}: tensor {missing[0]!r} is missing; the file is damaged, fit again")
@@ -145,5 +157,11 @@ def load_model(model_dir: str | Path) -> FittedFRE:
         subspaces.append(Subspace(tensors[f"layer{i}.mean"], tensors[f"layer{i}.components"], nan,
                                   info["strategies"][i]))
         shapes.append(tuple(shape))
-    detector = build_detector(cfg, subspaces, shapes, fusion=tensors["fusion"])
+    local = None
+    if cfg.position_free == "on":
+        window = (info.get("position_free") or {}).get("window", 3)
+        local = LocalHead(Subspace(tensors["local.mean"], tensors["local.components"],
+                                   torch.full((1,), float("nan")), "covariance"), window)
+    detector = build_detector(cfg, subspaces, shapes, fusion=tensors["fusion"], local=local,
+                              local_norm=tensors.get("local_norm"))
     return FittedFRE(detector, cfg, info)

@@ -17,18 +17,25 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .backbones import DEFAULT_BACKBONE, create_backbone, get_spec, resolve_layers
+from .backbones import DEFAULT_BACKBONE, create_backbone, default_map_layers, get_spec, resolve_layers
 from ..errors import FreEdgeError
 from ..images import input_hw, size_json, size_text
-from .features import extract_features
-from .model import FREDetector, FREHead
-from .estimator import FRE, fusion_statistics
+from .features import extract_features, load_batch
+from .model import MAX_LOG_SCORE, FREDetector, FREHead, LocalHead
+from .estimator import FRE, fusion_statistics, held_out_map_scales
 from .sizing import auto_input_size
 from ..tiling import Tiling, check_overlap, parse_grid, per_picture
-from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
+from .pca import (Moments, check_n_components, check_strategy, choose_strategy, covariance_bytes,
+                  subspace_from_moments)
 from .thresholds import threshold_warnings, thresholds_from_scores
 
 MIN_FIT_IMAGES = 2
+# components of each map head: the map needs the few directions good parts vary along, not 97% of the variance
+# (benchmarks/results/map_score_study.md: 16 components localise as well as 97% on every set measured there)
+MAP_COMPONENTS = 16
+MIN_NORM_PICTURES = 10  # held-out good pictures the position-free score's scaling needs (mean and deviation)
+POSITION_FREE = ("auto", "on", "off")
+LOCAL_VARIANCE = 0.97  # the position-free subspace keeps this share of the local vectors' variance, as FRE does
 
 
 @dataclass
@@ -49,6 +56,15 @@ class FitConfig:
     ae_epochs: int = 250  # the autoencoder strategy's training epochs (the paper's)
     tiles: str | tuple[int, int] | None = None  # "RxC": score R x C overlapping tiles of input_size (..tiling)
     tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
+    # the map's own heads, added to the score heads' map: None = the backbone's default map layers
+    # (.backbones.default_map_layers), () = none (the map then comes from the score's subspace alone); unpooled
+    # by default, few components each
+    map_layers: tuple[str, ...] | None = None
+    map_pool: int = 1
+    map_components: float | int = MAP_COMPONENTS
+    # the image score also from one subspace of local patches shared by every location (.model.LocalHead): "on",
+    # "off", or "auto": kept where it tells good pictures from pasted defects clearly better (.synthetic)
+    position_free: str = "auto"
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -57,6 +73,13 @@ class FitConfig:
     def validate(self) -> "FitConfig":
         spec = get_spec(self.backbone)
         self.layers = resolve_layers(spec, self.layers)
+        self.map_layers = (default_map_layers(spec, self.layers) if self.map_layers is None
+                           else resolve_layers(spec, self.map_layers, empty_ok=True))
+        if self.map_pool < 1:
+            raise FreEdgeError(f"map pool={self.map_pool}; the pooling kernel must be 1 (none) or more")
+        self.map_components = check_n_components(self.map_components)
+        if self.position_free not in POSITION_FREE:
+            raise FreEdgeError(f"position_free={self.position_free!r}; use one of {', '.join(POSITION_FREE)}")
         if self.input_size is None or (isinstance(self.input_size, str) and self.input_size.lower() == "auto"):
             self.input_size = "auto"  # resolved from the fitting images by fit_fre (.sizing)
         else:
@@ -86,16 +109,52 @@ class FitConfig:
         """The tiling of a fitted config (input size resolved), or None."""
         return None if self.tiles is None else Tiling(self.tiles, self.input_size, self.tile_overlap)
 
+    @property
+    def head_layers(self) -> tuple[str, ...]:
+        """The layer each head reads: the score's heads, then the map's."""
+        return tuple(self.layers) + tuple(self.map_layers)
+
+    @property
+    def head_pools(self) -> tuple[int, ...]:
+        return (self.pool,) * len(self.layers) + (self.map_pool,) * len(self.map_layers)
+
+    @property
+    def head_components(self) -> tuple[float | int, ...]:
+        """What each head keeps: ``n_components`` for the score's, ``map_components`` for the map's."""
+        return (self.n_components,) * len(self.layers) + (self.map_components,) * len(self.map_layers)
+
+    @property
+    def backbone_layers(self) -> tuple[str, ...]:
+        """Every layer the heads read, once each."""
+        return tuple(dict.fromkeys(self.head_layers))
+
+    @property
+    def head_inputs(self) -> list[tuple[int, int]]:
+        """Per head: (index into the backbone's outputs, pooling kernel)."""
+        names = self.backbone_layers
+        return [(names.index(layer), p) for layer, p in zip(self.head_layers, self.head_pools)]
+
+    @property
+    def local_input(self) -> int | None:
+        """The backbone output the position-free head reads (the score's first layer, unpooled), or None."""
+        return self.backbone_layers.index(self.layers[0]) if self.position_free != "off" else None
+
+    @property
+    def score_heads(self) -> int | None:
+        """How many leading heads make the score (None: every head does); every head adds to the map."""
+        return len(self.layers) if self.map_layers else None
+
 
 def check_pool(cfg: FitConfig) -> None:
     """Refuse a pooling kernel wider than a layer's feature map at the input size (nothing would be left)."""
     spec = get_spec(cfg.backbone)
-    for layer in cfg.layers:
+    for layer, pool in zip(cfg.head_layers, cfg.head_pools):
         stride = spec.layers[layer].stride
         grid = [x // stride for x in input_hw(cfg.input_size)]
-        if min(grid) < cfg.pool:
-            raise FreEdgeError(f"--pool {cfg.pool} is wider than {layer}'s {grid[0]} x {grid[1]} feature map at the "
-                               f"{size_text(input_hw(cfg.input_size))} input; use --pool {max(1, min(grid))} or less, "
+        if min(grid) < pool:
+            opt = "--pool" if layer in cfg.layers and pool == cfg.pool else "--map-pool"
+            raise FreEdgeError(f"{opt} {pool} is wider than {layer}'s {grid[0]} x {grid[1]} feature map at the "
+                               f"{size_text(input_hw(cfg.input_size))} input; use {opt} {max(1, min(grid))} or less, "
                                f"or a larger --input-size")
 
 
@@ -132,17 +191,29 @@ class FittedFRE:
         return self.config.tiling
 
 
-def assemble_detector(cfg: FitConfig, backbone, heads, fusion=None) -> FREDetector:
-    """The whole detector from a built backbone and its FRE heads, with cfg's pre-processing and pooling."""
+def assemble_detector(cfg: FitConfig, backbone, heads, fusion=None, local=None, local_norm=None) -> FREDetector:
+    """The whole detector from a built backbone and its FRE heads (and position-free head), with cfg's
+    pre-processing and pooling."""
     spec = get_spec(cfg.backbone)
     return FREDetector(backbone, heads, input_size=cfg.input_size, mean=spec.mean, std=spec.std,
-                       pool=cfg.pool, blur_sigma=cfg.blur_sigma, fusion=fusion).eval()
+                       pool=cfg.pool, blur_sigma=cfg.blur_sigma, fusion=fusion, head_inputs=cfg.head_inputs,
+                       score_heads=cfg.score_heads, local=local, local_norm=local_norm,
+                       local_input=cfg.local_input).eval()
 
 
-def build_detector(cfg: FitConfig, subspaces, shapes, fusion=None) -> FREDetector:
-    backbone = create_backbone(cfg.backbone, cfg.layers, input_size=cfg.input_size,
+def _shell(cfg: FitConfig):
+    """(backbone-only detector, per-head feature shapes, per-head feature counts) of these settings."""
+    shell = build_detector(cfg, [], [])
+    feats = shell.features(torch.zeros(1, *cfg.input_size, 3, dtype=torch.uint8))[: len(cfg.head_layers)]
+    shapes = [tuple(f.shape[1:]) for f in feats]
+    return shell, shapes, [int(np.prod(s)) for s in shapes]
+
+
+def build_detector(cfg: FitConfig, subspaces, shapes, fusion=None, local=None, local_norm=None) -> FREDetector:
+    backbone = create_backbone(cfg.backbone, cfg.backbone_layers, input_size=cfg.input_size,
                                pretrained=cfg.pretrained, weights=cfg.weights)
-    return assemble_detector(cfg, backbone, [FREHead(s, shape) for s, shape in zip(subspaces, shapes)], fusion)
+    return assemble_detector(cfg, backbone, [FREHead(s, shape) for s, shape in zip(subspaces, shapes)], fusion,
+                             local, local_norm)
 
 
 def _split(paths: Sequence, holdout: float, seed: int) -> tuple[list, list]:
@@ -163,12 +234,13 @@ def _strategies(cfg: FitConfig, n_fit: int, dims: list[int]) -> list[str]:
 
 
 def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
-    for layer, d in zip(cfg.layers, dims):
+    for i, (layer, d) in enumerate(zip(cfg.head_layers, dims)):
         if covariance_bytes(d) > cfg.memory_budget_bytes:
+            opt = "--pool" if i < len(cfg.layers) else "--map-pool, or --map-layers none"
             raise FreEdgeError(
                 f"{engine}: layer {layer} has D = {d} features, so its D x D sums need "
                 f"{covariance_bytes(d) / (1 << 30):.1f} GB, over the {cfg.memory_budget_gb:g} GB memory budget; "
-                f"raise --memory-budget or --pool (D shrinks by its square), or fit in one process")
+                f"raise --memory-budget or {opt} (D shrinks by its square), or fit in one process")
 
 
 @torch.inference_mode()
@@ -205,23 +277,34 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         raise FreEdgeError(f"--strategy {cfg.strategy} needs every image's features in one process; --dask fits by "
                            f"summing them over partitions (the covariance strategy): drop --strategy or --dask")
     t0 = time.perf_counter()
-    shell = build_detector(cfg, [], [])
-    shapes = [tuple(f.shape[1:]) for f in shell.features(torch.zeros(1, *cfg.input_size, 3, dtype=torch.uint8))]
-    dims = [int(np.prod(s)) for s in shapes]
+    shell, shapes, dims = _shell(cfg)
     strategies = _strategies(cfg, len(fit_paths) * per, dims)  # with tiles, every tile is a sample
+    streamed = client is not None or all(s == "covariance" for s in strategies[: len(cfg.layers)])
+    fit_warnings = []
+    if streamed and (cfg.map_layers or cfg.position_free != "off"):
+        how = "--dask" if client is not None else "the covariance strategy"
+        fit_warnings.append(f"{how} fits from sums over images: the map comes from the score's subspace and the "
+                            f"score is the global FRE (the map's own heads and the position-free score need the "
+                            f"features in one process)")
+        cfg = dataclasses.replace(cfg, map_layers=(), position_free="off")
+        shell, shapes, dims = _shell(cfg)
+        strategies = _strategies(cfg, len(fit_paths) * per, dims)
     if client is not None:
         _check_streamable(cfg, dims, "--dask")
     t_build = time.perf_counter() - t0
-    streamed = client is not None or all(s == "covariance" for s in strategies)
     run = _fit_streamed if streamed else _fit_in_memory
-    heads, fres, fusion, thr_scores, thr_maps, timings = run(cfg, shell, shapes, fit_paths, hold_paths,
-                                                              progress=progress, client=client,
-                                                              partition_size=partition_size)
+    heads, fres, fusion, thr_scores, thr_maps, timings, local = run(
+        cfg, shell, shapes, fit_paths, hold_paths, progress=progress, client=client, partition_size=partition_size)
     subspaces = [fre.subspace_ for fre in fres]
-    detector = assemble_detector(cfg, shell.backbone, heads, fusion)
+    if local[2]:
+        fit_warnings.append(local[2])
+    cfg = dataclasses.replace(cfg, position_free="off" if local[0] is None else "on")
+    detector = assemble_detector(cfg, shell.backbone, heads, fusion, *local[:2])
     info = {
         "fre_edge_version": __version__,
         "n_components": [h.n_components for h in heads],
+        "heads": [{"layer": layer, "pool": pool, "makes": "score and map" if i < len(cfg.layers) else "map"}
+                  for i, (layer, pool) in enumerate(zip(cfg.head_layers, cfg.head_pools))],
         "feature_shapes": [list(fre.feature_shape_) for fre in fres],
         # None where unknown (the autoencoder strategy does not compute eigenvalues)
         "explained_variance": [None if torch.isnan(s.explained_variance_ratio).any()
@@ -229,7 +312,12 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "strategies": [s.strategy for s in subspaces],
         "thresholds": thresholds_from_scores(
             thr_scores, thr_maps, "holdout" if hold_paths else "fit images (biased low: no holdout)"),
-        "warnings": threshold_warnings(len(thr_scores), bool(hold_paths)),
+        "warnings": fit_warnings + threshold_warnings(len(thr_scores), bool(hold_paths)),
+        "image_score": local[3],
+        "position_free": None if local[0] is None else {
+            "layer": cfg.layers[0], "window": local[0].window, "n_components": local[0].n_components,
+            "log_norm": dict(zip(("global_mean", "global_std", "local_mean", "local_std"), local[1].tolist())),
+            "norm_source": "holdout" if hold_paths else "fit images (biased low: no holdout)"},
         "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
         "input_size": {**sizing, "chosen": size_json(cfg.input_size)},
         "tiling": None if tiling is None else tiling.to_json(),
@@ -273,32 +361,84 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     t0 = time.perf_counter()
     n_fit = len(fit_paths) * per  # rows: with tiles, every tile of every fitting picture
     fres = []
-    for f in feats:
+    for f, n_components in zip(feats, cfg.head_components):
         with torch.inference_mode(False):
-            fres.append(FRE(cfg.n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb,
+            fres.append(FRE(n_components, strategy=cfg.strategy, memory_budget_gb=cfg.memory_budget_gb,
                             ae_epochs=cfg.ae_epochs)
                         .fit(f[:n_fit], progress=progress))
+    local, note = None, None
+    if cfg.position_free != "off" and len(hold_paths) < MIN_NORM_PICTURES:
+        note = (f"the position-free score is off: putting it on the global score's scale needs {MIN_NORM_PICTURES} "
+                f"or more held-out good pictures, {len(hold_paths)} were held out (more pictures, or --holdout)")
+    elif cfg.position_free != "off":
+        local = fit_local(feats[len(fres)][:n_fit])
     t_pca = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     heads = [fre.head() for fre in fres]
     fusion = fusion_statistics(fres, [f[:n_fit] for f in feats]) if len(fres) > 1 else None
+    if cfg.map_layers and hold_paths:  # the maps are added scaled by their spread on new good parts
+        fusion = held_out_map_scales(fusion, fres, [f[n_fit:] for f in feats])
     detector = assemble_detector(cfg, shell.backbone, heads, fusion)
     sel = slice(n_fit, None) if hold_paths else slice(0, n_fit)
-    scores, maps = [], []
+    scores, local_scores, maps = [], [], []
     step = 64 * per  # whole pictures a chunk
     for i in range(0, (len(hold_paths) * per or n_fit), step):
         chunk = [f[sel][i : i + step] for f in feats]
-        s, m = (t.numpy() for t in detector.score_features(chunk))
-        if tiling is not None:  # the pictures' scores and maps, as the runtime makes them
-            s, m = tiling.reduce(s, m)
+        s, m = (t.numpy() for t in detector.global_score_features(chunk))
+        if local is not None:
+            local_scores.append(local(chunk[len(fres)])[0].numpy())
+        if tiling is not None:  # the pictures' maps, as the runtime makes them (scores below)
+            m = tiling.reduce(s, m)[1]
         scores.append(s)
         maps.append(m)
-    scores = np.concatenate(scores).astype(np.float64)
+    scores = np.concatenate(scores).astype(np.float64)  # per input (tile)
+    norm = None
+    choice = {"rule": "global", "chosen_by": "--position-free off" if cfg.position_free == "off" else note}
+    if local is not None:  # put the local score on the global score's scale (FREDetector.score_features)
+        local_scores = np.concatenate(local_scores).astype(np.float64)
+        norm = torch.from_numpy(log_norm(scores, local_scores)).float()
+        n = norm.double().numpy()
+        choice = {"rule": "max(global, position-free)", "chosen_by": "--position-free on"}
+        if cfg.position_free == "auto":
+            from .synthetic import DONORS, choose_image_score
+
+            donors = load_batch([fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, DONORS).astype(int)],
+                                cfg.input_size, tiling).numpy()
+            choice = {**choose_image_score(detector, local, norm, scores, local_scores,
+                                           load_batch(hold_paths, cfg.input_size, tiling).numpy(), donors,
+                                           cfg.seed, cfg.batch_size), "chosen_by": "--position-free auto"}
+        if choice["rule"] == "global":
+            local, norm = None, None
+        else:
+            with np.errstate(divide="ignore"):
+                z = np.minimum(n[0] + n[1] * (np.log(local_scores) - n[2]) / n[3], MAX_LOG_SCORE)
+                scores = np.maximum(scores, np.exp(z))
+    if tiling is not None:
+        scores = scores.reshape(-1, tiling.count).max(1)
     maps = np.concatenate(maps).astype(np.float64)
     t_thr = time.perf_counter() - t0
     return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
-                                               "rss_mb": rss_feat}
+                                               "rss_mb": rss_feat}, (local, norm, note, choice)
+
+
+def log_norm(global_scores: np.ndarray, local_scores: np.ndarray) -> np.ndarray:
+    """[mean, std] of the global scores' logs, then of the local scores', on good pictures (std floored)."""
+    def ms(x):
+        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-30))
+        return [float(lx.mean()), max(float(lx.std(ddof=1)) if len(lx) > 1 else 0.0, 1e-6)]
+    return np.array(ms(global_scores) + ms(local_scores))
+
+
+def fit_local(feats: torch.Tensor, window: int = 3) -> LocalHead:
+    """The position-free head: exact PCA (97% of the variance) of every location's local vector in ``feats``
+    [N, C, h, w] (unpooled), from their sums (C x C, whatever N)."""
+    C = feats.shape[1]
+    m = Moments(0, torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64))
+    for i in range(0, len(feats), 64):
+        v = LocalHead.vectors(feats[i : i + 64], window)
+        m.add_(v.reshape(-1, C))
+    return LocalHead(subspace_from_moments(m, LOCAL_VARIANCE, overwrite=True), window)
 
 
 def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client, partition_size):
@@ -336,7 +476,7 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     fres = []
     while moments:  # each layer's sums are freed once its subspace is fitted
         m, shape = moments.pop(0), shapes[len(fres)]
-        fres.append(FRE(cfg.n_components, strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
+        fres.append(FRE(cfg.head_components[len(fres)], strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
                     .fit_moments(m, shape, overwrite=True))
         del m
     heads = [fre.head() for fre in fres]
@@ -355,4 +495,5 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
                       merge_scores, "threshold scores")
     t_thr = time.perf_counter() - t0
     return heads, fres, fusion, scores, top, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
-                                              "rss_mb": rss_feat}
+                                              "rss_mb": rss_feat}, (None, None, None, {"rule": "global",
+                                                                                        "chosen_by": "streamed fit"})

@@ -41,6 +41,10 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "backbone_weights_sha256": (str, False),  # with "file NAME": that file's sha256
     "layers": (list, True),
     "pool": (int, True),
+    "map_layers": (list, False),  # the map's own heads (unpooled by default); absent: the map from "layers"
+    "map_pool": (int, False),
+    "image_score": (dict, False),  # the image score's rule and, when fit chose it, the evidence
+    "position_free": (dict, False),  # the position-free score (fre_edge.fit.model.LocalHead): layer, window, k, norm
     "input_size": ((int, list), True),  # a side when square, else [height, width]
     "input": (dict, True),  # layout, dtype, colour order, resize filter
     "normalization": (dict, True),  # mean, std (applied inside the graph)
@@ -103,9 +107,14 @@ def _check_values(meta: dict, where: str) -> None:
         bad("pool", f"is {meta['pool']}, below 1")
     if not meta["layers"] or not all(isinstance(x, str) for x in meta["layers"]):
         bad("layers", "is not a list of layer names")
+    if meta.get("map_pool", 1) < 1:
+        bad("map_pool", f"is {meta['map_pool']}, below 1")
+    if not all(isinstance(x, str) for x in meta.get("map_layers", [])):
+        bad("map_layers", "is not a list of layer names")
     k = meta["n_components"]
-    if len(k) != len(meta["layers"]) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in k):
-        bad("n_components", "is not one positive count per layer")
+    heads = len(meta["layers"]) + len(meta.get("map_layers", []))
+    if len(k) != heads or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in k):
+        bad("n_components", "is not one positive count per head (layers, then map_layers)")
     if not _finite(meta["blur_sigma"]) or meta["blur_sigma"] < 0:
         bad("blur_sigma", "is not a finite number >= 0")
     norm = meta["normalization"]

@@ -1,0 +1,166 @@
+"""The map's own fine heads and the position-free image score, in one graph: what they add on real pictures
+(aligned MVTec bottle, and the same pictures moved as a loose fixture moves them), the fit-time choice of the
+image score, and that export, INT8 and reloading carry them."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fre_edge.fit import FitConfig, fit_fre
+from fre_edge.fit.evaluate import evaluate, score_images
+from fre_edge.fit.metrics import auroc
+from fre_edge.serve.process import fre_edge_cmd
+
+
+def test_default_map_adds_fine_heads_and_localises_better(bottle_fit):
+    ds, fitted = bottle_fit
+    info = fitted.info
+    assert [(h["layer"], h["pool"], h["makes"]) for h in info["heads"]] == [
+        ("blocks.10", 2, "score and map"), ("blocks.4", 1, "map"), ("blocks.10", 1, "map")]
+    assert info["n_components"][1:] == [16, 16]
+    new = evaluate(fitted, ds.test, progress=False)[0]
+    old = evaluate(fit_fre([s.path for s in ds.train], FitConfig(map_layers=(), position_free="off"),
+                           progress=False), ds.test, progress=False)[0]
+    assert new["image_auroc"] == old["image_auroc"] == 1.0
+    assert new["aupro"] >= 0.93 and new["aupro"] >= old["aupro"] + 0.04, (new, old)
+    assert new["pixel_auroc"] >= old["pixel_auroc"], (new, old)
+
+
+def test_aligned_parts_keep_the_global_score_with_the_evidence(bottle_fit):
+    choice = bottle_fit[1].info["image_score"]
+    assert choice["chosen_by"] == "--position-free auto" and choice["rule"] == "global"
+    assert choice["auroc_max"] < choice["auroc_global"] + choice["margin"]
+    assert choice["good"] == 21 and choice["pasted"] == 42
+    assert bottle_fit[1].detector.local is None
+
+
+def _moved(src, dst, rng, mask_src=None):
+    import cv2
+
+    img = np.asarray(Image.open(src).convert("RGB").resize((256, 256), Image.LANCZOS))
+    angle, scale = rng.uniform(-10, 10), rng.uniform(0.9, 1.1)
+    m = cv2.getRotationMatrix2D((128, 128), angle, scale)
+    m[:, 2] += rng.uniform(-0.08, 0.08, 2) * 256
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(cv2.warpAffine(img, m, (256, 256), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_REFLECT_101)).save(dst)
+    if mask_src is not None:
+        mask = np.asarray(Image.open(mask_src).convert("L").resize((256, 256), Image.NEAREST))
+        out = dst.parent.parent.parent / "ground_truth" / dst.parent.name / f"{dst.stem}_mask.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(cv2.warpAffine(mask, m, (256, 256), flags=cv2.INTER_NEAREST)).save(out)
+
+
+@pytest.fixture(scope="module")
+def moved_bottle(bottle_root, tmp_path_factory):
+    """MVTec bottle with every picture shifted (<= 8%), turned (<= 10 degrees) and scaled (0.9-1.1) at random."""
+    root = tmp_path_factory.mktemp("moved") / "bottle"
+    rng = np.random.default_rng(0)
+    for p in sorted(bottle_root.glob("train/good/*.png")) + sorted(bottle_root.glob("test/*/*.png")):
+        kind = p.parent.name
+        mask = bottle_root / "ground_truth" / kind / f"{p.stem}_mask.png" if kind != "good" else None
+        _moved(p, root / p.relative_to(bottle_root), rng, mask)
+    from fre_edge.fit.data import read_dataset
+
+    ds = read_dataset(root)
+    return ds, fit_fre([s.path for s in ds.train], progress=False)
+
+
+@pytest.mark.slow
+def test_moved_parts_keep_the_position_free_score_and_rank_better(moved_bottle):
+    ds, fitted = moved_bottle
+    choice = fitted.info["image_score"]
+    assert choice["rule"] == "max(global, position-free)", choice
+    assert choice["auroc_max"] >= choice["auroc_global"] + choice["margin"]
+    assert fitted.detector.local is not None and fitted.info["position_free"]["norm_source"] == "holdout"
+    labels = [s.label for s in ds.test]
+    fused, _ = score_images(fitted.detector, [s.path for s in ds.test], progress=False)
+    from fre_edge.fit.features import load_batch
+
+    with torch.inference_mode():
+        det = fitted.detector
+        glob = det.global_score_features(det.features(load_batch([s.path for s in ds.test], det.input_size)))[0]
+    assert auroc(labels, fused) > auroc(labels, glob.numpy()) + 0.003, (auroc(labels, fused), auroc(labels, glob))
+    # the fused score stays in the global score's units: above it only where the local score is further out
+    assert np.all(fused >= glob.numpy() * (1 - 1e-5)) and np.mean(fused > glob.numpy() * 1.001) < 0.5
+
+
+@pytest.fixture(scope="module")
+def moved_bundle(moved_bottle, tmp_path_factory):
+    from fre_edge.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "moved"
+    export_bundle(moved_bottle[1], out)
+    return out
+
+
+@pytest.mark.slow
+def test_both_heads_and_the_position_free_score_export_as_one_graph(moved_bottle, moved_bundle, tmp_path):
+    from fre_edge.fit.features import load_batch
+    from fre_edge.fit.persist import load_model, save_model
+    from fre_edge.runtime import load_detector
+
+    ds, fitted = moved_bottle
+    paths = [s.path for s in ds.test][:24]
+    ref_s, ref_m = score_images(fitted.detector, paths, progress=False)
+    manifest = json.loads((moved_bundle / "manifest.json").read_text())
+    assert manifest["map_layers"] == ["blocks.4", "blocks.10"] and manifest["position_free"]["window"] == 3
+    batch = load_batch(paths, fitted.config.input_size).numpy()
+    for backend in ("openvino", "onnxruntime"):
+        s, m = load_detector(moved_bundle, backend=backend, precision="f32").infer_prepared(batch)
+        assert np.abs(s / ref_s - 1).max() < 1e-4, backend
+        assert np.abs(m - ref_m).max() <= 1e-4 * np.abs(ref_m).max(), backend
+    save_model(fitted, tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    s2, m2 = score_images(again.detector, paths, progress=False)
+    assert np.array_equal(s2, ref_s) and np.array_equal(m2, ref_m)
+
+
+@pytest.mark.slow
+def test_int8_refits_every_head_and_the_position_free_score(moved_bottle, moved_bundle, tmp_path):
+    ds = moved_bottle[0]
+    out = tmp_path / "int8"
+    run = subprocess.run(fre_edge_cmd("quantize", str(moved_bundle), "-o", str(out), "--calib",
+                                      str(ds.train[0].path.parent), "--quiet"), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    import openvino as ov
+
+    model = ov.Core().read_model(str(out / "model.xml"))
+    pools = [op for op in model.get_ordered_ops() if op.get_type_name() == "AvgPool"
+             and list(op.get_attributes()["kernel"]) == [3, 3]]
+    assert len(pools) == 1  # the position-free head, rebuilt on the INT8 features
+    run = subprocess.run(fre_edge_cmd("eval", str(out), str(ds.train[0].path.parents[2]), "--json",
+                                      str(tmp_path / "e.json"), "--quiet"), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["image_auroc"] >= 0.98 and metrics["aupro"] >= 0.88, metrics
+
+
+def test_position_free_needs_enough_held_out_pictures(sample_root, tmp_path):
+    run = subprocess.run(fre_edge_cmd("fit", str(sample_root), "-o", str(tmp_path / "m"), "--input-size", "128",
+                                      "--position-free", "on", "--map-layers", "none", "--quiet"),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "position-free score is off" in run.stderr and "3 were held out" in run.stderr
+    info = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert info["config"]["position_free"] == "off" and info["config"]["map_layers"] == []
+    assert info["info"]["position_free"] is None and info["info"]["n_components"] == [24]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--map-layers", "blocks.99"), "unknown layer 'blocks.99'"),
+    (("--position-free", "maybe"), "'maybe' is not one of"),
+    (("--map-components", "0"), "component count must be a whole number of 1 or more"),
+    (("--map-pool", "64", "--input-size", "64"), "--map-pool 64 is wider than"),
+])
+def test_bad_head_settings_are_one_line(sample_root, tmp_path, args, expected):
+    run = subprocess.run(fre_edge_cmd("fit", str(sample_root), "-o", str(tmp_path / "m"), *args, "--quiet"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and expected in run.stderr, run.stderr
+    assert not (tmp_path / "m").exists()
