@@ -211,13 +211,13 @@ def test_backbone_only_cut_ends_at_the_pooled_features(sample_model, sample_bund
     paths = sorted((sample_root / "test").rglob("*.png"))[:2]
     x = load_batch(paths, fitted.config.input_size)
     with torch.inference_mode():
-        ref = fitted.detector.features(x)[0].numpy()
+        refs = [f.numpy() for f in fitted.detector.features(x)]
     det = load_backbone_only(sample_bundle, precision="f32")
-    out = det.adapter.infer(x.numpy())
-    assert len(out) == 1
-    feats = next(iter(out.values()))
-    assert feats.shape == ref.shape
-    np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    out = list(det.adapter.infer(x.numpy()).values())
+    assert len(out) == len(refs) == 3  # what each head reads: the score's pooled layer, the map heads' layers
+    for ref in refs:
+        feats = next(o for o in out if o.shape == ref.shape)
+        np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
 def test_backbone_only_is_for_timing_not_scoring(sample_bundle):

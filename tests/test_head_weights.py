@@ -32,18 +32,20 @@ def bundles(sample_model, sample_root, tmp_path_factory):
 
 def test_the_components_are_stored_once_as_int8_and_the_check_is_recorded(bundles, sample_model):
     int8, f32 = bundles
-    k, d = sample_model[1].detector.heads[0].components.shape
+    shapes = [tuple(h.components.shape) for h in sample_model[1].detector.heads]  # the score's head, the map's
+    k, d = shapes[0]
     big = _big_constants(int8 / "model.xml")
     assert ("<Type: 'uint8_t'>", [k, d]) in big and ("<Type: 'uint8_t'>", [d, k]) in big  # V and V^T
     assert _big_constants(f32 / "model.xml").count(("<Type: 'float32'>", [k, d])) == 1
     assert not any(shape in ([k, d], [d, k]) for t, shape in big if "float" in t)
     saved = (f32 / "model.bin").stat().st_size - (int8 / "model.bin").stat().st_size
-    # one f32 V (4 bytes a value) -> two INT8 copies, plus a f32 scale and a u8 zero point per output channel
-    assert 2 * d * k - 5 * (d + k) - 4096 <= saved <= 2 * d * k
+    # per head, one f32 V (4 bytes a value) -> two INT8 copies, plus a f32 scale and a u8 zero point per output
+    # channel
+    assert sum(2 * d * k - 5 * (d + k) - 4096 for k, d in shapes) <= saved <= sum(2 * d * k for k, d in shapes)
     manifest = json.loads((int8 / "manifest.json").read_text())
     hw = manifest["head_weights"]
     assert hw["dtype"] == "int8" and hw["bound"] == 0.01 and hw["check_inputs"] == 4
-    assert 0 < hw["max_rel_score_difference"] <= 0.01 and manifest["head_forms"] == ["reconstruct"]
+    assert 0 < hw["max_rel_score_difference"] <= 0.01 and manifest["head_forms"] == ["reconstruct"] * 3
     assert manifest["files"].keys() == {"model.xml", "model.bin"}
 
 
@@ -70,11 +72,12 @@ def test_the_runtime_and_bench_say_what_the_compiled_head_reads(bundles, tmp_pat
     from fre_edge.runtime import load_detector
 
     int8, f32 = bundles
-    assert load_detector(int8).describe()["head_weights"] == {"stored": "int8", "at_run": ["u8", "u8"]}
+    # two matmuls per head: the score's head and the two map heads
+    assert load_detector(int8).describe()["head_weights"] == {"stored": "int8", "at_run": ["u8"] * 6}
     assert "head_weights" not in load_detector(f32).describe()
     r = run("bench", int8, "--duration", "0.2", "--json", tmp_path / "b.json")
     assert r.exit_code == 0, r.output
-    assert "head weights: int8 in the bundle, read as u8, u8 once compiled\n" in r.output
+    assert "head weights: int8 in the bundle, read as " + ", ".join(["u8"] * 6) + " once compiled\n" in r.output
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["runtime"]["head_weights"]["at_run"] == ["u8", "u8"]
     result["runtime"]["head_weights"]["at_run"] = ["u8", "f32"]  # as the earlier export compiled
