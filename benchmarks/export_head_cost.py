@@ -1,5 +1,8 @@
 """What the folded FRE head costs: the exported graph vs the truncated backbone alone.
 
+The score's head, on bundles fitted without the map's own heads (``_bundles.SCORE_HEAD_ONLY``): what the map
+heads add to the default graph is in ``sensitivity.md`` (``default`` against ``single_map``, same rounds).
+
     python -m benchmarks.export_head_cost [--rounds 30] [--block 0.25]
 
 Results: ``export_head_cost_avx2`` or ``export_head_cost_avx512`` (by the CPU's ISA class).
@@ -45,7 +48,8 @@ def floor_request(bundle_dir: Path, backbone: str, batch: int):
 
     model = cut_to_backbone(ov.Core().read_model(str(bundle_dir / "model.xml"))).clone()  # independent copy
     score = None
-    for feat, head in zip([r.input_value(0) for r in model.get_results()], fitted_model(backbone).detector.heads):
+    heads = fitted_model(backbone, single=True).detector.heads
+    for feat, head in zip([r.input_value(0) for r in model.get_results()], heads):
         V, mu = head.components.numpy(), head.mean.numpy()
         d = ops.subtract(ops.reshape(feat, ops.constant(np.array([-1, V.shape[1]], np.int64)), False), ops.constant(mu))
         z = ops.matmul(d, ops.constant(V), False, True)
@@ -65,7 +69,7 @@ def other_form_request(backbone: str, batch: int):
     from ._bundles import fitted_model
     from fre_edge.export.onnx_graph import export_onnx
 
-    det = fitted_model(backbone).detector
+    det = fitted_model(backbone, single=True).detector
     forms = ["one_pass" if head.form == "reconstruct" else "reconstruct" for head in det.heads]
     assert len(set(forms)) == 1, "mixed head forms: time them one layer at a time"
     det = det.with_head_form(forms[0])
@@ -108,7 +112,7 @@ def main():
     env = environment()
     rows = []
     for name, batch in [(n, int(b)) for n in args.backbones.split(",") for b in args.batches.split(",")]:
-        path = bundle(name)
+        path = bundle(name, single=True)
         full = load_detector(path, precision="f32", hint="latency", batch=batch)
         bb = load_backbone_only(path, precision="f32", hint="latency", batch=batch)
         assert full.adapter.precision_used == bb.adapter.precision_used == "f32"
@@ -120,7 +124,7 @@ def main():
         spread = ratio_spread(per_round, "full", "backbone")
         ratios, q1, q3 = spread["ratios"], spread["q1"], spread["q3"]
         med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
-        heads = fitted_model(name).detector.heads
+        heads = fitted_model(name, single=True).detector.heads
         forms = full.metadata["head_forms"]
         rows.append({"backbone": name, "batch": batch, "input_size": size_json(full.input_size),
                      "layers": full.metadata["layers"],

@@ -59,7 +59,7 @@ def main():
     core = ov.Core()
     rows = []
     for name in args.backbones.split(","):
-        fitted = fitted_model(name)
+        fitted = fitted_model(name, single=True)
         det, size = fitted.detector.eval(), fitted.config.input_size
         x = np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
         with tempfile.TemporaryDirectory() as tmp:

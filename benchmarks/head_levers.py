@@ -245,7 +245,7 @@ def main():
 
     env = environment()
     isa = "avx2_capped" if args.kernels == "avx2" else isa_class(env["machine"]["isa"])
-    fitted = fitted_model("efficientnet_lite0", args.dataset)
+    fitted = fitted_model("efficientnet_lite0", args.dataset, single=True)
     det = fitted.detector
     k = det.heads[0].n_components
     test = read_dataset(DATASETS / args.dataset).test

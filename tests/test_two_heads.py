@@ -85,8 +85,10 @@ def test_moved_parts_keep_the_position_free_score_and_rank_better(moved_bottle):
         det = fitted.detector
         glob = det.global_score_features(det.features(load_batch([s.path for s in ds.test], det.input_size)))[0]
     assert auroc(labels, fused) > auroc(labels, glob.numpy()) + 0.003, (auroc(labels, fused), auroc(labels, glob))
-    # the fused score stays in the global score's units: above it only where the local score is further out
-    assert np.all(fused >= glob.numpy() * (1 - 1e-5)) and np.mean(fused > glob.numpy() * 1.001) < 0.5
+    # the fused score stays in the global score's units: the global score, or above it where the worst patch is
+    # further out among good parts; here both happen
+    g = glob.numpy()
+    assert np.all(fused >= g * (1 - 1e-5)) and np.any(fused > g * 1.001) and np.any(np.abs(fused / g - 1) < 1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,7 @@ def test_position_free_needs_enough_held_out_pictures(sample_root, tmp_path):
     assert "position-free score is off" in run.stderr and "3 were held out" in run.stderr
     info = json.loads((tmp_path / "m" / "model.json").read_text())
     assert info["config"]["position_free"] == "off" and info["config"]["map_layers"] == []
-    assert info["info"]["position_free"] is None and info["info"]["n_components"] == [24]
+    assert info["info"]["position_free"] is None and len(info["info"]["n_components"]) == 1
 
 
 @pytest.mark.parametrize("args, expected", [
