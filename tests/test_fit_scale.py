@@ -19,6 +19,9 @@ from fre_edge.fit.pca import Moments
 from fre_edge.fit.thresholds import TopValues
 from fre_edge.serve.process import fre_edge_cmd
 
+# what a streamed fit makes: one subspace for score and map (no map heads, no position-free score)
+SINGLE = {"map_layers": (), "position_free": "off"}
+
 
 def _have_dask() -> bool:
     try:
@@ -83,7 +86,7 @@ def _assert_same_fit(a, b, test_paths, rtol=1e-5):
 def test_streamed_fit_equals_the_in_memory_fit_on_the_sample_with_two_layers(sample_root):
     ds = read_dataset(sample_root)
     train = [s.path for s in ds.train]
-    cfg = dict(input_size=224, pool=4, layers=("blocks.4", "blocks.10"), map_layers=(), position_free="off")
+    cfg = dict(input_size=224, pool=4, layers=("blocks.4", "blocks.10"), **SINGLE)
     held = fit_fre(train, FitConfig(**cfg), progress=False)
     streamed = fit_fre(train, FitConfig(**cfg, strategy="covariance"), progress=False)
     assert held.info["fitted_by"]["features"].startswith("held in memory")
@@ -96,7 +99,7 @@ def test_streamed_fit_equals_the_in_memory_fit_on_the_sample_with_two_layers(sam
 def test_streamed_fit_equals_the_in_memory_fit_on_magnetic_tile(mtd_root):
     ds = read_dataset(mtd_root)
     train = [s.path for s in ds.train[::3]]  # 254 of the 762: all of them only costs time
-    held = fit_fre(train, FitConfig(pool=4, map_layers=(), position_free="off"), progress=False)
+    held = fit_fre(train, FitConfig(pool=4, **SINGLE), progress=False)
     streamed = fit_fre(train, FitConfig(pool=4, strategy="covariance"), progress=False)
     assert "the map comes from the score's subspace" in streamed.info["warnings"][0]
     assert held.info["strategies"] == ["gram"] and streamed.info["strategies"] == ["covariance"]
@@ -110,7 +113,7 @@ def test_dask_fit_equals_the_one_process_fit_on_bottle(bottle_root):
 
     ds = read_dataset(bottle_root)
     train = [str(s.path.resolve()) for s in ds.train]
-    held = fit_fre(train, FitConfig(pool=4, map_layers=(), position_free="off"), progress=False)  # what a streamed fit makes
+    held = fit_fre(train, FitConfig(pool=4, **SINGLE), progress=False)  # what a streamed fit makes
     with dask_client("local:2") as client:
         assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
         remote = fit_fre(train, FitConfig(pool=4), progress=False, client=client, partition_size=40)
@@ -150,7 +153,7 @@ def test_fit_cli_on_a_local_cluster_writes_the_same_model_as_here(sample_copy):
     assert by["partition_size"] == -(-n // 8) and by["fit_partitions"] == -(-n // by["partition_size"]) <= 8
     ds = read_dataset(sample_copy / "data")
     assert "--dask fits from sums over images: the map comes from the score's subspace" in run.stderr
-    here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4, map_layers=(), position_free="off"), progress=False)
+    here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4, **SINGLE), progress=False)
     _assert_same_fit(here, load_model(out), [s.path for s in ds.test[:6]])
 
 

@@ -142,7 +142,8 @@ def test_the_streamed_fit_of_tiles_equals_the_held_one(sample_root):
 
     ds = read_dataset(sample_root)
     train = [s.path for s in ds.train]
-    cfg = dict(tiles=(2, 2), input_size=128, pool=4, map_layers=(), position_free="off")  # a streamed fit has no map heads
+    # a streamed fit has no map heads and no position-free score
+    cfg = dict(tiles=(2, 2), input_size=128, pool=4, map_layers=(), position_free="off")
     held = fit_fre(train, FitConfig(**cfg, strategy="gram"), progress=False)
     streamed = fit_fre(train, FitConfig(**cfg, strategy="covariance"), progress=False)
     assert streamed.info["fitted_by"]["features"].startswith("streamed")
@@ -160,7 +161,8 @@ def test_a_tiled_fit_on_dask_equals_the_one_process_fit(sample_root):
 
     ds = read_dataset(sample_root)
     train = [str(s.path.resolve()) for s in ds.train]
-    cfg = dict(tiles=(2, 2), input_size=128, pool=4, map_layers=(), position_free="off")  # a streamed fit has no map heads
+    # a streamed fit has no map heads and no position-free score
+    cfg = dict(tiles=(2, 2), input_size=128, pool=4, map_layers=(), position_free="off")
     here = fit_fre(train, FitConfig(**cfg, strategy="covariance"), progress=False)
     with dask_client("local:2") as client:
         remote = fit_fre(train, FitConfig(**cfg), progress=False, client=client, partition_size=10)
