@@ -116,6 +116,9 @@ def test_both_heads_and_the_position_free_score_export_as_one_graph(moved_bottle
         s, m = load_detector(moved_bundle, backend=backend, precision="f32").infer_prepared(batch)
         assert np.abs(s / ref_s - 1).max() < 1e-4, backend
         assert np.abs(m - ref_m).max() <= 1e-4 * np.abs(ref_m).max(), backend
+    info = subprocess.run(fre_edge_cmd("info", str(moved_bundle)), capture_output=True, text=True, timeout=120)
+    assert "map          its own heads: blocks.4,blocks.10, pool 1" in info.stdout
+    assert "score        max(global, position-free) (chosen at fit: good vs pasted patches" in info.stdout
     save_model(fitted, tmp_path / "m")
     again = load_model(tmp_path / "m")
     s2, m2 = score_images(again.detector, paths, progress=False)

@@ -296,7 +296,7 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     heads, fres, fusion, thr_scores, thr_maps, timings, local = run(
         cfg, shell, shapes, fit_paths, hold_paths, progress=progress, client=client, partition_size=partition_size)
     subspaces = [fre.subspace_ for fre in fres]
-    if local[2]:
+    if local[2] and cfg.position_free == "on":  # asked for and not given; auto records why in image_score
         fit_warnings.append(local[2])
     cfg = dataclasses.replace(cfg, position_free="off" if local[0] is None else "on")
     detector = assemble_detector(cfg, shell.backbone, heads, fusion, *local[:2])
