@@ -17,7 +17,7 @@ scores ``global``     the FRE score of the coarse subspace
        ``global+free``, ``global+map_top``: each score standardised on held-out good pictures, added
        ``max(global,free)``: the larger of the two scores' logs, each standardised on held-out good pictures
        ``chosen at fit``: the rule ``fre-edge fit`` keeps from the good pictures alone (held-out ones against
-                          copies with a patch of another good picture pasted in; ``fit.synthetic``)
+                          copies with a patch of another good picture pasted in; ``fit.position_free``)
 
 Sets: the two shared sets, ``mtd_wide``, and ``moved`` copies of the shared sets in which every picture
 (fitting and test, with its mask) is shifted by up to 8% of its side, rotated by up to 10 degrees and scaled
@@ -117,9 +117,9 @@ def zscore(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def free_scores(train: torch.Tensor, hold: torch.Tensor, test: torch.Tensor):
-    """fre-edge's position-free head (fit.model.LocalHead, fitted by fit.pipeline.fit_local) on unpooled features:
+    """fre-edge's position-free head (fit.model.LocalHead, fitted by fit.position_free.fit_local) on unpooled features:
     (held-out good, test) worst-location scores, and the test pictures' location errors."""
-    from fre_edge.fit.pipeline import fit_local
+    from fre_edge.fit.position_free import fit_local
 
     head = fit_local(train)
     with torch.inference_mode():
@@ -133,11 +133,10 @@ def log_max(g_hold, l_hold, g, lo) -> np.ndarray:
 
 
 def fit_time_choice(fit_imgs, fit_i, hold_i, gm, local_train, g_hold, l_hold) -> dict:
-    """The rule ``fre-edge fit --position-free auto`` keeps (fit.synthetic): held-out good pictures against
+    """The rule ``fre-edge fit --position-free auto`` keeps (fit.position_free): held-out good pictures against
     copies with a patch of a fitting picture pasted in, each rule's AUROC."""
     from fre_edge.fit.metrics import auroc
-    from fre_edge.fit.pipeline import fit_local
-    from fre_edge.fit.synthetic import DONORS, MARGIN, pasted
+    from fre_edge.fit.position_free import DONORS, MARGIN, fit_local, pasted
 
     donors = fit_imgs[fit_i[np.linspace(0, len(fit_i) - 1, DONORS).astype(int)]]
     bad = pasted(fit_imgs[hold_i], donors, np.random.default_rng(0))

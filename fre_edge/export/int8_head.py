@@ -181,7 +181,7 @@ def _refit_local(heads, feats, shapes, fusion, score_heads, manifest, check_feat
     from torch import nn
 
     from ..fit.model import FREDetector
-    from ..fit.pipeline import fit_local, log_norm
+    from ..fit.position_free import fit_local, log_norm
 
     n = len(heads)
     C, h, w = shapes[n]

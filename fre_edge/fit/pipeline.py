@@ -21,21 +21,19 @@ from .backbones import DEFAULT_BACKBONE, create_backbone, default_map_layers, ge
 from ..errors import FreEdgeError
 from ..images import input_hw, size_json, size_text
 from .features import extract_features, load_batch
-from .model import MAX_LOG_SCORE, FREDetector, FREHead, LocalHead
+from .model import MAX_LOG_SCORE, FREDetector, FREHead
 from .estimator import FRE, fusion_statistics, held_out_map_scales
 from .sizing import auto_input_size
 from ..tiling import Tiling, check_overlap, parse_grid, per_picture
-from .pca import (Moments, check_n_components, check_strategy, choose_strategy, covariance_bytes,
-                  subspace_from_moments)
+from .pca import check_n_components, check_strategy, choose_strategy, covariance_bytes
+from .position_free import DONORS, MIN_NORM_PICTURES, choose_image_score, fit_local, log_norm
 from .thresholds import threshold_warnings, thresholds_from_scores
 
 MIN_FIT_IMAGES = 2
 # components of each map head: the map needs the few directions good parts vary along, not 97% of the variance
 # (benchmarks/results/map_score_study.md: 16 components localise as well as 97% on every set measured there)
 MAP_COMPONENTS = 16
-MIN_NORM_PICTURES = 10  # held-out good pictures the position-free score's scaling needs (mean and deviation)
 POSITION_FREE = ("auto", "on", "off")
-LOCAL_VARIANCE = 0.97  # the position-free subspace keeps this share of the local vectors' variance, as FRE does
 
 
 @dataclass
@@ -63,7 +61,7 @@ class FitConfig:
     map_pool: int = 1
     map_components: float | int = MAP_COMPONENTS
     # the image score also from one subspace of local patches shared by every location (.model.LocalHead): "on",
-    # "off", or "auto": kept where it tells good pictures from pasted defects clearly better (.synthetic)
+    # "off", or "auto": kept where it tells good pictures from pasted defects clearly better (.position_free)
     position_free: str = "auto"
 
     @property
@@ -401,7 +399,6 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
         n = norm.double().numpy()
         choice = {"rule": "max(global, position-free)", "chosen_by": "--position-free on"}
         if cfg.position_free == "auto":
-            from .synthetic import DONORS, choose_image_score
 
             donors = load_batch([fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, DONORS).astype(int)],
                                 cfg.input_size, tiling).numpy()
@@ -420,25 +417,6 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     t_thr = time.perf_counter() - t0
     return heads, fres, fusion, scores, maps, {"feature_pass": t_feat, "subspace": t_pca, "thresholds": t_thr,
                                                "rss_mb": rss_feat}, (local, norm, note, choice)
-
-
-def log_norm(global_scores: np.ndarray, local_scores: np.ndarray) -> np.ndarray:
-    """[mean, std] of the global scores' logs, then of the local scores', on good pictures (std floored)."""
-    def ms(x):
-        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-30))
-        return [float(lx.mean()), max(float(lx.std(ddof=1)) if len(lx) > 1 else 0.0, 1e-6)]
-    return np.array(ms(global_scores) + ms(local_scores))
-
-
-def fit_local(feats: torch.Tensor, window: int = 3) -> LocalHead:
-    """The position-free head: exact PCA (97% of the variance) of every location's local vector in ``feats``
-    [N, C, h, w] (unpooled), from their sums (C x C, whatever N)."""
-    C = feats.shape[1]
-    m = Moments(0, torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64))
-    for i in range(0, len(feats), 64):
-        v = LocalHead.vectors(feats[i : i + 64], window)
-        m.add_(v.reshape(-1, C))
-    return LocalHead(subspace_from_moments(m, LOCAL_VARIANCE, overwrite=True), window)
 
 
 def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client, partition_size):

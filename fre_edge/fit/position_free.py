@@ -1,12 +1,17 @@
-"""The image score's rule, chosen at fit time from good pictures alone: held-out good pictures against the same
-pictures with a patch of another good picture pasted in (a defect whose place and size nobody chose).
+"""The position-free image score at fit time: its head, its scale against the global score, and whether to
+keep it, chosen from good pictures alone.
 
-Two rules compete: the global FRE score alone, and the larger of it and the position-free score
-(:class:`~.model.LocalHead`, put on the global score's scale by ``FREDetector.score_features``). The second
-catches small defects on parts that move in the fixture, where one subspace per position blurs; on aligned
-parts whose texture varies from place to place it can only add false rejects. Which case a line is in shows in
-how well each rule tells the pasted pictures from the untouched ones, so the fit measures that and keeps the
-position-free score only when it separates them clearly better (``MARGIN``). model.json records both AUROCs.
+``fit_local`` fits :class:`~.model.LocalHead` (one subspace of local vectors, from their C x C sums);
+``log_norm`` gives the means and deviations of both scores' logs on held-out good pictures, with which
+``FREDetector.score_features`` puts the local score on the global score's scale.
+
+Which rule to keep: held-out good pictures against the same pictures with a patch of another good picture
+pasted in (a defect whose place and size nobody chose). Two rules compete: the global FRE score alone, and
+the larger of it and the position-free score. The second catches small defects on parts that move in the
+fixture, where one subspace per position blurs; on aligned parts whose texture varies from place to place it
+can only add false rejects. Which case a line is in shows in how well each rule tells the pasted pictures
+from the untouched ones, so the fit measures that and keeps the position-free score only when it separates
+them clearly better (``MARGIN``). model.json records both AUROCs.
 """
 
 from __future__ import annotations
@@ -14,9 +19,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .model import LocalHead
+from .pca import Moments, subspace_from_moments
+
 PER_PICTURE = 2  # pasted copies of each held-out picture
 MARGIN = 0.005  # the position-free rule must beat the global score's AUROC by this much to be kept
 DONORS = 32  # fitting pictures the patches are cut from (evenly spaced)
+MIN_NORM_PICTURES = 10  # held-out good pictures the position-free score's scaling needs (mean and deviation)
+LOCAL_VARIANCE = 0.97  # the position-free subspace keeps this share of the local vectors' variance, as FRE does
+
+
+def log_norm(global_scores: np.ndarray, local_scores: np.ndarray) -> np.ndarray:
+    """[mean, std] of the global scores' logs, then of the local scores', on good pictures (std floored)."""
+    def ms(x):
+        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-30))
+        return [float(lx.mean()), max(float(lx.std(ddof=1)) if len(lx) > 1 else 0.0, 1e-6)]
+    return np.array(ms(global_scores) + ms(local_scores))
+
+
+def fit_local(feats: torch.Tensor, window: int = 3) -> LocalHead:
+    """The position-free head: exact PCA (97% of the variance) of every location's local vector in ``feats``
+    [N, C, h, w] (unpooled), from their sums (C x C, whatever N)."""
+    C = feats.shape[1]
+    m = Moments(0, torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64))
+    for i in range(0, len(feats), 64):
+        v = LocalHead.vectors(feats[i : i + 64], window)
+        m.add_(v.reshape(-1, C))
+    return LocalHead(subspace_from_moments(m, LOCAL_VARIANCE, overwrite=True), window)
 
 
 def pasted(inputs: np.ndarray, donors: np.ndarray, rng: np.random.Generator, per: int = PER_PICTURE) -> np.ndarray:
