@@ -168,9 +168,7 @@ def held_out_map_scales(fusion: torch.Tensor, fres: list, features: list) -> tor
     fitted with nearly as many components as pictures reconstructs its own fitting pictures almost exactly,
     so its map's spread there understates the spread on new good parts and would overweight it in the sum."""
     out = fusion.clone()
-    for i, (fre, f) in enumerate(zip(fres, features)):
-        m = fre._head(fre._check(f))[1]
-        out[i, 2], out[i, 3] = float(m.mean()), float(m.std().clamp_min(1e-12))
+    out[:, 2:] = fusion_statistics(fres, features)[:, 2:]
     return out
 
 

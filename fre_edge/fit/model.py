@@ -179,6 +179,14 @@ class LocalHead(nn.Module):
         return e2.amax(1), e2.reshape(feat.shape[0], *feat.shape[2:])
 
 
+def fuse_position_free(global_score: torch.Tensor, local_score: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``max(g, exp(mu_g + sigma_g (log l - mu_l) / sigma_l))``, the exponent capped at ``MAX_LOG_SCORE``: the
+    position-free score ``l`` on the global score ``g``'s scale (``norm``: mean and std of both logs on held-out
+    good pictures; see ``FREDetector.score_features``)."""
+    z = (norm[0] + norm[1] * (torch.log(local_score) - norm[2]) / norm[3]).clamp(max=MAX_LOG_SCORE)
+    return torch.maximum(global_score, torch.exp(z))
+
+
 def linear_resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in] matrix R with R @ v == F.interpolate(v, n_out, mode="linear", align_corners=False).
 
@@ -323,10 +331,7 @@ class FREDetector(nn.Module):
                     m = m / st[3] if self.score_heads is not None else (m - st[2]) / st[3]
                 amap = m if amap is None else amap + m
         if with_local and self.local is not None:
-            nrm = self.local_norm
-            local = self.local(feats[len(self.heads)])[0]
-            z = (nrm[0] + nrm[1] * (torch.log(local) - nrm[2]) / nrm[3]).clamp(max=MAX_LOG_SCORE)
-            score = torch.maximum(score, torch.exp(z))
+            score = fuse_position_free(score, self.local(feats[len(self.heads)])[0], self.local_norm)
         return score, self.blur(amap)
 
     def forward(self, images_u8_nhwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from .backbones import DEFAULT_BACKBONE, create_backbone, default_map_layers, ge
 from ..errors import FreEdgeError
 from ..images import input_hw, size_json, size_text
 from .features import extract_features, load_batch
-from .model import MAX_LOG_SCORE, FREDetector, FREHead
+from .model import FREDetector, FREHead, fuse_position_free
 from .estimator import FRE, fusion_statistics, held_out_map_scales
 from .sizing import auto_input_size
 from ..tiling import Tiling, check_overlap, parse_grid, per_picture
@@ -396,10 +396,8 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
     if local is not None:  # put the local score on the global score's scale (FREDetector.score_features)
         local_scores = np.concatenate(local_scores).astype(np.float64)
         norm = torch.from_numpy(log_norm(scores, local_scores)).float()
-        n = norm.double().numpy()
         choice = {"rule": "max(global, position-free)", "chosen_by": "--position-free on"}
         if cfg.position_free == "auto":
-
             donors = load_batch([fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, DONORS).astype(int)],
                                 cfg.input_size, tiling).numpy()
             choice = {**choose_image_score(detector, local, norm, scores, local_scores,
@@ -408,9 +406,8 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
         if choice["rule"] == "global":
             local, norm = None, None
         else:
-            with np.errstate(divide="ignore"):
-                z = np.minimum(n[0] + n[1] * (np.log(local_scores) - n[2]) / n[3], MAX_LOG_SCORE)
-                scores = np.maximum(scores, np.exp(z))
+            scores = fuse_position_free(torch.from_numpy(scores), torch.from_numpy(local_scores),
+                                        norm.double()).numpy()
     if tiling is not None:
         scores = scores.reshape(-1, tiling.count).max(1)
     maps = np.concatenate(maps).astype(np.float64)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import LocalHead
+from .model import LocalHead, fuse_position_free
 from .pca import Moments, subspace_from_moments
 
 PER_PICTURE = 2  # pasted copies of each held-out picture
@@ -79,11 +79,9 @@ def choose_image_score(detector, local, norm: torch.Tensor, good_scores: np.ndar
         g.append(detector.global_score_features(feats)[0].double().numpy())
         lo.append(local(feats[len(detector.heads)])[0].double().numpy())
     bad_g, bad_l = np.concatenate(g), np.concatenate(lo)
-    n = norm.double().numpy()
 
     def fused(gs, ls):
-        with np.errstate(divide="ignore"):
-            return np.maximum(np.log(gs), n[0] + n[1] * (np.log(ls) - n[2]) / n[3])
+        return fuse_position_free(torch.from_numpy(gs), torch.from_numpy(ls), norm.double()).numpy()
 
     labels = np.r_[np.zeros(len(good_scores)), np.ones(len(bad_g))]
     a_global = auroc(labels, np.r_[good_scores, bad_g])
