@@ -180,6 +180,36 @@ def test_a_station_killed_mid_run_delivers_every_verdict_after_restart(sample_bu
     assert len(list((incoming / "good").glob("*.png"))) + len(list((incoming / "reject").glob("*.png"))) == 30
 
 
+def test_parts_that_wait_are_inspected_two_at_a_time_and_journaled_in_order(sample_bundle, pictures, expected,
+                                                                               tmp_path):
+    """A backlog (pictures already in the folder): two calls at once on OpenVINO streams, verdicts as predict's, in
+    the parts' order."""
+    incoming, out = tmp_path / "in", tmp_path / "out"
+    incoming.mkdir()
+    names = {}
+    for k in range(3):
+        for i, p in enumerate(pictures):
+            name = f"{k}{i:03d}.png"
+            shutil.copyfile(p, incoming / name)
+            names[name] = f"{i:03d}.png"
+    st = Station([sample_bundle, "--source", f"folder:{incoming}?existing=1", "--sink", f"folder:{out}",
+                  "--journal", tmp_path / "j", "--parallel", "2", "--batch-size", "1"],
+                 tmp_path / "station.log").start()
+    try:
+        wait_for(lambda: st.parts() == len(names), 120, "every picture")
+        assert st.status()["parallel"] == 2
+        wait_for(lambda: st.status()["sinks"]["folder1"]["backlog"] == 0, 30, "the folder sink")
+    finally:
+        assert st.stop() == 0, st.output()
+    lines = [json.loads(x) for f in sorted(out.glob("verdicts-*.jsonl")) for x in f.read_text().splitlines()]
+    assert [x["part"] for x in lines] == sorted(names)  # the folder's order, kept through parallel calls
+    assert [x["seq"] for x in lines] == sorted(x["seq"] for x in lines)
+    for x in lines:
+        e = expected[names[x["part"]]]
+        assert x["score"] == pytest.approx(e.score, rel=1e-4)
+        assert x["verdict"] == ("anomalous" if e.anomalous else "good")
+
+
 def test_a_half_written_file_is_scored_only_when_complete(sample_bundle, pictures, tmp_path):
     incoming, out = tmp_path / "in", tmp_path / "out"
     incoming.mkdir()
@@ -310,6 +340,7 @@ BAD = [
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--journal", "{bundle}/j"], "the bundle"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "0.0.0.0:8088"], "FRE_EDGE_UI_TOKEN"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--shadow", "{tmp}/notes"], "not a bundle"),
+    (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--parallel", "17"], "--parallel"),
     (["--source", "folder:{tmp}/in", "--sink", "folder:{tmp}/o", "--ui", "127.0.0.1:9100", "--metrics-port",
       "9100"], "different ports"),
 ]
@@ -337,6 +368,8 @@ def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
         ("[station\n", "not valid TOML"),
         ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\ntype = 'mqtt'\nhost = '127.0.0.1'\nport = 1\n", "topic"),
         ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'opcua-client://127.0.0.1:4840'\n", "nodes"),
+        ("[station]\nparallel = 99\n[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'folder:{tmp}/o'\n",
+         "parallel 99"),
     ]
     for text, words in cases:
         f = tmp_path / "station.toml"

@@ -47,11 +47,15 @@ from .params import FiniteFloat, batch_size_option
               help="Run the graph on this model server (grpc://HOST:PORT or http://HOST:PORT) instead.")
 @batch_size_option(8, "Parts scored in one call when several are waiting (a lone part is never held back).",
                    maximum=64)
+@click.option("--parallel", type=click.IntRange(0, 16), default=None,
+              help="Inference calls at once while parts wait, on OpenVINO streams (default 0: OpenVINO's optimal "
+                   "number for this PC; 1: one at a time). A lone part always runs on the graph compiled for "
+                   "latency.")
 @click.option("--drain", "drain_s", type=FiniteFloat(0, 3600), default=10.0, show_default=True,
               help="On SIGTERM or Ctrl-C: seconds to deliver what waits before stopping (the rest stays in the "
                    "journal).")
 def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui, review, shadow, threshold, backend,
-            server, batch_size, drain_s):
+            server, batch_size, parallel, drain_s):
     """Run BUNDLE on a line: pictures from sources, verdicts to sinks, nothing lost.
 
     Every verdict is written to the journal on disk first; each sink delivers from it in order, retrying
@@ -71,6 +75,7 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui
 
     settings = {k: v for k, v in {"journal": str(journal) if journal else None, "name": name,
                                    "threshold": threshold, "batch_size": batch_size, "drain_s": drain_s,
+                                   "parallel": parallel,
                                    "server": server, "metrics": f"127.0.0.1:{metrics_port}" if metrics_port
                                    else None, "ui": ui, "review": str(review) if review else None,
                                    "shadow": str(shadow) if shadow else None}.items()

@@ -77,6 +77,7 @@ class StationConfig:
     metrics: str = ""  # HOST:PORT, or "" for none
     threshold: float | None = None
     batch_size: int = 8
+    parallel: int = 0  # calls run at once while parts wait; 0: OpenVINO's optimal number of requests
     drain_s: float = 10.0
     server: str | None = None  # run the graph on a model server (grpc://HOST:PORT or http://...)
     ui: str = ""  # HOST:PORT of the live page, or "" for none
@@ -249,7 +250,7 @@ def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> 
 
 
 STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
-                "ui", "review", "drift_baseline", "drift", "shadow",
+                "parallel", "ui", "review", "drift_baseline", "drift", "shadow",
                 "drain_s", "server"}
 
 
@@ -369,4 +370,6 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
         raise FreEdgeError(f"{where}: drift_baseline {cfg.drift_baseline!r}; use a whole number of parts, 10 or more")
     if not 1 <= int(cfg.batch_size) <= 64:
         raise FreEdgeError(f"{where}: batch_size {cfg.batch_size}; use 1 to 64")
+    if not isinstance(cfg.parallel, int) or not 0 <= cfg.parallel <= 16:
+        raise FreEdgeError(f"{where}: parallel {cfg.parallel!r}; use 0 (OpenVINO's choice) or 1 to 16 calls at once")
     return cfg

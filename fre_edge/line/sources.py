@@ -137,8 +137,9 @@ class FolderSource(Source):
         self._take(name, sig, (*sig, now, now))
 
     def _scan(self, settle: float) -> None:
+        """Take the files that stayed the same for ``settle`` seconds, oldest first (then by name)."""
         now = time.monotonic()
-        present = set()
+        present, ready = set(), []
         for entry in self._entries():
             present.add(entry.name)
             try:
@@ -153,7 +154,9 @@ class FolderSource(Source):
                 self.pending[entry.name] = (*sig, now, old[3] if old else now)
                 continue
             if sig[0] > 0 and now - old[2] >= settle:
-                self._take(entry.name, sig, old)
+                ready.append((sig[1], entry.name, sig, old))
+        for _, name, sig, old in sorted(ready):
+            self._take(name, sig, old)
         for name in list(self.seen):  # forget files that are gone: memory stays bounded
             if name not in present:
                 self.seen.pop(name, None)

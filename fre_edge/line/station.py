@@ -3,9 +3,11 @@
 Parts from every source wait in one bounded queue; one inference thread takes what is waiting (up to
 ``batch_size`` parts, from any source, in one call of the graph: batching only when parts are already
 waiting, so a lone part is never held back), journals each verdict, then tells the source (a push request
-gets its answer, a folder's file is moved). Each sink has its own thread that reads the journal from its
-cursor and delivers at its own pace: a broker or PLC that is away holds back only its own sink, never the
-camera or the other sinks.
+gets its answer, a folder's file is moved). While parts wait, up to ``parallel`` calls run at once (OpenVINO
+streams of a second compiled graph, its throughput mode) and their verdicts are journaled in the parts' order;
+a lone part runs on the graph compiled for latency, as `predict` does. Each sink has its own thread that reads
+the journal from its cursor and delivers at its own pace: a broker or PLC that is away holds back only its own
+sink, never the camera or the other sinks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -121,6 +124,23 @@ def batch_size_that_pays(detector, most: int) -> int:
     return most if best[most] < 0.9 * best[1] else 1
 
 
+def streams_twin(detector, cfg: StationConfig, has_shadow: bool):
+    """(the bundle compiled again for OpenVINO's throughput mode, how many calls run at once while parts wait).
+
+    ``cfg.parallel`` 0 takes OpenVINO's optimal number of requests for that graph (its streams: 2 on a 2-core PC);
+    1, a shadow bundle or a graph on another runtime or a model server: one call at a time, no twin."""
+    if cfg.parallel == 1 or has_shadow or getattr(detector.adapter, "name", "") != "openvino":
+        return None, 1
+    from ..runtime import load_detector
+
+    adapter = detector.adapter
+    twin = load_detector(detector.source, device=adapter.device, precision=adapter.requested_precision,
+                         hint="throughput", verify=False)
+    twin.image_threshold = detector.image_threshold
+    n = cfg.parallel or int(twin.adapter.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    return (twin, n) if n > 1 else (None, 1)
+
+
 class Station:
     """``Station(config, detector).start()``; :meth:`stop` drains and stops."""
 
@@ -147,6 +167,7 @@ class Station:
         self._infer = threading.Thread(target=self._run, name="fre-edge-inference", daemon=True)
         self.started = time.time()
         self.batch_size = batch_size_that_pays(detector, cfg.batch_size)
+        self.streams, self.parallel = streams_twin(detector, cfg, shadow is not None)
         self.drift = self._drift_watch()
         self.listeners: list = []  # callables(record, part, prediction) after each journaled record (the page)
 
@@ -167,43 +188,77 @@ class Station:
             except queue.Full:
                 self.skipped[part.source] += 1
 
-    def _run(self) -> None:
-        while True:
-            if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
-                self._swap()
+    def _take(self, wait: float) -> list[Part]:
+        """What waits in the queue, up to ``batch_size`` parts; the first waited for up to ``wait`` seconds."""
+        try:
+            batch = [self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()]
+        except queue.Empty:
+            return []
+        while len(batch) < self.batch_size:
             try:
-                first = self.queue.get(timeout=0.2)
+                batch.append(self.queue.get_nowait())
             except queue.Empty:
-                if self.stopping.is_set():
-                    return
-                continue
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._inspect(batch)
+                break
+        return batch
 
-    def _inspect(self, batch: list[Part]) -> None:
+    def _run(self) -> None:
+        if self.parallel <= 1:
+            while True:
+                if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
+                    self._swap()
+                batch = self._take(0.2)
+                if batch:
+                    self._inspect(batch, *self._score(batch, self.detector, self._shadow_detector()))
+                elif self.stopping.is_set():
+                    return
+        pending: deque = deque()  # (parts, future of their predictions), oldest first
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="fre-edge-infer") as pool:
+            while True:
+                if self._promote.is_set() and not pending:  # nothing in flight: no part is scored by neither bundle
+                    self._swap()
+                batch = self._take(0.0 if pending else 0.2)
+                if batch:
+                    busy = bool(pending) or not self.queue.empty()
+                    detector = self.streams if busy and self.streams is not None else self.detector
+                    pending.append((batch, pool.submit(self._score, batch, detector, self._shadow_detector())))
+                    if len(pending) < self.parallel:
+                        continue
+                if pending:
+                    done, future = pending.popleft()
+                    self._inspect(done, *future.result())
+                elif self.stopping.is_set():
+                    return
+
+    def _shadow_detector(self):
+        return None if self.shadow is None else self.shadow.detector
+
+    @staticmethod
+    def _score(batch: list[Part], detector, shadow) -> tuple[dict, dict]:
+        """({id(part): Prediction} of the live bundle, the same of the shadow bundle); a part the live bundle
+        could not score (a model server away, say) is left out with its ``error`` set."""
         ready = [p for p in batch if p.prepared is not None]
 
-        def predict(detector) -> dict:  # {id(part): Prediction}
-            return dict(zip(map(id, ready), detector.predict_prepared([p.prepared for p in ready])))
+        def predict(det) -> dict:
+            return dict(zip(map(id, ready), det.predict_prepared([p.prepared for p in ready])))
 
         try:
-            preds = predict(self.detector)
-        except FreEdgeError as exc:  # a model server away, say: these parts get an error verdict
+            preds = predict(detector)
+        except FreEdgeError as exc:
             log.error("inspection failed: %s", exc)
             preds = {}
             for p in ready:
                 p.error = str(exc)
         shadow_preds = {}
-        if self.shadow is not None and ready:
+        if shadow is not None and ready:
             try:
-                shadow_preds = predict(self.shadow.detector)
+                shadow_preds = predict(shadow)
             except FreEdgeError as exc:
                 log.error("shadow bundle: %s", exc)
+        return preds, shadow_preds
+
+    def _inspect(self, batch: list[Part], preds: dict, shadow_preds: dict) -> None:
+        """Journal each part's verdict in order, then tell its source, the listeners, the shadow and the drift
+        watch."""
         for part in batch:
             pred = preds.get(id(part))
             record = self._record(part, pred)
@@ -327,7 +382,7 @@ class Station:
         return {
             "station": self.name, "bundle": self.live_bundle, "bundle_version": self.version,
             "uptime_s": round(time.time() - self.started, 1),
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_size, "parallel": self.parallel,
             "sources": {s.cfg.name: {"type": s.cfg.type, "state": s.state, "parts": self.parts[s.cfg.name],
                                      "rejects": self.rejects[s.cfg.name], "errors": self.errors[s.cfg.name],
                                      "skipped": self.skipped[s.cfg.name], "last": self.last.get(s.cfg.name)}
