@@ -31,7 +31,7 @@ import numpy as np
 
 from ._bundles import bundle
 from ._common import DATASETS, environment, header_md, write
-from ._line import start_station
+from ._line import start_station, station_status
 
 TOPIC = "bench/line"
 
@@ -98,13 +98,15 @@ class Receipts:
 
 
 class StationProcess:
-    def __init__(self, bundle_dir: Path, folder: Path, work: Path, port: int, after: str = "keep"):
+    def __init__(self, bundle_dir: Path, folder: Path, work: Path, port: int, after: str = "keep", *extra):
         from fre_edge.serve.process import free_port
 
-        metrics = free_port()
+        self.metrics, self.folder = metrics, folder = free_port(), folder
+        folder.mkdir(exist_ok=True)
         self.proc = start_station([bundle_dir, "--source", f"folder:{folder}?after={after}", "--sink",
-                                   f"mqtt://127.0.0.1:{port}/{TOPIC}", "--journal", work / "journal", "--drain", "5",
-                                   "--metrics-port", metrics], metrics, work / "station.log")
+                                   f"mqtt://127.0.0.1:{port}/{TOPIC}", "--journal", work / f"journal-{folder.name}",
+                                   "--drain", "5", "--metrics-port", metrics, *extra], metrics,
+                                   work / f"station-{folder.name}.log")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -161,20 +163,31 @@ def steady(det, receipts, pictures, folder, args) -> dict:
             "per_round": per_round}
 
 
-def sustained(det, receipts, pictures, folder, n: int, prefix: str) -> dict:
-    """Drop ``n`` pictures as fast as the station takes them (at most 64 waiting); parts/s over the second half."""
-    sent = {}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sustained(det, receipts, pictures, folder, n: int, prefix: str, pid: int) -> dict:
+    """Drop ``n`` pictures as fast as the station takes them (at most 64 waiting); parts/s and the station's CPU
+    time per part over the second half."""
+    sent, cpu_half = {}, None
     for i in range(n):
         name = f"{prefix}{i:06d}.png"
         while i - receipts_done(receipts, prefix) >= 64:
             time.sleep(0.002)
+        if i == n // 2 + 64:  # about when the part named half is delivered
+            cpu_half = (cpu_seconds(pid), receipts_done(receipts, prefix))
         sent[name] = drop(pictures[i % len(pictures)], folder, name)
     names = sorted(sent)
     last = receipts.wait(names[-1], 120)
+    cpu_end = cpu_seconds(pid)
     half = names[n // 2]
     t_half = receipts.wait(half)
     return {"parts": n, "parts_per_s": (n - n // 2 - 1) / (last - t_half),
-            "first_half_parts_per_s": (n // 2) / (t_half - sent[names[0]])}
+            "first_half_parts_per_s": (n // 2) / (t_half - sent[names[0]]),
+            "station_cpu_ms_per_part": 1e3 * (cpu_end - cpu_half[0]) / (n - cpu_half[1])}
 
 
 def receipts_done(receipts, prefix: str) -> int:
@@ -186,16 +199,18 @@ def receipts_done(receipts, prefix: str) -> int:
 def runtime_rates(det, pictures, seconds: float = 5.0) -> dict:
     """The bundle's batch-1 FPS (graph alone, one request at a time) and pictures/s from the files."""
     x, _ = det.prepare(pictures[0])
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         det.infer_prepared(x[None])
         n += 1
     graph = n / (time.perf_counter() - t0)
+    graph_cpu_ms = 1e3 * (time.process_time() - c0) / n
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         det.predict(pictures[n % len(pictures)])
         n += 1
-    return {"graph_fps_batch1": graph, "predict_from_files_per_s": n / (time.perf_counter() - t0)}
+    return {"graph_fps_batch1": graph, "graph_cpu_ms_per_picture": graph_cpu_ms,
+            "predict_from_files_per_s": n / (time.perf_counter() - t0)}
 
 
 def main():
@@ -204,6 +219,7 @@ def main():
     ap.add_argument("--parts", type=int, default=60, help="parts per block at the steady rate")
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=600, help="parts for the highest sustained rate")
+    ap.add_argument("--burst-rounds", type=int, default=2, help="bursts per station and kind of picture")
     ap.add_argument("--soak", type=int, default=10000, help="parts for the memory run")
     args = ap.parse_args()
     from PIL import Image
@@ -228,18 +244,34 @@ def main():
     broker = Broker(work, port)
     receipts = Receipts(port)
     folder = work / "in"
-    folder.mkdir()
-    station = StationProcess(bundle_dir, folder, work, port, after="delete")
+    station = streams = None
     try:
+        station = StationProcess(bundle_dir, folder, work, port, "delete")
+        streams = StationProcess(bundle_dir, work / "in-streams", work, port, "delete", "--parallel", "0",
+                                 "--name", "streams")
         for p in bottle[:3]:  # the runtime's first calls compile its batch-1 graph: not part of any figure
             det.predict(p)
         drop(bottle[0], folder, "warm.png")
         receipts.wait("warm.png", 180)
+        status = station_status(station.metrics)
         result = {"environment": env, "bundle": bundle_dir.name, "input_size": list(side),
+                  "station": {"parallel": status["parallel"], "batch_size": status["batch_size"],
+                              "streams_parallel": station_status(streams.metrics)["parallel"]},
                   "steady": steady(det, receipts, bottle, folder, args)}
         rates = {"bottle_900px_png": runtime_rates(det, bottle), "input_size_png": runtime_rates(det, small)}
-        for key, pics, prefix in (("bottle_900px_png", bottle, "b"), ("input_size_png", small, "i")):
-            rates[key]["station"] = sustained(det, receipts, pics, folder, args.burst, prefix)
+        drop(bottle[0], work / "in-streams", "warm1.png")
+        receipts.wait("warm1.png", 180)
+        letters = iter("bcdefghijlmnopqr")  # one per burst (receipts count parts by their first letter)
+        for key, pics in (("bottle_900px_png", bottle), ("input_size_png", small)):
+            runs = {"station": [], "streams": []}
+            for r in range(args.burst_rounds):  # the two stations' bursts alternate, order flipped each round
+                for name in (("station", "streams") if r % 2 == 0 else ("streams", "station")):
+                    st = station if name == "station" else streams
+                    runs[name].append(sustained(det, receipts, pics, st.folder, args.burst, next(letters),
+                                                st.proc.pid))
+            for name, xs in runs.items():
+                rates[key][name] = {"rounds": xs, **{k: float(np.median([x[k] for x in xs])) for k in (
+                    "parts_per_s", "first_half_parts_per_s", "station_cpu_ms_per_part")}}
         result["sustained"] = rates
         rss = []
         t0 = time.perf_counter()
@@ -252,9 +284,11 @@ def main():
                 rss.append({"parts": i + 1, "rss_mb": station.rss_mb()})
         receipts.wait(f"k{args.soak - 1:06d}.png", 120)
         result["memory"] = {"parts": args.soak, "seconds": time.perf_counter() - t0, "rss": rss,
-                            "received": receipts_done(receipts, "k")}
+                            "received": receipts_done(receipts, "k"), "streams_station_rss_mb": streams.rss_mb()}
     finally:
-        station.stop()
+        for st in (station, streams):
+            if st is not None:
+                st.stop()
         receipts.close()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -279,24 +313,39 @@ def markdown(r: dict) -> str:
           + "; ".join(f"{x['bundle']['p50_ms']:.1f}/{x['bundle']['p99_ms']:.1f} | {x['station']['p50_ms']:.1f}/"
                       f"{x['station']['p99_ms']:.1f}" for x in s["per_round"]) + ".", "",
           "## Highest sustained rate, one source", "",
-          "| pictures | bundle batch-1 FPS (graph alone) | runtime from files, one thread, pictures/s | "
-          "station parts/s (second half) | station / batch-1 FPS | first half parts/s |", "|---|---|---|---|---|---|"]
+          f"The station with its defaults (one inference call at a time on the graph compiled for latency, batches "
+          f"of up to {r['station']['batch_size']} only where that was faster per part on this PC, here "
+          f"{r['station']['parallel']} call) against `--parallel 0` (a second station process beside it: while parts "
+          f"wait, {r['station']['streams_parallel']} calls at once on OpenVINO streams of the graph compiled again "
+          "for throughput; a lone part on the latency graph). Their bursts alternate, order flipped each round; "
+          "medians of the rounds. CPU ms per part: the station process's user + system time over the second half "
+          "(every thread: reading, inference, journal, MQTT); the graph's own process time at batch 1. Two cores' "
+          "ceiling for a station: 2000 / its CPU ms per part.", "",
+          "| pictures | bundle batch-1 FPS (graph alone) | graph CPU ms / picture | runtime from files, one thread, "
+          "pictures/s | station parts/s (rounds) | station / batch-1 FPS | station CPU ms / part (ceiling parts/s) "
+          "| `--parallel 0` parts/s (rounds) | `--parallel 0` / batch-1 FPS | `--parallel 0` CPU ms / part "
+          "(ceiling) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, label in (("bottle_900px_png", "bottle test PNGs, 900 px"), ("input_size_png", "PNGs at the input size")):
         x = r["sustained"][key]
-        md.append(f"| {label} | {x['graph_fps_batch1']:.1f} | {x['predict_from_files_per_s']:.1f} | "
-                  f"{x['station']['parts_per_s']:.1f} | {x['station']['parts_per_s'] / x['graph_fps_batch1']:.2f} | "
-                  f"{x['station']['first_half_parts_per_s']:.1f} |")
+        cells = []
+        for name in ("station", "streams"):
+            st = x[name]
+            rounds = ", ".join(f"{y['parts_per_s']:.0f}" for y in st["rounds"])
+            cells.append(f"{st['parts_per_s']:.1f} ({rounds}) | {st['parts_per_s'] / x['graph_fps_batch1']:.2f} | "
+                         f"{st['station_cpu_ms_per_part']:.1f} ({2000 / st['station_cpu_ms_per_part']:.0f})")
+        md.append(f"| {label} | {x['graph_fps_batch1']:.1f} | {x['graph_cpu_ms_per_picture']:.1f} | "
+                  f"{x['predict_from_files_per_s']:.1f} | {cells[0]} | {cells[1]} |")
     m = r["memory"]
     rss = m["rss"]
-    md += ["", "Goal: at least 0.8x the bundle's batch-1 FPS. The station reads and resizes each picture in its "
-           "source thread while the previous one is inferred (and batches parts that wait when that is faster per "
-           "part on this PC); on 2 cores reading a picture takes a core that inference would otherwise use, so the "
-           "runtime's own rate from the same files is the figure a station can approach.", "",
+    md += ["", "Goal: at least 0.8x the bundle's batch-1 FPS. On 2 cores the station's rate is bounded by its CPU time "
+           "per part: the graph's own time plus reading and resizing the picture, the journal and the MQTT message, "
+           "all on the same two cores as the benchmark's file copier, subscriber and broker.", "",
            f"## Memory over {m['parts']} parts ({m['seconds']:.0f} s, {m['received']} messages received)", "",
            "| parts | station RSS MB |", "|---|---|"] + [f"| {x['parts']} | {x['rss_mb']:.0f} |" for x in rss]
     if len(rss) >= 2:
         growth = rss[-1]["rss_mb"] - rss[0]["rss_mb"]
-        md += ["", f"From {rss[0]['parts']} to {rss[-1]['parts']} parts: {growth:+.0f} MB."]
+        md += ["", f"From {rss[0]['parts']} to {rss[-1]['parts']} parts: {growth:+.0f} MB. The `--parallel 0` "
+               f"station beside it (a second compiled graph): {m['streams_station_rss_mb']:.0f} MB."]
     return "\n".join(md) + "\n"
 
 

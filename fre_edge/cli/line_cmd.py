@@ -48,9 +48,9 @@ from .params import FiniteFloat, batch_size_option
 @batch_size_option(8, "Parts scored in one call when several are waiting (a lone part is never held back).",
                    maximum=64)
 @click.option("--parallel", type=click.IntRange(0, 16), default=None,
-              help="Inference calls at once while parts wait, on OpenVINO streams (default 0: OpenVINO's optimal "
-                   "number for this PC; 1: one at a time). A lone part always runs on the graph compiled for "
-                   "latency.")
+              help="Inference calls at once while parts wait, on OpenVINO streams of a second graph (0: OpenVINO's "
+                   "optimal number for this PC; default 1: one at a time). Pays when pictures are near the input "
+                   "size; a lone part always runs on the graph compiled for latency.")
 @click.option("--drain", "drain_s", type=FiniteFloat(0, 3600), default=10.0, show_default=True,
               help="On SIGTERM or Ctrl-C: seconds to deliver what waits before stopping (the rest stays in the "
                    "journal).")

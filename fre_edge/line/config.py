@@ -77,7 +77,7 @@ class StationConfig:
     metrics: str = ""  # HOST:PORT, or "" for none
     threshold: float | None = None
     batch_size: int = 8
-    parallel: int = 0  # calls run at once while parts wait; 0: OpenVINO's optimal number of requests
+    parallel: int = 1  # calls at once while parts wait; 0: OpenVINO's optimal number of requests
     drain_s: float = 10.0
     server: str | None = None  # run the graph on a model server (grpc://HOST:PORT or http://...)
     ui: str = ""  # HOST:PORT of the live page, or "" for none

@@ -3,11 +3,11 @@
 Parts from every source wait in one bounded queue; one inference thread takes what is waiting (up to
 ``batch_size`` parts, from any source, in one call of the graph: batching only when parts are already
 waiting, so a lone part is never held back), journals each verdict, then tells the source (a push request
-gets its answer, a folder's file is moved). While parts wait, up to ``parallel`` calls run at once (OpenVINO
-streams of a second compiled graph, its throughput mode) and their verdicts are journaled in the parts' order;
-a lone part runs on the graph compiled for latency, as `predict` does. Each sink has its own thread that reads
-the journal from its cursor and delivers at its own pace: a broker or PLC that is away holds back only its own
-sink, never the camera or the other sinks.
+gets its answer, a folder's file is moved). With ``parallel`` above 1, while parts wait, that many calls run at
+once (OpenVINO streams of a second compiled graph, its throughput mode) and their verdicts are journaled in the
+parts' order; a lone part runs on the graph compiled for latency, as `predict` does. Each sink has its own
+thread that reads the journal from its cursor and delivers at its own pace: a broker or PLC that is away holds
+back only its own sink, never the camera or the other sinks.
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ def batch_size_that_pays(detector, most: int) -> int:
 def streams_twin(detector, cfg: StationConfig, has_shadow: bool):
     """(the bundle compiled again for OpenVINO's throughput mode, how many calls run at once while parts wait).
 
-    ``cfg.parallel`` 0 takes OpenVINO's optimal number of requests for that graph (its streams: 2 on a 2-core PC);
-    1, a shadow bundle or a graph on another runtime or a model server: one call at a time, no twin."""
+    ``cfg.parallel`` 0 takes OpenVINO's optimal number of requests for that graph (its streams: 2 on a 2-core PC).
+    1 (the default), a shadow bundle or a graph on another runtime or a model server: one call at a time, no twin.
+    More than one pays where reading a picture is cheap against inferring it (pictures near the input size); where
+    reading dominates (large PNGs) the two graphs cost more than they give (benchmarks/results/line_station.md)."""
     if cfg.parallel == 1 or has_shadow or getattr(detector.adapter, "name", "") != "openvino":
         return None, 1
     from ..runtime import load_detector
@@ -217,12 +219,16 @@ class Station:
                 if self._promote.is_set() and not pending:  # nothing in flight: no part is scored by neither bundle
                     self._swap()
                 batch = self._take(0.0 if pending else 0.2)
-                if batch:
-                    busy = bool(pending) or not self.queue.empty()
-                    detector = self.streams if busy and self.streams is not None else self.detector
-                    pending.append((batch, pool.submit(self._score, batch, detector, self._shadow_detector())))
+                if batch and not self.queue.empty():  # a backlog: reading keeps ahead of inference, streams pay
+                    pending.append((batch, pool.submit(self._score, batch, self.streams, self._shadow_detector())))
                     if len(pending) < self.parallel:
                         continue
+                elif batch:  # no backlog: the latency graph, after what is in flight (the parts' order)
+                    while pending:
+                        done, future = pending.popleft()
+                        self._inspect(done, *future.result())
+                    self._inspect(batch, *self._score(batch, self.detector, self._shadow_detector()))
+                    continue
                 if pending:
                     done, future = pending.popleft()
                     self._inspect(done, *future.result())
