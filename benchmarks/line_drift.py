@@ -123,8 +123,9 @@ def markdown(r: dict) -> str:
     u = r["unchanged"]
     md = ["# The drift watch on real pictures", "", header_md(r["environment"]),
           f"Lite0 bundle fitted on MVTec bottle; its {r['pictures']} good test pictures replayed at random, one a "
-          f"part; the watch's baseline from the first {r['baseline']} parts (`fre_edge/line/drift.py`: CUSUM, "
-          f"k = 0.2, alarm at 35); {r['seeds']} seeds per row.", "",
+          f"part; the watch's baseline from the first {r['baseline']} parts (`fre_edge/line/drift.py`: a CUSUM on "
+          "the clipped standardised log-score, k = 0.2, alarm at 35, and a Bernoulli CUSUM on the share above the "
+          f"baseline's 97th percentile, p0 against 2 p0, alarm at 13); {r['seeds']} seeds per row.", "",
           f"Unchanged line, {u['parts']} parts after the baseline: **{u['alarms']} alarm(s)** in {r['seeds']} "
           f"replays ({r['seeds'] * u['parts']} parts).", "",
           f"Gradual change over {r['ramp_parts']} parts, paced to double the false-reject rate three quarters of "

@@ -40,6 +40,7 @@ def test_unchanged_replay_of_5000_parts_raises_no_alarm(detector, good):
     assert replay(watch, scores_at(detector, good, "brightness", [0.0]), BASELINE_PARTS, 5000, seed=0) is None
     st = watch.status()
     assert st["state"] == "watching" and st["parts_watched"] == 5000 and st["statistic"] < watch.h
+    assert st["tail_statistic"] < watch.tail_h
 
 
 @pytest.mark.parametrize("kind", ["brightness", "contrast", "blur", "shift"])

@@ -15,11 +15,20 @@ creep up, and the first sign would otherwise be a pile of false rejects. The sta
    a few rejects), is z; it feeds a one-sided CUSUM, S = max(0, S + z - k) with k = 0.2; the alarm is
    S > h with h = 35.
 
+3. **Tail**: beside it, a Bernoulli CUSUM on the share of parts above the baseline's 97th percentile of
+   log-scores (p0, the baseline's own share there, about 0.03): B = max(0, B + log 2 if above else
+   log((1 - 2 p0)/(1 - p0))), testing p0 against 2 p0; the alarm is also B > 13.
+
 Why: a drift that doubles the nominal 1% false-reject rate of a log-normal score moves its log by 0.27
 spreads; a CUSUM is the fastest test for a persistent shift at a given false-alarm rate. The figures of
 k and h come from simulating z ~ N(mu, 1) with a baseline of 1,000 parts off by one standard error
 (mu = 0.056): about 0.5% chance of an alarm in 5,000 unchanged parts; for a linear drift reaching 0.27
-spreads at part T, an alarm before T in 82% of runs for T = 3,000 and 98% for T = 6,000.
+spreads at part T, an alarm before T in 82% of runs for T = 3,000 and 98% for T = 6,000. Some changes
+(blur) hardly move the typical part while the top of the scores climbs: false rejects are the share above a
+threshold high in the good scores, so the tail test watches that share directly, near where false rejects
+begin yet with enough parts above it to count (3 in 100). Its level 13 comes the same way: Bernoulli draws
+with the baseline's share off by one standard error (0.0054 at 0.03 over 1,000 parts): about 0.6% chance of
+an alarm in 5,000 unchanged parts (0.0% with the share exact).
 ``tests/test_drift.py`` replays real pictures through a real bundle: no alarm in 5,000 unchanged parts,
 and an alarm before the false-reject rate doubles under a gradual change of brightness, contrast, blur and
 camera position. Once raised, the alarm stays until the station
@@ -37,6 +46,7 @@ import numpy as np
 
 BASELINE_PARTS = 1000
 K, H = 0.2, 35.0
+TAIL_QUANTILE, TAIL_RATIO, TAIL_H = 0.97, 2.0, 13.0
 RECENT = 200
 
 
@@ -44,7 +54,7 @@ class DriftWatch:
     def __init__(self, threshold: float, reference: list[float] | None = None, *, baseline_parts: int = BASELINE_PARTS,
                  k: float = K, h: float = H):
         self.threshold, self.reference = float(threshold), list(reference or [])
-        self.baseline_parts, self.k, self.h = int(baseline_parts), float(k), float(h)
+        self.baseline_parts, self.k, self.h, self.tail_h = int(baseline_parts), float(k), float(h), TAIL_H
         self.reset()
 
     def reset(self) -> None:
@@ -52,6 +62,7 @@ class DriftWatch:
         self.median = self.spread = None
         self.baseline_above = None
         self.cusum, self.watched, self.alarm_at, self.alarm = 0.0, 0, None, None
+        self.tail_cusum, self.tail_log, self.tail_steps = 0.0, None, (0.0, 0.0)
         self.recent = deque(maxlen=RECENT)
         self.recent_above = deque(maxlen=RECENT)
 
@@ -75,6 +86,10 @@ class DriftWatch:
                 # the clipped z's own mean and spread on the baseline: zero and one there, whatever the shape
                 self.center, self.scale = float(clipped.mean()), float(clipped.std()) or 1.0
                 self.baseline_above = float(np.mean(a > math.log(self.threshold)))
+                self.tail_log = float(np.quantile(a, TAIL_QUANTILE))
+                p0 = min(max(float(np.mean(a > self.tail_log)), 1.0 / len(a)), 0.4)
+                p1 = TAIL_RATIO * p0
+                self.tail_steps = (math.log(p1 / p0), math.log((1 - p1) / (1 - p0)))
                 self._learning = []
             return None
         z = (min(3.0, max(-3.0, (log - self.median) / self.spread)) - self.center) / self.scale
@@ -82,9 +97,10 @@ class DriftWatch:
         self.recent_above.append(score > self.threshold)
         self.watched += 1
         self.cusum = max(0.0, self.cusum + z - self.k)
-        if self.alarm is None and self.cusum > self.h:
+        self.tail_cusum = max(0.0, self.tail_cusum + self.tail_steps[0 if log > self.tail_log else 1])
+        if self.alarm is None and (self.cusum > self.h or self.tail_cusum > self.tail_h):
             self.alarm_at = time.time()
-            self.alarm = self.what_moved()
+            self.alarm = {**self.what_moved(), "test": "level" if self.cusum > self.h else "tail"}
             return {"kind": "drift", **self.alarm}
         return None
 
@@ -92,10 +108,12 @@ class DriftWatch:
         return {"shift_spreads": float(np.mean(self.recent)) if self.recent else 0.0,
                 "share_above_threshold": float(np.mean(self.recent_above)) if self.recent_above else 0.0,
                 "baseline_share_above_threshold": self.baseline_above, "parts_watched": self.watched,
-                "statistic": self.cusum, "alarm_level": self.h}
+                "statistic": self.cusum, "alarm_level": self.h, "tail_statistic": self.tail_cusum,
+                "tail_alarm_level": self.tail_h}
 
     def status(self) -> dict:
         out = {"state": self.state, "statistic": round(self.cusum, 3), "alarm_level": self.h, "k": self.k,
+               "tail_statistic": round(self.tail_cusum, 3), "tail_alarm_level": self.tail_h,
                "baseline_parts": self.baseline_parts, "parts_learned": len(self._learning) if self.median is None
                else self.baseline_parts, "parts_watched": self.watched}
         if self.median is not None:

@@ -283,9 +283,9 @@ class Station:
                 self.shadow.compare(record, shadow_preds[id(part)])
             alarm = self.drift.add(record["score"]) if self.cfg.drift else None
             if alarm:  # journaled like a verdict: every sink tells its peer, in order
-                log.warning("station %s: drift: good parts score %.2f spreads higher than the line's baseline; "
-                            "%.1f%% of the last parts above the threshold (baseline %.1f%%)", self.name,
-                            alarm["shift_spreads"], 100 * alarm["share_above_threshold"],
+                log.warning("station %s: drift (%s test): good parts score %.2f spreads higher than the line's "
+                            "baseline; %.1f%% of the last parts above the threshold (baseline %.1f%%)", self.name,
+                            alarm["test"], alarm["shift_spreads"], 100 * alarm["share_above_threshold"],
                             100 * (alarm["baseline_share_above_threshold"] or 0))
                 alarm_record = self.journal.append({**alarm, "time": now_iso(), "source": "station",
                                                     "bundle_version": self.version})
@@ -400,6 +400,7 @@ class Station:
                       for w in self.workers},
             "journal": {"folder": str(self.journal.folder), "last_seq": self.journal.last_seq},
             "drift": self.drift.status() if self.cfg.drift else {"state": "off", "statistic": 0.0,
-                                                                 "alarm_level": self.drift.h},
+                                                                 "alarm_level": self.drift.h, "tail_statistic": 0.0,
+                                                                 "tail_alarm_level": self.drift.tail_h},
             "shadow": None if self.shadow is None else self.shadow.status(),
         }
