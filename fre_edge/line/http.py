@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..errors import FreEdgeError
 
 
-def respond(req, status: int, body: bytes, kind: str = "application/json") -> None:
-    """One whole answer: status, type, length, no caching (everything served is live)."""
+def respond(req, status: int, body: bytes, kind: str = "application/json", cache: str = "no-store") -> None:
+    """One whole answer: status, type, length, and no caching unless told (what is served is live, but for what
+    never changes, such as a part's picture)."""
     req.send_response(status)
     req.send_header("Content-Type", kind)
     req.send_header("Content-Length", str(len(body)))
-    req.send_header("Cache-Control", "no-store")
+    req.send_header("Cache-Control", cache)
     req.end_headers()
     req.wfile.write(body)
 

@@ -40,6 +40,7 @@ class LivePage:
             raise FreEdgeError(f"--ui {host}:{port} opens the page to the network; set FRE_EDGE_UI_TOKEN so that "
                                f"marking parts needs it, or use 127.0.0.1")
         self.parts: OrderedDict[int, tuple] = OrderedDict()  # seq -> (record, picture RGB, model map)
+        self.drawn: dict[int, bytes] = {}  # seq -> its heatmap panel as JPEG, once a page asked for it
         self.lock = threading.Lock()
         self.clients: list[queue.Queue] = []
         self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
@@ -57,7 +58,7 @@ class LivePage:
             with self.lock:
                 self.parts[record["seq"]] = (record, seen, None if pred is None else pred.model_map, part.image)
                 while len(self.parts) > KEEP_PARTS:
-                    self.parts.popitem(last=False)
+                    self.drawn.pop(self.parts.popitem(last=False)[0], None)
                 self.scores.append((record["seq"], record.get("score"), record.get("verdict")))
                 del self.scores[:-500]
         event = "drift" if record.get("kind") == "drift" else "part"
@@ -92,7 +93,7 @@ class LivePage:
             jpeg = self.picture(int(seq)) if seq.isdigit() else None
             if jpeg is None:
                 return respond_json(req, 404, {"error": "no picture of that part (only the latest are kept)"})
-            return respond(req, 200, jpeg, "image/jpeg")
+            return respond(req, 200, jpeg, "image/jpeg", cache="private, max-age=600, immutable")  # never changes
         respond_json(req, 404, {"error": "not found; the page is at /"})
 
     def events(self, req) -> None:
@@ -110,10 +111,15 @@ class LivePage:
             req.wfile.flush()
             while not self.stopping.is_set():
                 try:
-                    text = q.get(timeout=15)
+                    texts = [q.get(timeout=15)]
                 except queue.Empty:
-                    text = b": keep-alive\n\n"
-                req.wfile.write(text)
+                    texts = [b": keep-alive\n\n"]
+                while len(texts) < 64:  # what else waits goes in the same write: one system call a burst
+                    try:
+                        texts.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                req.wfile.write(b"".join(texts))
                 req.wfile.flush()
         except OSError:
             pass
@@ -122,8 +128,12 @@ class LivePage:
                 self.clients.remove(q)
 
     def picture(self, seq: int) -> bytes | None:
+        """The part's heatmap panel as JPEG, drawn the first time a page asks for it and kept with the part."""
         with self.lock:
             item = self.parts.get(seq)
+            drawn = self.drawn.get(seq)
+        if drawn is not None:
+            return drawn
         if item is None or item[1] is None:
             return None
         from ..visualize import jpeg_bytes, picture_title, scaled_panel
@@ -131,11 +141,15 @@ class LivePage:
         record, image, model_map, _ = item
         anomalous = record.get("verdict") == "anomalous"
         try:
-            return jpeg_bytes(scaled_panel(
+            jpeg = jpeg_bytes(scaled_panel(
                 image, model_map, self.station.detector.pixel_threshold, max_side=320, anomalous=anomalous,
                 title=picture_title(record.get("part", ""), record["score"], record["threshold"], anomalous)))
         except FreEdgeError:  # the file is gone or unreadable now
             return None
+        with self.lock:
+            if seq in self.parts:
+                self.drawn[seq] = jpeg
+        return jpeg
 
     def post(self, req) -> None:
         path = req.path.split("?")[0]
@@ -228,7 +242,8 @@ function draw(){
   const l = status.latency_ms; $("lat").textContent = l.p50 == null ? "" :
     `latency p50 ${l.p50.toFixed(1)} ms, p99 ${l.p99.toFixed(1)} ms`;
   const d = status.drift; $("drift").textContent = d.state + (d.state === "learning" ?
-    ` (${d.parts_learned}/${d.baseline_parts})` : ` (statistic ${d.statistic.toFixed(1)} / ${d.alarm_level})`);
+    ` (${d.parts_learned}/${d.baseline_parts})` : ` (level ${d.statistic.toFixed(1)} / ${d.alarm_level}, ` +
+    `tail ${d.tail_statistic.toFixed(1)} / ${d.tail_alarm_level})`);
   $("drift").className = d.state === "drift" ? "bad" : "ok";
   $("sources").innerHTML = "<tr><th>source</th><th>parts</th><th>rejects</th><th>rate</th><th>state</th></tr>" +
     Object.entries(status.sources).map(([n, s]) => `<tr><td>${esc(n)}</td><td>${s.parts}</td><td>${s.rejects}</td>
