@@ -45,9 +45,9 @@ def prometheus(status: dict, journal_dropped: dict) -> str:
         metric("fre_edge_line_drift_alarm_level", "gauge", "Where the drift alarm is raised.", [({}, d["alarm_level"])])
         metric("fre_edge_line_drift_tail_statistic", "gauge", "The drift watch's CUSUM on the share of parts in the "
                "baseline's top 3% (alarm above fre_edge_line_drift_tail_alarm_level).",
-               [({}, d.get("tail_statistic", 0.0))])
+               [({}, d["tail_statistic"])])
         metric("fre_edge_line_drift_tail_alarm_level", "gauge", "Where the tail test raises the drift alarm.",
-               [({}, d.get("tail_alarm_level", 0.0))])
+               [({}, d["tail_alarm_level"])])
         metric("fre_edge_line_drift_alarm", "gauge", "1 once good parts have drifted (until restart).",
                [({}, int(d["state"] == "drift"))])
     return "\n".join(lines) + "\n"

@@ -204,22 +204,14 @@ class Station:
         return batch
 
     def _run(self) -> None:
-        if self.parallel <= 1:
-            while True:
-                if self._promote.is_set():  # between two inference calls: no part is scored by neither bundle
-                    self._swap()
-                batch = self._take(0.2)
-                if batch:
-                    self._inspect(batch, *self._score(batch, self.detector, self._shadow_detector()))
-                elif self.stopping.is_set():
-                    return
         pending: deque = deque()  # (parts, future of their predictions), oldest first
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="fre-edge-infer") as pool:
+        pool = None if self.streams is None else ThreadPoolExecutor(self.parallel, thread_name_prefix="fre-edge-infer")
+        try:
             while True:
                 if self._promote.is_set() and not pending:  # nothing in flight: no part is scored by neither bundle
                     self._swap()
                 batch = self._take(0.0 if pending else 0.2)
-                if batch and not self.queue.empty():  # a backlog: reading keeps ahead of inference, streams pay
+                if batch and pool is not None and not self.queue.empty():  # a backlog: the streams pay
                     pending.append((batch, pool.submit(self._score, batch, self.streams, self._shadow_detector())))
                     if len(pending) < self.parallel:
                         continue
@@ -234,6 +226,9 @@ class Station:
                     self._inspect(done, *future.result())
                 elif self.stopping.is_set():
                     return
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     def _shadow_detector(self):
         return None if self.shadow is None else self.shadow.detector
