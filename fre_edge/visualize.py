@@ -7,6 +7,7 @@ Every panel draws that scale under its heatmap and labels its columns.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +72,25 @@ def panel(image: np.ndarray, amap: np.ndarray, vmax: float, *, mask: np.ndarray 
     h = image.shape[0]
     strip = np.concatenate([t if t.shape[0] == h else np.asarray(Image.fromarray(t).resize((t.shape[1], h)))
                             for t in tiles], axis=1)
+    canvas = _frame(h, tuple(t.shape[1] for t in tiles), tuple(labels), float(vmax)).copy()
+    canvas.paste(Image.fromarray(strip), (0, TITLE_H + LABEL_H))
+    if title:
+        ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0))
+    return canvas
+
+
+@lru_cache(maxsize=16)
+def _frame(h: int, widths: tuple[int, ...], labels: tuple[str, ...], vmax: float) -> Image.Image:
+    """A panel without its pictures and title: the columns' labels and the colour scale, the same for every
+    picture of one size and model, so it is drawn once (text is most of a panel's drawing time)."""
     top = TITLE_H + LABEL_H
-    canvas = Image.new("RGB", (strip.shape[1], top + h + SCALE_H), (255, 255, 255))
-    canvas.paste(Image.fromarray(strip), (0, top))
+    canvas = Image.new("RGB", (sum(widths), top + h + SCALE_H), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 3), title, fill=(0, 0, 0))
     x = 0
-    for t, label in zip(tiles, labels):
+    for w, label in zip(widths, labels):
         draw.text((x + 4, TITLE_H), label, fill=(60, 60, 60))
-        x += t.shape[1]
-    heat_x, heat_w = sum(t.shape[1] for t in tiles[:-2]), tiles[-2].shape[1]
+        x += w
+    heat_x, heat_w = sum(widths[:-2]), widths[-2]
     _colour_scale(canvas, draw, heat_x + 4, top + h + 3, max(heat_w - 8, 16), vmax / 2)
     return canvas
 

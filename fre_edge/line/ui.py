@@ -30,6 +30,8 @@ from .http import HttpService, respond, respond_json, respond_promote
 
 KEEP_PARTS = 24  # the latest parts whose pictures the page can show and an operator can mark
 CLIENTS = 16  # server-sent event streams at once
+EVENTS_EVERY = 0.1  # seconds between two writes of a page's event stream: at most ten a second, whatever the rate
+EVENTS_WAITING = 4096  # events kept for a page between writes (a page that stops reading misses the newest)
 
 
 class LivePage:
@@ -65,6 +67,8 @@ class LivePage:
         self.broadcast(event, record)
 
     def broadcast(self, event: str, data: dict) -> None:
+        if not self.clients:  # nobody watching: nothing to encode
+            return
         text = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
         with self.lock:
             for q in self.clients:
@@ -97,7 +101,7 @@ class LivePage:
         respond_json(req, 404, {"error": "not found; the page is at /"})
 
     def events(self, req) -> None:
-        q: queue.Queue = queue.Queue(256)
+        q: queue.Queue = queue.Queue(EVENTS_WAITING)
         with self.lock:
             if len(self.clients) >= CLIENTS:
                 return respond_json(req, 503, {"error": f"at most {CLIENTS} pages at once"})
@@ -114,13 +118,15 @@ class LivePage:
                     texts = [q.get(timeout=15)]
                 except queue.Empty:
                     texts = [b": keep-alive\n\n"]
-                while len(texts) < 64:  # what else waits goes in the same write: one system call a burst
+                while True:  # what else waits goes in the same write
                     try:
                         texts.append(q.get_nowait())
                     except queue.Empty:
                         break
                 req.wfile.write(b"".join(texts))
                 req.wfile.flush()
+                # then a pause, so that a fast line's events go out in a few writes a second, not one a part
+                self.stopping.wait(EVENTS_EVERY)
         except OSError:
             pass
         finally:
@@ -136,14 +142,14 @@ class LivePage:
             return drawn
         if item is None or item[1] is None:
             return None
-        from ..visualize import jpeg_bytes, picture_title, scaled_panel
+        from ..visualize import jpeg_bytes, scaled_panel
 
         record, image, model_map, _ = item
         anomalous = record.get("verdict") == "anomalous"
-        try:
+        try:  # untitled: the page writes the part, its score and verdict beside it (a title is a third of the work)
             jpeg = jpeg_bytes(scaled_panel(
                 image, model_map, self.station.detector.pixel_threshold, max_side=320, anomalous=anomalous,
-                title=picture_title(record.get("part", ""), record["score"], record["threshold"], anomalous)))
+                title=""))
         except FreEdgeError:  # the file is gone or unreadable now
             return None
         with self.lock:
@@ -260,8 +266,10 @@ function draw(){
     ${d.shadow.score.toPrecision(5)}</small></div>`).join("") + `<div><button onclick="promote()">promote the
     shadow bundle</button></div>`;
   const parts = status.latest_parts.slice().reverse();
+  if(parts.length) drawn.add(parts[0].seq);  // one new picture a refresh: at most two a second, however fast the line
+  for(const seq of drawn) if(!parts.some(r => r.seq === seq)) drawn.delete(seq);
   $("parts").innerHTML = parts.map((r, i) => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
-    ${i < PICTURES ? `<img src="/parts/${r.seq}.jpg" alt="">` : ""}
+    ${i < PICTURES && drawn.has(r.seq) ? `<img src="/parts/${r.seq}.jpg" alt="">` : ""}
     <div><span class="v ${r.verdict === "good" ? "ok" : "bad"}">${esc(r.verdict)}</span>
     ${r.score == null ? "" : r.score.toPrecision(6)} <small>${esc(r.source)} ${esc(r.part)}</small></div>
     <button onclick="mark(${r.seq},'good')">mark good</button>
@@ -294,7 +302,8 @@ async function promote(){
     (await r.json()).error;
   soon();
 }
-const PICTURES = 3;  // the newest parts drawn with their heatmaps: the page stays light on a fast line
+const PICTURES = 3;  // the newest parts shown with their heatmaps, each the newest at some refresh (cached)
+const drawn = new Set();
 let last = 0, timer = null;  // at most two refreshes a second, the first at once
 function soon(){ if(timer) return; timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); },
   Math.max(0, last + 500 - Date.now())); }
