@@ -49,33 +49,34 @@ def _tag(dataset: str, settings: dict) -> str:
 SCORE_HEAD_ONLY = {"map_layers": (), "position_free": "off"}
 
 
-def _settings(backbone: str, single: bool) -> dict:
-    return {**BACKBONES[backbone], **(SCORE_HEAD_ONLY if single else {})}
+def _settings(backbone: str, single: bool, fit: dict | None = None) -> dict:
+    return {**BACKBONES[backbone], **(SCORE_HEAD_ONLY if single else {}), **(fit or {})}
 
 
-def fitted_model(backbone: str, dataset: str = "mvtec_bottle", single: bool = False):
-    """The backbone's model fitted on ``dataset`` with fre-edge's defaults (``single``: SCORE_HEAD_ONLY)."""
+def fitted_model(backbone: str, dataset: str = "mvtec_bottle", single: bool = False, fit: dict | None = None):
+    """The backbone's model fitted on ``dataset`` with fre-edge's defaults (``single``: SCORE_HEAD_ONLY; ``fit``:
+    other FitConfig settings)."""
     from fre_edge.fit.data import read_dataset
     from fre_edge.fit import FitConfig, fit_fre
     from fre_edge.fit.persist import load_model, save_model
 
-    model_dir = WORK / f"{backbone}{_tag(dataset, _settings(backbone, single))}_model"
+    model_dir = WORK / f"{backbone}{_tag(dataset, _settings(backbone, single, fit))}_model"
     if (model_dir / "model.json").is_file():
         return load_model(model_dir)
     ds = read_dataset(DATASETS / dataset)
-    cfg = FitConfig(backbone=backbone, **_settings(backbone, single))
+    cfg = FitConfig(backbone=backbone, **_settings(backbone, single, fit))
     fitted = fit_fre([s.path for s in ds.train], cfg, progress=False, data_summary=ds.summary())
     save_model(fitted, model_dir, force=True)
     return fitted
 
 
 def bundle(backbone: str, suffix: str = "", dataset: str = "mvtec_bottle", single: bool = False,
-           **export_kwargs) -> Path:
+           fit: dict | None = None, **export_kwargs) -> Path:
     from fre_edge.export import export_bundle
 
-    out = WORK / f"{backbone}{_tag(dataset, {**_settings(backbone, single), **export_kwargs})}_bundle{suffix}"
+    out = WORK / f"{backbone}{_tag(dataset, {**_settings(backbone, single, fit), **export_kwargs})}_bundle{suffix}"
     if not (out / "manifest.json").is_file():
-        export_bundle(fitted_model(backbone, dataset, single), out, force=True, **export_kwargs)
+        export_bundle(fitted_model(backbone, dataset, single, fit), out, force=True, **export_kwargs)
     return out
 
 

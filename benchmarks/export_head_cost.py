@@ -141,8 +141,9 @@ def main():
                      "ratio_per_round": ratios})
         print({k: v for k, v in rows[-1].items() if k != "ratio_per_round"}, file=sys.stderr)
     default_rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:  # every head of the default graph
-        path = bundle("efficientnet_lite0")
+    for batch, fit in [(int(b), f) for f in (None, {"position_free": "on"})
+                       for b in args.batches.split(",")]:  # every head of the default graph; with a position-free one
+        path = bundle("efficientnet_lite0", fit=fit)
         full = load_detector(path, precision="f32", hint="latency", batch=batch)
         bb = load_backbone_only(path, precision="f32", hint="latency", batch=batch)
         x = np.random.default_rng(0).integers(0, 256, (batch, *full.input_size, 3), dtype=np.uint8)
@@ -151,7 +152,7 @@ def main():
         spread = ratio_spread(per_round, "full", "backbone")
         med = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
         m = full.metadata
-        default_rows.append({"backbone": "efficientnet_lite0", "batch": batch, "layers": m["layers"],
+        default_rows.append({"backbone": "efficientnet_lite0", "batch": batch, "fit": fit or {}, "layers": m["layers"],
                              "map_layers": m.get("map_layers"),
                              "image_score_rule": (m.get("image_score") or {}).get("rule"),
                              "heads": len(m["n_components"]), "n_components": m["n_components"],
@@ -224,13 +225,14 @@ def render(data: dict) -> str:
         md += ["", "## Every head of the default graph", "",
                "The default Lite0 bundle (MVTec bottle): the score's head, the map's own heads and the "
                "position-free head where the fit kept it (rule `position_free`; bottle's aligned pictures keep "
-               "`global`), against the same graph cut where its features enter "
-               "the heads; same rounds and blocks as above.", "",
+               "`global`, so the rows with `--position-free on` show that head's cost too), against the same "
+               "graph cut where its features enter the heads; same rounds and blocks as above.", "",
                "| batch | score layer | map layers | image score rule | heads (k) | backbone-only ms | full graph ms "
                "| ratio | per-round quartiles |", "|---|---|---|---|---|---|---|---|---|"]
         for r in data["default_graph"]:
             md.append(f"| {r['batch']} | {','.join(r['layers'])} | {','.join(r['map_layers'] or []) or '-'} | "
-                      f"{r['image_score_rule']} | {r['heads']} ({','.join(map(str, r['n_components']))}) | "
+                      f"{r['image_score_rule']} | {r['heads']} ({','.join(map(str, r['n_components']))})"
+                      f"{' + position-free' if 'position-free' in (r['image_score_rule'] or '') else ''} | "
                       f"{r['backbone_median_ms']:.2f} | {r['full_median_ms']:.2f} | {r['ratio']:.3f} | "
                       f"{r['ratio_round_quartiles'][0]:.3f}-{r['ratio_round_quartiles'][1]:.3f} |")
     return "\n".join(md) + "\n"
