@@ -221,7 +221,7 @@ header h1{font-size:18px;margin:0} .ok{color:#2e7d32} .bad{color:#c62828} .warn{
 main{display:grid;grid-template-columns:2fr 1fr;gap:12px;padding:12px}
 section{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 2px #0002}
 h2{font-size:14px;margin:0 0 8px} table{border-collapse:collapse;width:100%} td,th{padding:3px 6px;text-align:left}
-#parts{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:8px}
+#parts{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:8px;align-items:start}
 .part{border:2px solid #ddd;border-radius:4px;padding:4px} .part.anomalous{border-color:#c62828}
 .part img{width:100%;display:block;min-height:60px;background:#eee} .part .v{font-weight:600}
 button{margin:2px 4px 0 0} #drift{font-weight:600}
@@ -268,8 +268,9 @@ function draw(){
   const parts = status.latest_parts.slice().reverse();
   if(parts.length) drawn.add(parts[0].seq);  // one new picture a refresh: at most two a second, however fast the line
   for(const seq of drawn) if(!parts.some(r => r.seq === seq)) drawn.delete(seq);
-  $("parts").innerHTML = parts.map((r, i) => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
-    ${i < PICTURES && drawn.has(r.seq) ? `<img src="/parts/${r.seq}.jpg" alt="">` : ""}
+  let shown = 0;  // pictures on the page: the newest PICTURES parts that were drawn
+  $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
+    ${drawn.has(r.seq) && shown++ < PICTURES ? `<img src="/parts/${r.seq}.jpg" alt="">` : ""}
     <div><span class="v ${r.verdict === "good" ? "ok" : "bad"}">${esc(r.verdict)}</span>
     ${r.score == null ? "" : r.score.toPrecision(6)} <small>${esc(r.source)} ${esc(r.part)}</small></div>
     <button onclick="mark(${r.seq},'good')">mark good</button>
@@ -302,7 +303,7 @@ async function promote(){
     (await r.json()).error;
   soon();
 }
-const PICTURES = 3;  // the newest parts shown with their heatmaps, each the newest at some refresh (cached)
+const PICTURES = 3;  // parts shown with their heatmaps: the newest part at each refresh (pictures cached)
 const drawn = new Set();
 let last = 0, timer = null;  // at most two refreshes a second, the first at once
 function soon(){ if(timer) return; timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); },
