@@ -19,8 +19,10 @@ from fre_edge.fit.pca import Moments
 from fre_edge.fit.thresholds import TopValues
 from fre_edge.serve.process import fre_edge_cmd
 
-# what a streamed fit makes: one subspace for score and map (no map heads, no position-free score)
+# one subspace for score and map (no map heads, no position-free score)
 SINGLE = {"map_layers": (), "position_free": "off"}
+# what a streamed fit makes of the defaults: the map's own heads, the global image score
+STREAMED = {"position_free": "off"}
 
 
 def _have_dask() -> bool:
@@ -99,11 +101,32 @@ def test_streamed_fit_equals_the_in_memory_fit_on_the_sample_with_two_layers(sam
 def test_streamed_fit_equals_the_in_memory_fit_on_magnetic_tile(mtd_root):
     ds = read_dataset(mtd_root)
     train = [s.path for s in ds.train[::3]]  # 254 of the 762: all of them only costs time
-    held = fit_fre(train, FitConfig(pool=4, **SINGLE), progress=False)
+    held = fit_fre(train, FitConfig(pool=4, **STREAMED), progress=False)
     streamed = fit_fre(train, FitConfig(pool=4, strategy="covariance"), progress=False)
-    assert "the map comes from the score's subspace" in streamed.info["warnings"][0]
-    assert held.info["strategies"] == ["gram"] and streamed.info["strategies"] == ["covariance"]
+    assert "the image score is the global FRE" in streamed.info["warnings"][0]
+    # the map's own heads from a sample of the fitting pictures (here all of them: fewer than MAP_SAMPLE)
+    assert held.info["strategies"] == ["gram"] * 3 and streamed.info["strategies"] == ["covariance", "gram", "gram"]
+    assert streamed.config.map_layers == held.config.map_layers == ("blocks.4", "blocks.10")
+    torch.testing.assert_close(streamed.detector.fusion, held.detector.fusion, rtol=1e-4, atol=1e-6)
     _assert_same_fit(held, streamed, [s.path for s in ds.test[:16]])
+
+
+def test_a_streamed_fit_takes_the_maps_heads_from_an_even_sample(sample_root, monkeypatch):
+    from fre_edge.fit import pipeline
+    from fre_edge.fit.features import load_batch
+
+    ds = read_dataset(sample_root)
+    train = [s.path for s in ds.train]
+    monkeypatch.setattr(pipeline, "MAP_SAMPLE", 6)  # fewer than the fitting pictures
+    fitted = fit_fre(train, FitConfig(input_size=224, pool=4, strategy="covariance"), progress=False)
+    assert fitted.info["fitted_by"]["map_heads_from_pictures"] == 6 < fitted.info["data"]["fit_images"]
+    assert fitted.info["strategies"] == ["covariance", "gram", "gram"]
+    assert [h.n_components for h in fitted.detector.heads[1:]] == [5, 5]  # 6 pictures: at most 5 components
+    with torch.inference_mode():
+        scores, maps = fitted.detector(load_batch([s.path for s in ds.test], 224, None))
+    labels = np.array([s.label for s in ds.test])
+    assert scores[labels == 1].min() > scores[labels == 0].max()  # the score's subspace: from every picture
+    assert np.isfinite(maps.numpy()).all() and maps.shape[1:] == (224, 224)
 
 
 def test_dask_fit_equals_the_one_process_fit_on_bottle(bottle_root):
@@ -113,7 +136,7 @@ def test_dask_fit_equals_the_one_process_fit_on_bottle(bottle_root):
 
     ds = read_dataset(bottle_root)
     train = [str(s.path.resolve()) for s in ds.train]
-    held = fit_fre(train, FitConfig(pool=4, **SINGLE), progress=False)  # what a streamed fit makes
+    held = fit_fre(train, FitConfig(pool=4, **STREAMED), progress=False)  # what a streamed fit makes
     with dask_client("local:2") as client:
         assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
         remote = fit_fre(train, FitConfig(pool=4), progress=False, client=client, partition_size=40)
@@ -152,8 +175,8 @@ def test_fit_cli_on_a_local_cluster_writes_the_same_model_as_here(sample_copy):
     # by default about four partitions per worker: each returns the D x D sums, which are sent to be merged
     assert by["partition_size"] == -(-n // 8) and by["fit_partitions"] == -(-n // by["partition_size"]) <= 8
     ds = read_dataset(sample_copy / "data")
-    assert "--dask fits from sums over images: the map comes from the score's subspace" in run.stderr
-    here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4, **SINGLE), progress=False)
+    assert "--dask fits from sums over images: the image score is the global FRE" in run.stderr
+    here = fit_fre([s.path for s in ds.train], FitConfig(input_size=224, pool=4, **STREAMED), progress=False)
     _assert_same_fit(here, load_model(out), [s.path for s in ds.test[:6]])
 
 

@@ -4,9 +4,12 @@ worker, any engine that can call a function on a list of paths).
 A streamed fit (:func:`~.pipeline.fit_fre` with the covariance strategy) never holds all images' features;
 it reads them partition by partition and keeps only what adds up over partitions:
 
-1. :func:`partition_moments`: per layer, the sums of x and x x^T (:class:`~.pca.Moments`) -> the subspace.
+1. :func:`partition_moments`: per score layer, the sums of x and x x^T (:class:`~.pca.Moments`) -> the
+   subspace; :func:`partition_map_features`: the map layers' features of a sample of the fitting images (at
+   most ``pipeline.MAP_SAMPLE``) -> the map's own subspaces (few components each).
 2. :func:`partition_layer_sums` (several layers only): per layer, the sums of the FRE score, its square, the
-   map values and their squares on the fitting images -> the fusion statistics (mean, std).
+   map values and their squares on the fitting images -> the fusion statistics (mean, std); with map heads,
+   the map's on the held-out images as well (as the held fit scales them).
 3. :func:`partition_scores`: the detector's scores and the largest map values
    (:class:`~.thresholds.TopValues`) of the threshold images -> the thresholds.
 
@@ -82,10 +85,11 @@ def _heads(payload: list[dict]):
 
 @torch.inference_mode()
 def partition_moments(cfg_json: str, paths: Sequence, on_batch=None) -> list[Moments]:
-    """Per layer, the sums of x and x x^T of these images' pooled features."""
-    out = None
+    """Per score layer, the sums of x and x x^T of these images' pooled features (the map's own heads, with
+    few components, are fitted from a sample of features instead: :func:`partition_map_features`)."""
+    out, n = None, len(_config(cfg_json).layers)
     for shell, batch in _batches(cfg_json, paths, on_batch):
-        feats = shell.features(batch)
+        feats = shell.features(batch)[:n]
         if out is None:
             out = [Moments(0, torch.zeros(f[0].numel(), dtype=torch.float64),
                            torch.zeros(f[0].numel(), f[0].numel(), dtype=torch.float64)) for f in feats]
@@ -96,6 +100,19 @@ def partition_moments(cfg_json: str, paths: Sequence, on_batch=None) -> list[Mom
 
 def merge_moments(a: list[Moments], b: list[Moments]) -> list[Moments]:
     return [x + y for x, y in zip(a, b)]
+
+
+@torch.inference_mode()
+def partition_map_features(cfg_json: str, paths: Sequence, on_batch=None) -> list[np.ndarray]:
+    """Per map layer (the map's own heads), these images' features, [inputs, C, h, w] float32."""
+    out, n = [], len(_config(cfg_json).layers)
+    for shell, batch in _batches(cfg_json, paths, on_batch):
+        out.append([f.float().numpy() for f in shell.features(batch)[n:]])
+    return [np.concatenate(layer) for layer in zip(*out)]
+
+
+def merge_features(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.concatenate([x, y]) for x, y in zip(a, b)]
 
 
 @torch.inference_mode()

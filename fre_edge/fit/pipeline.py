@@ -33,6 +33,9 @@ MIN_FIT_IMAGES = 2
 # components of each map head: the map needs the few directions good parts vary along, not 97% of the variance
 # (benchmarks/results/map_score_study.md: 16 components localise as well as 97% on every set measured there)
 MAP_COMPONENTS = 16
+# a streamed fit (covariance, Dask) fits the map's own heads from at most this many fitting pictures, evenly
+# spread: their features are held (Lite0 defaults: 0.3 MB a picture), as few components need few samples
+MAP_SAMPLE = 2000
 POSITION_FREE = ("auto", "on", "off")
 
 
@@ -232,9 +235,10 @@ def _strategies(cfg: FitConfig, n_fit: int, dims: list[int]) -> list[str]:
 
 
 def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
-    for i, (layer, d) in enumerate(zip(cfg.head_layers, dims)):
+    """The score layers' D x D sums within the budget (the map's own heads are fitted from a sample)."""
+    for layer, d in zip(cfg.layers, dims):
         if covariance_bytes(d) > cfg.memory_budget_bytes:
-            opt = "--pool" if i < len(cfg.layers) else "--map-pool, or --map-layers none"
+            opt = "--pool"
             raise FreEdgeError(
                 f"{engine}: layer {layer} has D = {d} features, so its D x D sums need "
                 f"{covariance_bytes(d) / (1 << 30):.1f} GB, over the {cfg.memory_budget_gb:g} GB memory budget; "
@@ -279,12 +283,11 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
     strategies = _strategies(cfg, len(fit_paths) * per, dims)  # with tiles, every tile is a sample
     streamed = client is not None or all(s == "covariance" for s in strategies[: len(cfg.layers)])
     fit_warnings = []
-    if streamed and (cfg.map_layers or cfg.position_free != "off"):
+    if streamed and cfg.position_free != "off":
         how = "--dask" if client is not None else "the covariance strategy"
-        fit_warnings.append(f"{how} fits from sums over images: the map comes from the score's subspace and the "
-                            f"score is the global FRE (the map's own heads and the position-free score need the "
-                            f"features in one process)")
-        cfg = dataclasses.replace(cfg, map_layers=(), position_free="off")
+        fit_warnings.append(f"{how} fits from sums over images: the image score is the global FRE (the "
+                            f"position-free score needs the features in one process)")
+        cfg = dataclasses.replace(cfg, position_free="off")
         shell, shapes, dims = _shell(cfg)
         strategies = _strategies(cfg, len(fit_paths) * per, dims)
     if client is not None:
@@ -319,7 +322,9 @@ def fit_fre(paths: Sequence, cfg: FitConfig | None = None, *, progress: bool = T
         "data": {**(data_summary or {}), "fit_images": len(fit_paths), "holdout_images": len(hold_paths)},
         "input_size": {**sizing, "chosen": size_json(cfg.input_size)},
         "tiling": None if tiling is None else tiling.to_json(),
-        "fitted_by": _fitted_by(streamed, client, partition_size, len(fit_paths)),
+        "fitted_by": {**_fitted_by(streamed, client, partition_size, len(fit_paths)),
+                      **({"map_heads_from_pictures": min(len(fit_paths), MAP_SAMPLE)}
+                         if streamed and cfg.map_layers else {})},
         "timings_s": {"build": t_build, **{k: v for k, v in timings.items() if k != "rss_mb"}},
         "peak_rss_mb": {"after_feature_pass": timings.pop("rss_mb"), "after_fit": peak_rss_mb()},
     }
@@ -421,8 +426,8 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     subspaces, the fusion statistics (a second pass over them, several layers only), the threshold images'
     scores and largest map values (one pass over them). Each pass runs partition by partition."""
     from ..cluster.engine import reduce_partitions
-    from .passes import (config_json, fusion_from_sums, heads_payload, merge_moments, merge_scores,
-                         partition_layer_sums, partition_moments, partition_scores)
+    from .passes import (config_json, fusion_from_sums, heads_payload, merge_features, merge_moments, merge_scores,
+                         partition_layer_sums, partition_map_features, partition_moments, partition_scores)
 
     cj = config_json(cfg)
     names = [str(p) if not isinstance(p, np.ndarray) else p for p in fit_paths]
@@ -454,6 +459,17 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         fres.append(FRE(cfg.head_components[len(fres)], strategy="covariance", memory_budget_gb=cfg.memory_budget_gb)
                     .fit_moments(m, shape, overwrite=True))
         del m
+    if cfg.map_layers:  # the map's own heads: few components each, from an even sample of the fitting images
+        sample = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(len(names), MAP_SAMPLE)).astype(int))]
+        t1 = time.perf_counter()
+        feats = run(partition_map_features, (cj,), sample, merge_features, "map features")
+        t_feat += time.perf_counter() - t1
+        while feats:
+            f = torch.from_numpy(feats.pop(0))
+            with torch.inference_mode(False):
+                fres.append(FRE(cfg.head_components[len(fres)], strategy="auto",
+                                memory_budget_gb=cfg.memory_budget_gb).fit(f, progress=False))
+            del f
     heads = [fre.head() for fre in fres]
     payload = heads_payload(fres)
     if client is not None:  # the fitted heads (MBs) go to each worker once, not with every task
@@ -464,6 +480,9 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     if len(fres) > 1:
         sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
         fusion = fusion_from_sums(sums)
+        if cfg.map_layers and hold:  # the maps are added scaled by their spread on new good parts (as held)
+            fusion[:, 2:] = fusion_from_sums(run(partition_layer_sums, (cj, payload), hold, np.add,
+                                                 "held-out map statistics"))[:, 2:]
     thr = hold or names
     pixels = len(thr) * math.prod(cfg.input_size if cfg.tiling is None else cfg.tiling.canvas)
     scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
