@@ -107,7 +107,9 @@ def test_streamed_fit_equals_the_in_memory_fit_on_magnetic_tile(mtd_root):
     # the map's own heads from a sample of the fitting pictures (here all of them: fewer than MAP_SAMPLE)
     assert held.info["strategies"] == ["gram"] * 3 and streamed.info["strategies"] == ["covariance", "gram", "gram"]
     assert streamed.config.map_layers == held.config.map_layers == ("blocks.4", "blocks.10")
-    torch.testing.assert_close(streamed.detector.fusion, held.detector.fusion, rtol=1e-4, atol=1e-6)
+    # the maps' statistics (held-out pictures); one score layer: its own statistics are not used, and a
+    # streamed fit does not pass over the fitting pictures again for them
+    torch.testing.assert_close(streamed.detector.fusion[:, 2:], held.detector.fusion[:, 2:], rtol=1e-4, atol=1e-6)
     _assert_same_fit(held, streamed, [s.path for s in ds.test[:16]])
 
 

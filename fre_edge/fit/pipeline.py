@@ -34,8 +34,9 @@ MIN_FIT_IMAGES = 2
 # (benchmarks/results/map_score_study.md: 16 components localise as well as 97% on every set measured there)
 MAP_COMPONENTS = 16
 # a streamed fit (covariance, Dask) fits the map's own heads from at most this many fitting pictures, evenly
-# spread: their features are held (Lite0 defaults: 0.3 MB a picture), as few components need few samples
-MAP_SAMPLE = 2000
+# spread: their features are held (Lite0 defaults: 0.3 MB a picture, and float64 copies while fitting), as
+# few components need few samples (16 each by default; a held fit on MVTec bottle has 188 pictures)
+MAP_SAMPLE = 1000
 POSITION_FREE = ("auto", "on", "off")
 
 
@@ -463,7 +464,8 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
         sample = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(len(names), MAP_SAMPLE)).astype(int))]
         t1 = time.perf_counter()
         feats = run(partition_map_features, (cj,), sample, merge_features, "map features")
-        t_feat += time.perf_counter() - t1
+        t_map = time.perf_counter() - t1  # a feature pass, counted as one
+        t_feat, t0 = t_feat + t_map, t0 + t_map
         while feats:
             f = torch.from_numpy(feats.pop(0))
             with torch.inference_mode(False):
@@ -478,11 +480,14 @@ def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client
     t0 = time.perf_counter()
     fusion = None
     if len(fres) > 1:
-        sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
+        held = cfg.map_layers and hold  # the maps are added scaled by their spread on new good parts (as held)
+        sums = None
+        if len(cfg.layers) > 1 or not held:  # the scores' statistics matter only where several layers add up
+            sums = run(partition_layer_sums, (cj, payload), names, np.add, "fusion statistics")
+        if held:
+            held_sums = run(partition_layer_sums, (cj, payload), hold, np.add, "held-out map statistics")
+            sums = held_sums if sums is None else np.concatenate([sums[:, :3], held_sums[:, 3:]], axis=1)
         fusion = fusion_from_sums(sums)
-        if cfg.map_layers and hold:  # the maps are added scaled by their spread on new good parts (as held)
-            fusion[:, 2:] = fusion_from_sums(run(partition_layer_sums, (cj, payload), hold, np.add,
-                                                 "held-out map statistics"))[:, 2:]
     thr = hold or names
     pixels = len(thr) * math.prod(cfg.input_size if cfg.tiling is None else cfg.tiling.canvas)
     scores, top = run(partition_scores, (cj, payload, None if fusion is None else fusion.numpy(), pixels), thr,
