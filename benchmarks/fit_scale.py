@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fre_edge.fit.pipeline import MAP_SAMPLE
+from fre_edge.fit.pipeline import MAP_COMPONENTS, MAP_SAMPLE
 
 from ._common import DATASETS, environment, header_md, write
 
@@ -161,7 +161,6 @@ def map_fit_cost(shapes=((40, 32, 32), (112, 16, 16))) -> dict:
     import torch
 
     from fre_edge.fit.estimator import FRE
-    from fre_edge.fit.pipeline import MAP_COMPONENTS
 
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

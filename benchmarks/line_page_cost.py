@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ._bundles import bundle
 from ._common import DATASETS, environment, header_md, write
-from ._line import start_station, station_status
+from ._line import start_station
 
 
 def get(url: str, timeout: float = 10):
@@ -53,9 +53,6 @@ class StationProcess:
                           f'[[sink]]\nurl = "folder:{work / name / "out"}"\n')
         self.proc = start_station([bundle_dir, "--config", config], self.metrics, work / name / "station.log")
         self.page_client = PageClient(self.ui) if page else None
-
-    def status(self) -> dict:
-        return station_status(self.metrics)
 
     def cpu_seconds(self) -> float:
         """The station process's user + system time so far (every thread)."""

@@ -8,8 +8,8 @@ it reads them partition by partition and keeps only what adds up over partitions
    subspace; :func:`partition_map_features`: the map layers' features of a sample of the fitting images (at
    most ``pipeline.MAP_SAMPLE``) -> the map's own subspaces (few components each).
 2. :func:`partition_layer_sums` (several layers only): per layer, the sums of the FRE score, its square, the
-   map values and their squares on the fitting images -> the fusion statistics (mean, std); with map heads,
-   the map's on the held-out images as well (as the held fit scales them).
+   map values and their squares -> the fusion statistics (mean, std): the scores' on the fitting images, and
+   with map heads the maps' on the held-out images (as the held fit scales them).
 3. :func:`partition_scores`: the detector's scores and the largest map values
    (:class:`~.thresholds.TopValues`) of the threshold images -> the thresholds.
 

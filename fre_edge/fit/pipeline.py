@@ -239,11 +239,10 @@ def _check_streamable(cfg: FitConfig, dims: list[int], engine: str) -> None:
     """The score layers' D x D sums within the budget (the map's own heads are fitted from a sample)."""
     for layer, d in zip(cfg.layers, dims):
         if covariance_bytes(d) > cfg.memory_budget_bytes:
-            opt = "--pool"
             raise FreEdgeError(
                 f"{engine}: layer {layer} has D = {d} features, so its D x D sums need "
                 f"{covariance_bytes(d) / (1 << 30):.1f} GB, over the {cfg.memory_budget_gb:g} GB memory budget; "
-                f"raise --memory-budget or {opt} (D shrinks by its square), or fit in one process")
+                f"raise --memory-budget or --pool (D shrinks by its square), or fit in one process")
 
 
 @torch.inference_mode()
@@ -423,9 +422,12 @@ def _fit_in_memory(cfg, shell, shapes, fit_paths, hold_paths, *, progress, **_):
 
 
 def _fit_streamed(cfg, shell, shapes, fit_paths, hold_paths, *, progress, client, partition_size):
-    """The covariance strategy without holding features: sums over the fitting images (one pass), the
-    subspaces, the fusion statistics (a second pass over them, several layers only), the threshold images'
-    scores and largest map values (one pass over them). Each pass runs partition by partition."""
+    """The covariance strategy without holding features: sums over the fitting images (one pass) and the score's
+    subspaces; the map's own heads from the features of an even sample of at most MAP_SAMPLE fitting images (one
+    pass over the sample); the fusion statistics (several heads only: the scores' from a second pass over the
+    fitting images where several score layers add up or nothing is held out, the maps' from a pass over the
+    held-out images); the threshold images' scores and largest map values (one pass over them). Each pass runs
+    partition by partition."""
     from ..cluster.engine import reduce_partitions
     from .passes import (config_json, fusion_from_sums, heads_payload, merge_features, merge_moments, merge_scores,
                          partition_layer_sums, partition_map_features, partition_moments, partition_scores)
