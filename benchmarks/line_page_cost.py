@@ -1,28 +1,31 @@
-"""What the live page and the drift watch cost the line: the station's sustained rate with neither, and with
-both while a page is open, in alternating rounds.
+"""What the live page and the drift watch cost the line: the station's sustained rate with neither, with the
+drift watch, and with both while a page is open, in alternating rounds.
 
 Three `fre-edge line` processes on the same bundle, each watching its own folder with a folder sink: "plain"
-(``drift = false``, no page), "drift" (the drift watch, no page) and "page" (the drift watch and ``--ui``, with
-a client doing what the page does: it reads the server-sent events, fetches /status at most twice a second and
-the newest part's picture at each of them).
-Each round feeds each station in turn ``--parts`` pictures at the model's input size as fast as it takes them
-(at most 32 waiting), each station first in turn and the order flipped, three new processes every
-``--restart-every`` rounds; the rate is parts over the time from the
-first file to the last verdict (the station deletes each file once its verdict is journaled; the driver counts
-the files left, so its polling costs the stations nothing).
+(``drift = false``, no page), "drift" (the drift watch, no page) and "ui" (the drift watch and ``--ui``). The
+"ui" process runs two kinds of round: with its page closed, and with a client in a process of its own doing what
+an open page does (it reads the server-sent events, fetches /status at most twice a second and the newest part's
+picture at most once a second). The page's own cost is the same process's rate with the page open over its rate
+with the page closed, so no difference between two processes enters it.
+Each round feeds each of the four in turn ``--parts`` pictures at the model's input size as fast as it takes
+them (at most 32 waiting), after a pause of ``--settle`` s, each first in turn and the order flipped, three new
+processes every ``--restart-every`` rounds; the rate is parts over the time from the first file to the last
+verdict (the station deletes each file once its verdict is journaled; the driver counts the files left, so its
+polling costs the stations nothing).
 
-    python -m benchmarks.line_page_cost [--rounds 40] [--parts 120] [--restart-every 4]
+    python -m benchmarks.line_page_cost [--rounds 64] [--parts 120] [--restart-every 4] [--settle 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
+import socket
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -61,47 +64,96 @@ class StationProcess:
 
     def stop(self):
         if self.page_client:
-            self.page_client.stop()
+            self.page_client.close()
         self.proc.terminate()
         self.proc.wait(60)
 
 
 class PageClient:
-    """What an open page does: events in, /status at most twice a second, the newest part's picture."""
+    """What an open page does, in a process of its own as a browser is: events in, /status at most twice a second,
+    the newest part's picture at most once a second. ``open()`` and ``close()`` let one station process run rounds
+    with the page open and with it closed."""
 
     def __init__(self, port: int):
-        self.base, self.stopping, self.pictures = f"http://127.0.0.1:{port}", threading.Event(), 0
-        self.cpu = 0.0  # this client's own CPU seconds so far (a browser's work, done here in Python)
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        self.port, self.pictures, self.cpu, self.proc = port, 0, 0.0, None
 
-    def run(self):
-        events = urllib.request.urlopen(self.base + "/events", timeout=60)
-        last, seen = 0.0, set()
-        while not self.stopping.is_set():
-            self.cpu = time.thread_time()
-            line = events.readline()
-            if not line.startswith(b"data:") or time.monotonic() - last < 0.5:
+    def open(self):
+        ctx = multiprocessing.get_context("fork")  # the driver has no other thread when it forks
+        self.stopping, ready, self.result = ctx.Event(), ctx.Event(), ctx.Array("d", 2)
+        self.proc = ctx.Process(target=page_client, args=(self.port, self.stopping, ready, self.result), daemon=True)
+        self.proc.start()
+        if not ready.wait(30):
+            raise RuntimeError("the page client did not connect to the station's events")
+
+    def close(self):
+        """Leave the page: the client process ends and closes its event stream, so the station stops sending."""
+        if self.proc is not None:
+            self.stopping.set()
+            self.proc.join(30)
+            self.pictures += int(self.result[0])
+            self.cpu += self.result[1]
+            self.proc = None
+
+
+def page_client(port: int, stopping, ready, result) -> None:
+    """The page's loop (run in the client's process until ``stopping``); its pictures and CPU seconds in
+    ``result``."""
+    base, pictures, last, pictured, buffered = f"http://127.0.0.1:{port}", 0, 0.0, 0.0, b""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.recv(65536)  # the response's head: the station now sends this page its events
+    ready.set()
+    sock.settimeout(0.1)
+    try:
+        while not stopping.is_set():
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
                 continue
-            last = time.monotonic()
-            status = json.loads(get(self.base + "/status"))
-            for record in status["latest_parts"][-1:]:  # the page asks for the newest part's picture (the
-                if record["seq"] not in seen:               # others shown are in the browser's cache)
-                    seen.add(record["seq"])
-                    try:
-                        get(f"{self.base}/parts/{record['seq']}.jpg")
-                        self.pictures += 1
-                    except OSError:  # already out of the latest parts
-                        pass
-
-    def stop(self):
-        self.stopping.set()
+            if not chunk:
+                break
+            buffered = (buffered + chunk)[-4096:]
+            if b"data:" not in buffered or time.monotonic() - last < 0.5:
+                continue
+            buffered, last = b"", time.monotonic()
+            status = json.loads(get(base + "/status"))
+            newest = status["latest_parts"][-1:]
+            if newest and last - pictured >= 1.0:  # the page asks for the newest part's picture, at most one new
+                pictured = last  # a second (those shown before are in the browser's cache)
+                try:
+                    get(f"{base}/parts/{newest[0]['seq']}.jpg")
+                    pictures += 1
+                except OSError:  # already out of the latest parts
+                    pass
+    finally:
+        sock.close()
+        result[0], result[1] = pictures, time.process_time()
 
 
 def waiting(folder: Path) -> int:
     """Pictures in the folder not yet inspected (the station deletes each once its verdict is journaled): counted
     here, so the driver's polling costs the stations nothing."""
     return sum(1 for e in os.scandir(folder) if not e.name.startswith("."))
+
+
+def drift_watch_cost(bundle_dir: Path, parts: int = 20000) -> float:
+    """The drift watch's own CPU microseconds a part (``DriftWatch.add`` as the station calls it once a verdict
+    is journaled), past its baseline, on scores drawn from the bundle's own held-out good scores."""
+    import numpy as np
+
+    from fre_edge.line.drift import BASELINE_PARTS, DriftWatch
+    from fre_edge.runtime import load_detector
+
+    det = load_detector(bundle_dir)
+    reference = det.metadata["thresholds"]["reference_scores"]
+    watch = DriftWatch(det.image_threshold, reference)
+    scores = np.random.default_rng(0).choice(reference, BASELINE_PARTS + parts).tolist()
+    for score in scores[:BASELINE_PARTS]:
+        watch.add(score)
+    t0 = time.process_time()
+    for score in scores[BASELINE_PARTS:]:
+        watch.add(score)
+    return (time.process_time() - t0) / parts * 1e6
 
 
 def feed(station: StationProcess, pictures: list[Path], n: int, tag: str) -> tuple[float, float]:
@@ -122,9 +174,11 @@ def main():
     from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=64)
     ap.add_argument("--parts", type=int, default=120)
     ap.add_argument("--restart-every", type=int, default=4, help="rounds between fresh station processes")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds idle before each feed (the previous station's inference threads wind down)")
     args = ap.parse_args()
     env = environment()
     bundle_dir = bundle("efficientnet_lite0")
@@ -137,8 +191,9 @@ def main():
         q = work / f"{p.parent.name}_{p.name}"
         Image.open(p).convert("RGB").resize((side[1], side[0])).save(q)
         pictures.append(q)
-    names = ("plain", "drift", "page")
-    rates, cpu = {k: [] for k in names}, {k: [] for k in names}
+    names = ("plain", "drift", "closed", "open")
+    process = {"plain": "plain", "drift": "drift", "closed": "ui", "open": "ui"}
+    rates, cpu, client_cpu = {k: [] for k in names}, {k: [] for k in names}, []
     pictures_served, stations = 0, {}
 
     def start(generation: int) -> dict:
@@ -147,13 +202,13 @@ def main():
         home = work / f"g{generation}"
         made = {"plain": StationProcess(bundle_dir, home, "plain", page=False),
                 "drift": StationProcess(bundle_dir, home, "drift", page=False, drift=True),
-                "page": StationProcess(bundle_dir, home, "page", page=True)}
+                "ui": StationProcess(bundle_dir, home, "ui", page=True)}
         for st in made.values():  # warm-up
             feed(st, pictures, 20, "w")
         return made
 
     def stop(made: dict) -> int:
-        served = made["page"].page_client.pictures if "page" in made else 0
+        served = made["ui"].page_client.pictures if "ui" in made else 0
         for st in made.values():
             st.stop()
         return served
@@ -163,50 +218,69 @@ def main():
             if r % args.restart_every == 0:
                 pictures_served += stop(stations)
                 stations = start(r)
-            order = list(names[r % 3:] + names[:r % 3])  # each first in turn, the order flipped
-            for name in (order if (r // 3) % 2 == 0 else order[::-1]):
-                client = stations["page"].page_client.cpu
-                rate, ms = feed(stations[name], pictures, args.parts, f"r{r}")
+            order = list(names[r % 4:] + names[:r % 4])  # each first in turn, the order flipped
+            for name in (order if (r // 4) % 2 == 0 else order[::-1]):
+                station = stations[process[name]]
+                if name == "open":
+                    before = station.page_client.cpu
+                    station.page_client.open()
+                time.sleep(args.settle)
+                rate, ms = feed(station, pictures, args.parts, f"r{r}{name}")
+                if name == "open":
+                    station.page_client.close()
+                    client_cpu.append((station.page_client.cpu - before) / args.parts * 1e3)
                 rates[name].append(rate)
                 cpu[name].append(ms)
-                if name == "page":
-                    cpu.setdefault("client", []).append((stations["page"].page_client.cpu - client) / args.parts * 1e3)
     finally:
         pictures_served += stop(stations)
         shutil.rmtree(work, ignore_errors=True)
-    ratios = {k: [p / q for p, q in zip(rates[k], rates["plain"])] for k in ("drift", "page")}
-    cpu_ratios = {k: [p / q for p, q in zip(cpu[k], cpu["plain"])] for k in ("drift", "page")}
+
+    def ratio(a: str, b: str) -> dict:
+        per_round = {"rate": [p / q for p, q in zip(rates[a], rates[b])],
+                     "cpu": [p / q for p, q in zip(cpu[a], cpu[b])]}
+        return {**{f"{k}_median": statistics.median(v) for k, v in per_round.items()},
+                "cpu_p10_p90": statistics.quantiles(per_round["cpu"], n=10)[::8],
+                "rate_p10_p90": statistics.quantiles(per_round["rate"], n=10)[::8], "per_round": per_round}
+
+    drift_us = drift_watch_cost(bundle_dir)
+    pairs = {"page_open_over_closed": ratio("open", "closed"), "ui_closed_over_drift": ratio("closed", "drift"),
+             "drift_over_plain": ratio("drift", "plain"), "page_open_over_plain": ratio("open", "plain")}
     result = {"environment": env, "bundle": bundle_dir.name, "rounds": args.rounds, "parts": args.parts,
-              "restart_every": args.restart_every, "rates": rates, "ratio_per_round": ratios,
-              "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
-              "cpu_ms_per_part": cpu, "cpu_ratio_per_round": cpu_ratios,
-              "cpu_ratio_median": {k: statistics.median(v) for k, v in cpu_ratios.items()},
+              "restart_every": args.restart_every, "settle_s": args.settle, "rates": rates, "cpu_ms_per_part": cpu,
+              "ratios": pairs,
+              "drift_watch_us_per_part": drift_us, "client_cpu_ms_per_part": client_cpu,
               "page_pictures_served": pictures_served}
     md = ["# The live page's and the drift watch's cost to the line", "", header_md(env),
           f"Bundle `{bundle_dir.name}`; {args.parts} pictures at the input size per station per round, "
-          f"{args.rounds} alternating rounds, three fresh station processes every {args.restart_every} rounds; "
-          f"parts/s from the first file to the last verdict; CPU ms per part: the station process's user + system "
-          f"time over its round (every thread).", "",
-          "| station | parts/s (median of rounds) | / plain (median of rounds' ratios) | CPU ms / part (median) "
-          "| / plain | rounds' CPU ratios: 10th-90th percentile |", "|---|---|---|---|---|---|"]
-    labels = {"plain": "no page, no drift watch", "drift": "drift watch", "page": "drift watch + page open (events, "
-              "/status, the newest part's picture)"}
+          f"{args.rounds} alternating rounds ({args.settle} s idle before each), three fresh station processes "
+          f"every {args.restart_every} rounds; parts/s from the first file to the last verdict; CPU ms per part: "
+          f"the station process's user + system time over its round (every thread).", "",
+          "| station | parts/s (median of rounds) | CPU ms / part (median) |", "|---|---|---|"]
+    labels = {"plain": "no page, no drift watch", "drift": "drift watch", "closed": "drift watch + `--ui`, page closed",
+              "open": "the same process, page open (events, /status twice a second, a new picture once a second)"}
     for name, label in labels.items():
-        cells = ["1", "1", "-"] if name == "plain" else [
-            f"{statistics.median(ratios[name]):.3f}", f"{statistics.median(cpu_ratios[name]):.3f}",
-            " - ".join(f"{x:.3f}" for x in statistics.quantiles(cpu_ratios[name], n=10)[::8])]
-        md.append(f"| {label} | {statistics.median(rates[name]):.1f} | {cells[0]} | "
-                  f"{statistics.median(cpu[name]):.2f} | {cells[1]} | {cells[2]} |")
-    own = ([p / q for p, q in zip(rates["page"], rates["drift"])], [p / q for p, q in zip(cpu["page"], cpu["drift"])])
-    result["page_over_drift_median"] = {"rate": statistics.median(own[0]), "cpu": statistics.median(own[1])}
-    md += ["", f"The page alone (page / drift watch, same rounds): parts/s {statistics.median(own[0]):.3f}, CPU per "
-           f"part {statistics.median(own[1]):.3f}. The drift watch alone against plain shows how far two stations "
-           f"of nearly the same work differ here (the drift watch is a few arithmetic steps a part)."]
-    md += ["", "Goal: at most 3% of the line's rate (page / plain at least 0.97). The station is bound by its CPU on "
-           "2 cores, so its CPU per part is what the page and the drift watch take from the line's rate; the "
-           "rounds' wall-clock rates vary more than that (the JSON file has every round).",
-           "", f"The page drew {pictures_served} pictures. The client that stands in for the browser (in the "
-           f"benchmark's process) used {statistics.median(cpu['client']):.2f} CPU ms per part (median): a browser "
+        md.append(f"| {label} | {statistics.median(rates[name]):.1f} | {statistics.median(cpu[name]):.2f} |")
+    md += ["", "| what it costs | compared | same process | parts/s ratio (median; rounds' 10th-90th pct) "
+           "| CPU per part ratio (median; 10th-90th pct) |", "|---|---|---|---|---|"]
+    rows = [("the page open", "page open / page closed", "page_open_over_closed", "yes"),
+            ("`--ui` with no page open", "page closed / drift watch", "ui_closed_over_drift", "no"),
+            ("the drift watch", "drift watch / plain", "drift_over_plain", "no"),
+            ("drift watch + page open, together", "page open / plain", "page_open_over_plain", "no")]
+    for what, compared, key, same in rows:
+        x = pairs[key]
+        md.append(f"| {what} | {compared} | {same} | {x['rate_median']:.3f} ({x['rate_p10_p90'][0]:.3f} - "
+                  f"{x['rate_p10_p90'][1]:.3f}) | {x['cpu_median']:.3f} ({x['cpu_p10_p90'][0]:.3f} - "
+                  f"{x['cpu_p10_p90'][1]:.3f}) |")
+    md += ["", "Goal: at most 3% of the line's rate. The page's own cost is measured within one process (the rounds "
+           "with the page open against the same process's rounds with it closed); the other rows compare two "
+           "processes, whose speeds differ by a few percent here even for nearly the same work (the drift watch is a "
+           "few arithmetic steps a part). The station is bound by its CPU on 2 cores, so its CPU per part is what "
+           "the page and the drift watch take from the line's rate (the JSON file has every round).",
+           "", f"The drift watch's own work, timed alone in this process (`DriftWatch.add`, 20,000 parts past its "
+           f"baseline): {drift_us:.1f} CPU microseconds a part, {drift_us / 1e3 / statistics.median(cpu['plain']):.2%} "
+           f"of the plain station's CPU per part.",
+           "", f"The page drew {pictures_served} pictures. The client that stands in for the browser (a process "
+           f"of its own) used {statistics.median(client_cpu):.2f} CPU ms per part (median): a browser "
            f"on the station's own PC costs the line that much more, one on another PC nothing."]
     write("line_page_cost", result, "\n".join(md) + "\n")
 

@@ -71,6 +71,13 @@ def test_the_page_follows_the_line(sample_bundle, sample_root, browser, tmp_path
             delays.append(time.monotonic() - t_mqtt)
             assert card.text.split()[0] == message["verdict"]
         assert max(delays) < 1.0, delays  # each verdict on the page within a second of its MQTT message
+        for i in range(10, 13):  # three parts at once: the page draws at most one new picture a second, and the
+            shutil.copyfile(good[i % len(good)], incoming / f"g{i:02d}.png")  # newest once the line stops
+        message = wait_for(lambda: len(sub.on(TOPIC)) == 13 and sub.on(TOPIC)[-1], 30, "the MQTT messages")
+        picture = f"const i = document.querySelector('#part-{message['seq']} img'); return i && i.complete && " \
+                  "i.naturalWidth"
+        assert wait_for(lambda: browser.execute_script(picture), 5, "the newest part's picture") > 100
+        card = browser.find_element(By.ID, f"part-{message['seq']}")
         wait_for(lambda: "watching" in browser.find_element(By.ID, "drift").text, 10, "the drift watch watching")
         card.find_element(By.XPATH, ".//button[text()='mark defective']").click()
         marked = wait_for(lambda: list((review / "test" / "defective").glob("*.png")), 10, "the marked picture")

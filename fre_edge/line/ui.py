@@ -266,7 +266,10 @@ function draw(){
     ${d.shadow.score.toPrecision(5)}</small></div>`).join("") + `<div><button onclick="promote()">promote the
     shadow bundle</button></div>`;
   const parts = status.latest_parts.slice().reverse();
-  if(parts.length) drawn.add(parts[0].seq);  // one new picture a refresh: at most two a second, however fast the line
+  if(parts.length && !drawn.has(parts[0].seq)) {  // the newest part's picture: at most one new a second, however
+    const wait = pictured + 1000 - Date.now();  // fast the line; the newest when the line stops
+    if(wait <= 0) { drawn.add(parts[0].seq); pictured = Date.now(); } else setTimeout(soon, wait);
+  }
   for(const seq of drawn) if(!parts.some(r => r.seq === seq)) drawn.delete(seq);
   let shown = 0;  // pictures on the page: the newest PICTURES parts that were drawn
   $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
@@ -303,8 +306,9 @@ async function promote(){
     (await r.json()).error;
   soon();
 }
-const PICTURES = 3;  // parts shown with their heatmaps: the newest part at each refresh (pictures cached)
+const PICTURES = 3;  // parts shown with their heatmaps: the newest parts drawn (pictures cached)
 const drawn = new Set();
+let pictured = 0;  // when the page last asked for a new picture
 let last = 0, timer = null;  // at most two refreshes a second, the first at once
 function soon(){ if(timer) return; timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); },
   Math.max(0, last + 500 - Date.now())); }
