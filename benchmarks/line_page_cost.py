@@ -1,19 +1,20 @@
-"""What the live page and the drift watch cost the line: the station's sustained rate with neither, with the
-drift watch, and with both while a page is open, in alternating rounds.
+"""What the live page and the drift watch cost the line: the station's sustained rate with and without an open
+page, alone on the PC and beside other station processes, and the drift watch's own work.
 
-Three `fre-edge line` processes on the same bundle, each watching its own folder with a folder sink: "plain"
-(``drift = false``, no page), "drift" (the drift watch, no page) and "ui" (the drift watch and ``--ui``). The
-"ui" process runs two kinds of round: with its page closed, and with a client in a process of its own doing what
-an open page does (it reads the server-sent events, fetches /status at most twice a second and the newest part's
-picture at most once a second). The page's own cost is the same process's rate with the page open over its rate
-with the page closed, so no difference between two processes enters it.
-Each round feeds each of the four in turn ``--parts`` pictures at the model's input size as fast as it takes
-them (at most 32 waiting), after a pause of ``--settle`` s, each first in turn and the order flipped, three new
-processes every ``--restart-every`` rounds; the rate is parts over the time from the first file to the last
-verdict (the station deletes each file once its verdict is journaled; the driver counts the files left, so its
-polling costs the stations nothing).
+`fre-edge line` processes on the same bundle, each watching its own folder with a folder sink. First one station
+alone ("ui": the drift watch and ``--ui``) in ``--alone-rounds`` rounds, each with the page closed and with a
+client in a process of its own doing what an open page does (it reads the server-sent events, fetches /status at
+most twice a second and the newest part's picture at most once a second), in turn. Then the same beside two more
+processes, "plain" (``drift = false``, no page) and "drift" (the drift watch, no page), all four fed in turn in
+``--rounds`` rounds, each first in turn and the order flipped. The page's cost is one process's rate with the
+page open over its rate with the page closed, so no difference between two processes enters it; the drift
+watch's own work is timed directly (``DriftWatch.add``).
+Each round feeds ``--parts`` pictures at the model's input size as fast as the station takes them (at most 32
+waiting), after a pause of ``--settle`` s; new processes every ``--restart-every`` rounds; the rate is parts
+over the time from the first file to the last verdict (the station deletes each file once its verdict is
+journaled; the driver counts the files left, so its polling costs the stations nothing).
 
-    python -m benchmarks.line_page_cost [--rounds 64] [--parts 120] [--restart-every 4] [--settle 0.5]
+    python -m benchmarks.line_page_cost [--alone-rounds 32] [--rounds 64] [--parts 120] [--restart-every 4]
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=64)
     ap.add_argument("--parts", type=int, default=120)
     ap.add_argument("--restart-every", type=int, default=4, help="rounds between fresh station processes")
+    ap.add_argument("--alone-rounds", type=int, default=32,
+                    help="rounds of the page open and closed on one station with no other station process running")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds idle before each feed (the previous station's inference threads wind down)")
     args = ap.parse_args()
@@ -193,7 +196,8 @@ def main():
         pictures.append(q)
     names = ("plain", "drift", "closed", "open")
     process = {"plain": "plain", "drift": "drift", "closed": "ui", "open": "ui"}
-    rates, cpu, client_cpu = {k: [] for k in names}, {k: [] for k in names}, []
+    alone = ("alone_closed", "alone_open")
+    rates, cpu, client_cpu = {k: [] for k in names + alone}, {k: [] for k in names + alone}, []
     pictures_served, stations = 0, {}
 
     def start(generation: int) -> dict:
@@ -213,24 +217,33 @@ def main():
             st.stop()
         return served
 
+    def one_round(station: StationProcess, name: str, tag: str) -> None:
+        if name.endswith("open"):
+            before = station.page_client.cpu
+            station.page_client.open()
+        time.sleep(args.settle)
+        rate, ms = feed(station, pictures, args.parts, tag)
+        if name.endswith("open"):
+            station.page_client.close()
+            client_cpu.append((station.page_client.cpu - before) / args.parts * 1e3)
+        rates[name].append(rate)
+        cpu[name].append(ms)
+
     try:
-        for r in range(args.rounds):
+        for r in range(args.alone_rounds):  # first the station alone on the PC, as on a line
+            if r % args.restart_every == 0:
+                pictures_served += stop(stations)
+                stations = {"ui": StationProcess(bundle_dir, work / f"a{r}", "ui", page=True)}
+                feed(stations["ui"], pictures, 20, "w")
+            for name in (alone if r % 2 == 0 else alone[::-1]):
+                one_round(stations["ui"], name, f"a{r}{name}")
+        for r in range(args.rounds):  # then beside two other station processes: plain, and with the drift watch
             if r % args.restart_every == 0:
                 pictures_served += stop(stations)
                 stations = start(r)
             order = list(names[r % 4:] + names[:r % 4])  # each first in turn, the order flipped
             for name in (order if (r // 4) % 2 == 0 else order[::-1]):
-                station = stations[process[name]]
-                if name == "open":
-                    before = station.page_client.cpu
-                    station.page_client.open()
-                time.sleep(args.settle)
-                rate, ms = feed(station, pictures, args.parts, f"r{r}{name}")
-                if name == "open":
-                    station.page_client.close()
-                    client_cpu.append((station.page_client.cpu - before) / args.parts * 1e3)
-                rates[name].append(rate)
-                cpu[name].append(ms)
+                one_round(stations[process[name]], name, f"r{r}{name}")
     finally:
         pictures_served += stop(stations)
         shutil.rmtree(work, ignore_errors=True)
@@ -243,26 +256,36 @@ def main():
                 "rate_p10_p90": statistics.quantiles(per_round["rate"], n=10)[::8], "per_round": per_round}
 
     drift_us = drift_watch_cost(bundle_dir)
-    pairs = {"page_open_over_closed": ratio("open", "closed"), "ui_closed_over_drift": ratio("closed", "drift"),
+    pairs = {"alone_page_open_over_closed": ratio("alone_open", "alone_closed"),
+             "page_open_over_closed": ratio("open", "closed"), "ui_closed_over_drift": ratio("closed", "drift"),
              "drift_over_plain": ratio("drift", "plain"), "page_open_over_plain": ratio("open", "plain")}
-    result = {"environment": env, "bundle": bundle_dir.name, "rounds": args.rounds, "parts": args.parts,
+    result = {"environment": env, "bundle": bundle_dir.name, "rounds": args.rounds, "alone_rounds": args.alone_rounds,
+              "parts": args.parts,
               "restart_every": args.restart_every, "settle_s": args.settle, "rates": rates, "cpu_ms_per_part": cpu,
               "ratios": pairs,
               "drift_watch_us_per_part": drift_us, "client_cpu_ms_per_part": client_cpu,
               "page_pictures_served": pictures_served}
     md = ["# The live page's and the drift watch's cost to the line", "", header_md(env),
           f"Bundle `{bundle_dir.name}`; {args.parts} pictures at the input size per station per round, "
-          f"{args.rounds} alternating rounds ({args.settle} s idle before each), three fresh station processes "
-          f"every {args.restart_every} rounds; parts/s from the first file to the last verdict; CPU ms per part: "
-          f"the station process's user + system time over its round (every thread).", "",
+          f"{args.settle} s idle before each; first {args.alone_rounds} rounds of one station alone (drift watch + "
+          f"`--ui`), the page open and closed in turn; then {args.rounds} rounds of three stations fed in turn; "
+          f"fresh station processes every {args.restart_every} rounds; parts/s from the first file to the last "
+          f"verdict; CPU ms per part: the station process's user + system time over its round (every thread).", "",
           "| station | parts/s (median of rounds) | CPU ms / part (median) |", "|---|---|---|"]
-    labels = {"plain": "no page, no drift watch", "drift": "drift watch", "closed": "drift watch + `--ui`, page closed",
-              "open": "the same process, page open (events, /status twice a second, a new picture once a second)"}
+    labels = {"alone_closed": "alone: drift watch + `--ui`, page closed",
+              "alone_open": "alone: the same process, page open (events, /status twice a second, a new picture "
+                            "once a second)",
+              "plain": "beside two others: no page, no drift watch", "drift": "beside two others: drift watch",
+              "closed": "beside two others: drift watch + `--ui`, page closed",
+              "open": "beside two others: the same process, page open"}
     for name, label in labels.items():
         md.append(f"| {label} | {statistics.median(rates[name]):.1f} | {statistics.median(cpu[name]):.2f} |")
     md += ["", "| what it costs | compared | same process | parts/s ratio (median; rounds' 10th-90th pct) "
            "| CPU per part ratio (median; 10th-90th pct) |", "|---|---|---|---|---|"]
-    rows = [("the page open", "page open / page closed", "page_open_over_closed", "yes"),
+    rows = [("the page open, the station alone on the PC", "page open / page closed", "alone_page_open_over_closed",
+             "yes"),
+            ("the page open, beside two other station processes", "page open / page closed", "page_open_over_closed",
+             "yes"),
             ("`--ui` with no page open", "page closed / drift watch", "ui_closed_over_drift", "no"),
             ("the drift watch", "drift watch / plain", "drift_over_plain", "no"),
             ("drift watch + page open, together", "page open / plain", "page_open_over_plain", "no")]
