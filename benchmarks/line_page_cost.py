@@ -137,15 +137,16 @@ def waiting(folder: Path) -> int:
     return sum(1 for e in os.scandir(folder) if not e.name.startswith("."))
 
 
-def drift_watch_cost(bundle_dir: Path, parts: int = 20000) -> float:
+DRIFT_PARTS = 20000  # parts past its baseline over which the drift watch's own work is timed
+
+
+def drift_watch_cost(det, parts: int = DRIFT_PARTS) -> float:
     """The drift watch's own CPU microseconds a part (``DriftWatch.add`` as the station calls it once a verdict
     is journaled), past its baseline, on scores drawn from the bundle's own held-out good scores."""
     import numpy as np
 
     from fre_edge.line.drift import BASELINE_PARTS, DriftWatch
-    from fre_edge.runtime import load_detector
 
-    det = load_detector(bundle_dir)
     reference = det.metadata["thresholds"]["reference_scores"]
     watch = DriftWatch(det.image_threshold, reference)
     scores = np.random.default_rng(0).choice(reference, BASELINE_PARTS + parts).tolist()
@@ -188,7 +189,8 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="fre-edge-page-bench-"))
     from fre_edge.runtime import load_detector
 
-    side = load_detector(bundle_dir).input_size
+    detector = load_detector(bundle_dir)
+    side = detector.input_size
     pictures = []
     for p in sorted((DATASETS / "mvtec_bottle" / "test").glob("*/*.png"))[:40]:
         q = work / f"{p.parent.name}_{p.name}"
@@ -255,7 +257,7 @@ def main():
                 "cpu_p10_p90": statistics.quantiles(per_round["cpu"], n=10)[::8],
                 "rate_p10_p90": statistics.quantiles(per_round["rate"], n=10)[::8], "per_round": per_round}
 
-    drift_us = drift_watch_cost(bundle_dir)
+    drift_us = drift_watch_cost(detector)
     pairs = {"alone_page_open_over_closed": ratio("alone_open", "alone_closed"),
              "page_open_over_closed": ratio("open", "closed"), "ui_closed_over_drift": ratio("closed", "drift"),
              "drift_over_plain": ratio("drift", "plain"), "page_open_over_plain": ratio("open", "plain")}
@@ -299,9 +301,9 @@ def main():
            "processes, whose speeds differ by a few percent here even for nearly the same work (the drift watch is a "
            "few arithmetic steps a part). The station is bound by its CPU on 2 cores, so its CPU per part is what "
            "the page and the drift watch take from the line's rate (the JSON file has every round).",
-           "", f"The drift watch's own work, timed alone in this process (`DriftWatch.add`, 20,000 parts past its "
-           f"baseline): {drift_us:.1f} CPU microseconds a part, {drift_us / 1e3 / statistics.median(cpu['plain']):.2%} "
-           f"of the plain station's CPU per part.",
+           "", f"The drift watch's own work, timed alone in this process (`DriftWatch.add`, {DRIFT_PARTS:,} parts "
+           f"past its baseline): {drift_us:.1f} CPU microseconds a part, "
+           f"{drift_us / 1e3 / statistics.median(cpu['plain']):.2%} of the plain station's CPU per part.",
            "", f"The page drew {pictures_served} pictures. The client that stands in for the browser (a process "
            f"of its own) used {statistics.median(client_cpu):.2f} CPU ms per part (median): a browser "
            f"on the station's own PC costs the line that much more, one on another PC nothing."]
