@@ -210,6 +210,48 @@ def test_parts_that_wait_are_inspected_two_at_a_time_and_journaled_in_order(samp
         assert x["verdict"] == ("anomalous" if e.anomalous else "good")
 
 
+def test_the_journal_syncs_in_groups_and_shows_only_what_is_on_disk(tmp_path, monkeypatch):
+    """A source is told, and a sink reads, a verdict only after an fsync that covered its line; appends faster
+    than the disk share fsyncs; every callback runs, in order, by the time the journal is closed."""
+    from fre_edge.line.journal import Journal
+
+    real_fsync, synced, fsyncs = os.fsync, [0], []
+
+    def slow_fsync(fd):  # a slow disk: the lines written when the fsync starts are on disk when it returns
+        lines = sum(1 for f in (tmp_path / "j").glob("seg-*.jsonl") for _ in open(f, "rb"))
+        time.sleep(0.02)
+        real_fsync(fd)
+        fsyncs.append(lines)
+        synced[0] = max(synced[0], lines)
+
+    journal = Journal(tmp_path / "j", ["s1"], station="st", segment_bytes=2000)  # segments of a few lines
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    told, early, read = [], [], []
+    reader = journal.reader("s1")
+
+    def read_all():
+        while len(read) < 100:
+            r = reader.next(timeout=5)
+            if r is None:
+                continue
+            if r["seq"] > synced[0]:
+                early.append(r["seq"])
+            read.append(r["seq"])
+
+    t = threading.Thread(target=read_all)
+    t.start()
+    for i in range(100):
+        journal.append({"part": f"{i}.png"}, then=lambda r: told.append((r["seq"], synced[0])))
+    t.join(30)
+    journal.close()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert read == list(range(1, 101)) and not early
+    assert [s for s, _ in told] == list(range(1, 101))
+    assert all(on_disk >= s for s, on_disk in told)
+    assert 1 <= len(fsyncs) < 50  # shared by several verdicts
+    assert sum(1 for f in (tmp_path / "j").glob("seg-*.jsonl") for _ in open(f, "rb")) == 100
+
+
 def test_a_half_written_file_is_scored_only_when_complete(sample_bundle, pictures, tmp_path):
     incoming, out = tmp_path / "in", tmp_path / "out"
     incoming.mkdir()

@@ -163,7 +163,7 @@ class Station:
         self.workers = [SinkWorker(s, self) for s in self.sinks]
         self.parts, self.rejects, self.errors = Counter(), Counter(), Counter()
         self.last: dict[str, dict] = {}
-        self.latencies = deque(maxlen=2048)  # seconds from arrival to journaled verdict, the latest parts
+        self.latencies = deque(maxlen=2048)  # seconds from arrival to the verdict on disk, the latest parts
         self.skipped = Counter()  # live camera frames dropped because inspection was behind
         self.stopping = threading.Event()
         self._infer = threading.Thread(target=self._run, name="fre-edge-inference", daemon=True)
@@ -264,14 +264,11 @@ class Station:
             pred = preds.get(id(part))
             record = self._record(part, pred)
             picture = self._picture(part, pred, record)
-            record = self.journal.append(record, picture)
+            record = self.journal.append(record, picture, then=lambda r, part=part: self._durable(r, part))
             self.parts[part.source] += 1
             self.rejects[part.source] += record["verdict"] != "good"
             self.errors[part.source] += record["verdict"] == "error"
             self.last[part.source] = record
-            self.latencies.append(time.monotonic() - part.arrived)
-            for done in part.on_done:
-                done(record)
             for listener in self.listeners:
                 listener(record, part, pred)
             if id(part) in shadow_preds and pred is not None:
@@ -286,6 +283,12 @@ class Station:
                                                     "bundle_version": self.version})
                 for listener in self.listeners:
                     listener(alarm_record, None, None)
+
+    def _durable(self, record: dict, part: Part) -> None:
+        """Once the part's verdict is on disk (in the journal's sync thread): its source is told."""
+        self.latencies.append(time.monotonic() - part.arrived)
+        for done in part.on_done:
+            done(record)
 
     def _record(self, part: Part, pred) -> dict:
         base = {"time": part.time, "source": part.source, "part": part.part,
@@ -379,7 +382,7 @@ class Station:
 
     # -- what it sees --------------------------------------------------------------------------------
     def status(self) -> dict:
-        lat = np.array(self.latencies) * 1e3 if self.latencies else np.zeros(0)
+        lat = np.array(list(self.latencies)) * 1e3  # a copy: the journal's thread adds to it
         return {
             "station": self.name, "bundle": self.live_bundle, "bundle_version": self.version,
             "uptime_s": round(time.time() - self.started, 1),
