@@ -68,7 +68,7 @@ class Journal:
         self._fd = None
         self._open_tail()
         self.durable_seq = self.last_seq  # lines up to here are on disk (the tail is synced once at start)
-        self._then: deque = deque()  # (seq, callback) run once seq is on disk
+        self._then: deque = deque()  # (seq, record, callback): run once seq is on disk
         self._closing = False
         self._syncer = None
         if self.sync:
@@ -159,6 +159,8 @@ class Journal:
                 os.fsync(fd)
             except OSError as exc:  # the disk failed: said, and tried again; nothing is marked on disk meanwhile
                 log.error("journal %s: cannot sync (%s); verdicts wait", self.folder, exc.strerror)
+                if self._closing:  # stopping: what is written stays for the next start to recover
+                    return
                 time.sleep(1.0)
                 continue
             finally:
