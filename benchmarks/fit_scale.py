@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fre_edge.fit.pipeline import MAP_COMPONENTS, MAP_SAMPLE
+from fre_edge.fit.config import MAP_COMPONENTS
+from fre_edge.fit.pipeline import MAP_SAMPLE
 
 from ._common import DATASETS, environment, header_md, write
 

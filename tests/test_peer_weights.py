@@ -18,7 +18,7 @@ except ImportError:
 from benchmarks.peers.lite0_timm import FEATURE_INDEX, lite0_state_dict_for  # noqa: E402
 from fre_edge.fit.data import read_dataset  # noqa: E402
 from fre_edge.fit.features import load_batch  # noqa: E402
-from fre_edge.fit.pipeline import FitConfig, build_detector  # noqa: E402
+from fre_edge.fit.config import FitConfig, build_detector  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [256, 224])

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .config import FitConfig, assemble_detector, build_detector
 from .features import load_batch
 from ..tiling import pictures_per_batch
 from .pca import Moments, Subspace
@@ -43,7 +44,6 @@ def config_json(cfg) -> str:
 @functools.lru_cache(maxsize=1)
 def _config(cfg_json: str):
     """The FitConfig that :func:`config_json` wrote."""
-    from .pipeline import FitConfig
 
     d = json.loads(cfg_json)
     d["layers"], d["map_layers"] = tuple(d["layers"]), tuple(d["map_layers"])
@@ -53,7 +53,6 @@ def _config(cfg_json: str):
 @functools.lru_cache(maxsize=1)
 def _shell(cfg_json: str):
     """The backbone-only detector of these settings, built once per process."""
-    from .pipeline import build_detector
 
     return build_detector(_config(cfg_json), [], [])
 
@@ -146,7 +145,6 @@ def partition_scores(cfg_json: str, payload: list[dict], fusion: np.ndarray | No
     """The fitted detector's image scores [n] (float64) on these images, and the largest of their map values
     out of ``total_pixels`` map values in all the threshold images (for the exact pixel quantile). With tiles,
     the pictures' scores and stitched maps, as the runtime makes them."""
-    from .pipeline import assemble_detector
 
     cfg = _config(cfg_json)
     scores, top = [], TopValues(total_pixels)

@@ -15,7 +15,8 @@ import torch
 
 from .. import __version__
 from ..errors import FreEdgeError
-from .pipeline import FitConfig, FittedFRE, build_detector
+from .config import FitConfig, build_detector
+from .pipeline import FittedFRE
 from ..images import size_json
 from ..outputs import atomic_dir
 from .model import LocalHead
