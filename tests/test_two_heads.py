@@ -38,6 +38,28 @@ def test_aligned_parts_keep_the_global_score_with_the_evidence(bottle_fit):
     assert bottle_fit[1].detector.local is None
 
 
+def test_a_gain_measured_on_few_pictures_must_be_sure_to_keep_the_position_free_score():
+    """The same gain in AUROC is kept from many held-out pictures and not from a dozen (chance could give it)."""
+    from fre_edge.fit.position_free import MARGIN, _auc, gain_lower_bound
+
+    def case(n, seed):  # the max rule separates the pasted copies a little better than the global score
+        rng = np.random.default_rng(seed)
+        good = rng.normal(0, 1, n)
+        bad_g, bad_m = rng.normal(1.0, 1, 2 * n), rng.normal(1.3, 1, 2 * n)
+        return good, bad_g, good.copy(), bad_m
+
+    few, many = case(13, 0), case(1000, 0)
+    for good_g, bad_g, good_m, bad_m in (few, many):
+        assert _auc(good_m, bad_m) - _auc(good_g, bad_g) >= MARGIN  # both gains pass the margin alone
+    assert gain_lower_bound(*few, seed=0) <= 0 < gain_lower_bound(*many, seed=0)
+    same = case(200, 1)
+    assert gain_lower_bound(same[0], same[1], same[0], same[1], seed=0) == 0.0  # the same rule: no gain
+    from sklearn.metrics import roc_auc_score  # the rank AUROC agrees with the reference one, ties included
+
+    g, b = np.round(many[0], 1), np.round(many[1], 1)
+    assert abs(_auc(g, b) - roc_auc_score(np.r_[np.zeros(len(g)), np.ones(len(b))], np.r_[g, b])) < 1e-12
+
+
 def _moved(src, dst, rng, mask_src=None):
     import cv2
 
@@ -75,7 +97,7 @@ def test_moved_parts_keep_the_position_free_score_and_rank_better(moved_bottle):
     ds, fitted = moved_bottle
     choice = fitted.info["image_score"]
     assert choice["rule"] == "max(global, position-free)", choice
-    assert choice["auroc_max"] >= choice["auroc_global"] + choice["margin"]
+    assert choice["auroc_max"] >= choice["auroc_global"] + choice["margin"] and choice["gain_lower_bound"] > 0
     assert fitted.detector.local is not None and fitted.info["position_free"]["norm_source"] == "holdout"
     labels = [s.label for s in ds.test]
     fused, _ = score_images(fitted.detector, [s.path for s in ds.test], progress=False)

@@ -73,7 +73,10 @@ def score_rule_text(rule: dict) -> str:
     text = f"score        {rule.get('rule', '?')}"
     if "auroc_max" in rule:
         text += (f" (chosen at fit: good vs pasted patches, AUROC global {rule['auroc_global']:.4f}, with "
-                 f"position-free {rule['auroc_max']:.4f})")
+                 f"position-free {rule['auroc_max']:.4f}")
+        if "gain_lower_bound" in rule:
+            text += f", gain at least {rule['gain_lower_bound']:+.4f} at 95%"
+        text += ")"
     elif rule.get("chosen_by"):
         text += f" ({rule['chosen_by']})"
     return text
