@@ -252,6 +252,20 @@ def test_the_journal_syncs_in_groups_and_shows_only_what_is_on_disk(tmp_path, mo
     assert sum(1 for f in (tmp_path / "j").glob("seg-*.jsonl") for _ in open(f, "rb")) == 100
 
 
+def test_a_journal_on_a_disk_that_cannot_sync_is_refused_in_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from fre_edge.errors import FreEdgeError
+    from fre_edge.line.journal import Journal
+
+    def failing(fd):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(FreEdgeError, match=r"cannot sync it to disk \(Invalid argument\); choose a folder"):
+        Journal(tmp_path / "j", ["s1"])
+
+
 def test_a_half_written_file_is_scored_only_when_complete(sample_bundle, pictures, tmp_path):
     incoming, out = tmp_path / "in", tmp_path / "out"
     incoming.mkdir()

@@ -72,7 +72,12 @@ class Journal:
         self._closing = False
         self._syncer = None
         if self.sync:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                os.close(self._fd)
+                raise FreEdgeError(f"journal {self.folder}: cannot sync it to disk ({exc.strerror}); choose a folder "
+                                   f"on a local disk") from None
             self._syncer = threading.Thread(target=self._sync_loop, name="fre-edge-journal-sync", daemon=True)
             self._syncer.start()
 
