@@ -40,7 +40,8 @@ def test_aligned_parts_keep_the_global_score_with_the_evidence(bottle_fit):
 
 def test_a_gain_measured_on_few_pictures_must_be_sure_to_keep_the_position_free_score():
     """The same gain in AUROC is kept from many held-out pictures and not from a dozen (chance could give it)."""
-    from fre_edge.fit.position_free import MARGIN, _auc, gain_lower_bound
+    from fre_edge.fit.metrics import auroc_good_bad as _auc
+    from fre_edge.fit.position_free import MARGIN, gain_lower_bound
 
     def case(n, seed):  # the max rule separates the pasted copies a little better than the global score
         rng = np.random.default_rng(seed)

@@ -20,6 +20,16 @@ def auroc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def auroc_good_bad(good: np.ndarray, bad: np.ndarray) -> float:
+    """The AUROC of ``bad`` scores against ``good`` ones by ranks: P(a bad score above a good one), ties counted
+    half; equal to :func:`auroc`, and ~100x faster on a few hundred scores (a bootstrap calls it thousands of
+    times)."""
+    g = np.sort(np.asarray(good, dtype=np.float64))
+    bad = np.asarray(bad, dtype=np.float64)
+    lo, hi = np.searchsorted(g, bad, "left"), np.searchsorted(g, bad, "right")
+    return float((lo + 0.5 * (hi - lo)).sum() / (len(g) * len(bad)))
+
+
 def pro_curve(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3, steps: int = 1000):
     """(fpr, pro) at thresholds chosen so that the FPR on normal pixels runs from 0 to ``fpr_limit``.
 

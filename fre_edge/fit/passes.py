@@ -44,7 +44,6 @@ def config_json(cfg) -> str:
 @functools.lru_cache(maxsize=1)
 def _config(cfg_json: str):
     """The FitConfig that :func:`config_json` wrote."""
-
     d = json.loads(cfg_json)
     d["layers"], d["map_layers"] = tuple(d["layers"]), tuple(d["map_layers"])
     return FitConfig(**d).validate()
@@ -53,7 +52,6 @@ def _config(cfg_json: str):
 @functools.lru_cache(maxsize=1)
 def _shell(cfg_json: str):
     """The backbone-only detector of these settings, built once per process."""
-
     return build_detector(_config(cfg_json), [], [])
 
 
@@ -145,7 +143,6 @@ def partition_scores(cfg_json: str, payload: list[dict], fusion: np.ndarray | No
     """The fitted detector's image scores [n] (float64) on these images, and the largest of their map values
     out of ``total_pixels`` map values in all the threshold images (for the exact pixel quantile). With tiles,
     the pictures' scores and stitched maps, as the runtime makes them."""
-
     cfg = _config(cfg_json)
     scores, top = [], TopValues(total_pixels)
     detector = None

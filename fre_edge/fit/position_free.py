@@ -102,17 +102,12 @@ def choose_image_score(detector, local, norm: torch.Tensor, good_scores: np.ndar
             "test": "held-out good pictures against copies with a patch of another good picture pasted in"}
 
 
-def _auc(good: np.ndarray, bad: np.ndarray) -> float:
-    """P(a bad score above a good one), ties counted half: the AUROC, by ranks."""
-    g = np.sort(good)
-    lo, hi = np.searchsorted(g, bad, "left"), np.searchsorted(g, bad, "right")
-    return float((lo + 0.5 * (hi - lo)).sum() / (len(good) * len(bad)))
-
-
 def gain_lower_bound(good_g, bad_g, good_m, bad_m, seed: int) -> float:
     """The ``SURE`` quantile of (AUROC of the max rule - AUROC of the global score) over ``BOOTSTRAP`` draws
     with replacement of the held-out pictures, each drawn with its own pasted copies (``pasted`` keeps a
     picture's copies together: picture i's are rows i * per ... i * per + per - 1)."""
+    from .metrics import auroc_good_bad
+
     n = len(good_g)
     per = len(bad_g) // n
     rng = np.random.default_rng(seed + 1)
@@ -120,5 +115,5 @@ def gain_lower_bound(good_g, bad_g, good_m, bad_m, seed: int) -> float:
     for b in range(BOOTSTRAP):
         i = rng.integers(0, n, n)
         j = (i[:, None] * per + np.arange(per)).ravel()
-        gains[b] = _auc(good_m[i], bad_m[j]) - _auc(good_g[i], bad_g[j])
+        gains[b] = auroc_good_bad(good_m[i], bad_m[j]) - auroc_good_bad(good_g[i], bad_g[j])
     return float(np.quantile(gains, SURE))

@@ -140,13 +140,11 @@ class Journal:
                 self._tail = self.folder / _seg_name(seq)
             os.write(self._fd, line)
             self.last_seq = seq
-            if self.sync:
-                if then is not None:
-                    self._then.append((seq, record, then))
-                self._lock.notify_all()  # the sync thread
-            else:
+            if not self.sync:
                 self.durable_seq = seq
-                self._lock.notify_all()
+            elif then is not None:
+                self._then.append((seq, record, then))
+            self._lock.notify_all()  # the sync thread, or (without it) the sinks
         if then is not None and not self.sync:
             then(record)
         self._bound()
