@@ -218,7 +218,9 @@ def resize_map(amap: np.ndarray, height: int, width: int) -> np.ndarray:
 def load_mask(path: str | Path | None, height: int, width: int) -> np.ndarray:
     """Read a ground-truth mask as a bool HxW array at the given size (nearest neighbour).
 
-    ``None`` (a good image) gives an all-False mask.
+    A pixel is defective above 127 (masks drawn 0 / 255); a mask whose values all lie at or below 127 (label
+    masks drawn 0 / 1, or one number per defect kind) counts every non-zero pixel. ``None`` (a good image)
+    gives an all-False mask.
     """
     if path is None:
         return np.zeros((height, width), dtype=bool)
@@ -228,6 +230,7 @@ def load_mask(path: str | Path | None, height: int, width: int) -> np.ndarray:
             im = im.convert("L")
             if im.size != (width, height):
                 im = im.resize((width, height), Image.Resampling.NEAREST)
-            return np.asarray(im) > 127
+            a = np.asarray(im)
+            return a > (127 if a.max() > 127 else 0)
     except (UnidentifiedImageError, OSError) as exc:
         raise FreEdgeError(f"{path}: cannot read mask ({exc}); replace or remove the file") from None

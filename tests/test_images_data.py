@@ -127,3 +127,46 @@ def test_read_for_model_reports_the_upright_size(tmp_path):
     Image.new("RGB", (300, 200), (10, 20, 30)).save(tmp_path / "turned.jpg", exif=exif)
     x, hw = read_for_model(tmp_path / "turned.jpg", 64)
     assert x.shape == (64, 64, 3) and hw == (300, 200)
+
+
+def test_mvtec_layouts_as_other_sets_name_their_masks(tmp_path):
+    """Masks named as their picture (any image suffix) are found; 0 / 1 label masks read as drawn; a defect with
+    no ground_truth folder is labelled by its folder and left out of the pixel metrics, with a warning."""
+    from fre_edge.fit.evaluate import compute_metrics
+    from fre_edge.outputs import FreEdgeWarning
+
+    root = tmp_path / "plates"
+    pic = np.full((32, 32), 90, np.uint8)
+    for rel in ("train/good/0.png", "test/good/0.png", "test/dent/0.png", "test/dent/1.png", "test/scratch/0.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pic).save(root / rel)
+    (root / "ground_truth" / "dent").mkdir(parents=True)
+    label = np.zeros((32, 32), np.uint8)
+    label[4:12, 4:12] = 1  # a label mask: 0 good, 1 defect
+    Image.fromarray(label).save(root / "ground_truth" / "dent" / "0.png")
+    Image.fromarray(label * 255).save(root / "ground_truth" / "dent" / "1_mask.bmp")
+    with pytest.warns(FreEdgeWarning, match=r"ground_truth/scratch: no such folder; the 1 pictures of test/scratch"):
+        ds = read_mvtec(root)
+    by = {(s.defect, s.path.stem): s for s in ds.test}
+    assert by["dent", "0"].mask.name == "0.png" and by["dent", "1"].mask.name == "1_mask.bmp"
+    assert by["scratch", "0"].label == 1 and by["scratch", "0"].mask is None
+    for s in (by["dent", "0"], by["dent", "1"]):
+        m = load_mask(s.mask, 32, 32)
+        assert m.sum() == 64 and m[4:12, 4:12].all()
+    # maps that find the dents exactly; the scratch's map is all high: were its missing mask taken as all good,
+    # its 1024 pixels would count as false positives and pixel AUROC would fall below 1
+    samples = ds.test
+    maps = np.zeros((len(samples), 32, 32), np.float32)
+    for i, s in enumerate(samples):
+        if s.defect == "dent":
+            maps[i, 4:12, 4:12] = 1.0
+        elif s.defect == "scratch":
+            maps[i] = 2.0
+    scores = maps.reshape(len(samples), -1).max(1)
+    out = compute_metrics(samples, scores, maps)
+    assert out["n_anomalous"] == 3 and out["image_auroc"] == 1.0
+    assert out["pixel_auroc"] == 1.0 and out["aupro"] > 0.99
+    # a picture whose mask folder exists but whose mask is missing is still refused in one line
+    (root / "ground_truth" / "dent" / "1_mask.bmp").unlink()
+    with pytest.raises(FreEdgeError, match=r"1\.png: its mask .*1_mask\.png is missing; add it or remove"):
+        read_mvtec(root)

@@ -7,14 +7,14 @@ Readers only list files (no pixels are read here): each returns a :class:`Datase
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..choices import LAYOUTS
 from ..errors import FreEdgeError
 from ..images import IMAGE_SUFFIXES, find_images, is_image_file
-
-
-from ..choices import LAYOUTS  # noqa: E402
+from ..outputs import FreEdgeWarning
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,20 @@ def read_folder(root: str | Path) -> Dataset:
     return Dataset(root.name, root, "folder", train=[Sample(p) for p in paths])
 
 
+def mask_of(folder: Path, stem: str) -> Path | None:
+    """The mask of picture ``stem`` in ``folder``: ``<stem>_mask.<ext>`` (MVTec AD) or ``<stem>.<ext>`` (sets that
+    name a mask as its picture), for any image suffix."""
+    for name in (f"{stem}_mask", stem):
+        for suffix in IMAGE_SUFFIXES:
+            if (folder / f"{name}{suffix}").is_file():
+                return folder / f"{name}{suffix}"
+    return None
+
+
 def read_mvtec(root: str | Path) -> Dataset:
-    """MVTec AD category: train/good, test/<defect>, ground_truth/<defect>/<name>_mask.png."""
+    """MVTec AD category: train/good, test/<defect>, ground_truth/<defect>/<name>_mask.png (or <name>.png, any
+    image suffix). A defect with no ground_truth folder at all is labelled by its folder only: its pictures
+    count for image AUROC and the operating points, not for the pixel metrics (a warning says so)."""
     root = Path(root)
     _check_dir(root)
     good = root / "train" / "good"
@@ -73,13 +85,22 @@ def read_mvtec(root: str | Path) -> Dataset:
     if test_root.is_dir():
         for defect_dir in sorted(d for d in test_root.iterdir() if d.is_dir()):
             defect = defect_dir.name
-            for p in _images_in(defect_dir):
-                if defect == "good":
-                    ds.test.append(Sample(p))
-                    continue
-                mask = root / "ground_truth" / defect / f"{p.stem}_mask.png"
-                if not mask.is_file():
-                    raise FreEdgeError(f"{p}: its mask {mask} is missing; add it or remove the image")
+            pictures = _images_in(defect_dir)
+            if defect == "good":
+                ds.test.extend(Sample(p) for p in pictures)
+                continue
+            truth = root / "ground_truth" / defect
+            if pictures and not truth.is_dir():
+                warnings.warn(f"{truth}: no such folder; the {len(pictures)} pictures of test/{defect} count for "
+                              f"image AUROC only (add their masks there for the pixel metrics)",
+                              FreEdgeWarning, stacklevel=2)
+                ds.test.extend(Sample(p, 1, None, defect) for p in pictures)
+                continue
+            for p in pictures:
+                mask = mask_of(truth, p.stem)
+                if mask is None:
+                    raise FreEdgeError(f"{p}: its mask {truth / (p.stem + '_mask.png')} is missing; "
+                                       f"add it or remove the image")
                 ds.test.append(Sample(p, 1, mask, defect))
     if not ds.train:
         raise FreEdgeError(f"{good}: no images found; put the good training images there")
@@ -114,7 +135,6 @@ def read_magnetic_tile(root: str | Path, split: str | Path | None = None) -> Dat
     for defect, rels in test.items():
         ds.test.extend(sample(r, defect) for r in rels)
     return ds
-
 
 
 def read_dataset(path: str | Path, layout: str = "auto", split: str | Path | None = None) -> Dataset:

@@ -50,10 +50,12 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
             "miss_rate": float((~pred[labels == 1]).mean()),
         }
     out["operating_points"] = operating_points(scores[labels == 0], scores[labels == 1])
+    # pixel metrics over the good pictures and the defective ones with a mask
+    drawn = np.array([not s.label or s.mask is not None for s in samples])
     if any(s.mask is not None for s in samples if s.label):
-        masks = np.stack([load_mask(s.mask, *maps.shape[1:]) for s in samples])
-        out["pixel_auroc"] = auroc(masks, maps)
-        out["aupro"] = aupro(masks, maps)
+        masks = np.stack([load_mask(s.mask, *maps.shape[1:]) for s, d in zip(samples, drawn) if d])
+        out["pixel_auroc"] = auroc(masks, maps[drawn])
+        out["aupro"] = aupro(masks, maps[drawn])
     return out
 
 
