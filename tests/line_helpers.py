@@ -41,7 +41,7 @@ def wait_for(check, timeout: float, what: str, step: float = 0.05):
 class Broker:
     """Mosquitto on 127.0.0.1 with persistence (a restart keeps sessions and queued QoS 1 messages)."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, conf: str = ""):
         if MOSQUITTO is None:
             if os.environ.get("CI"):
                 pytest.fail("mosquitto is missing on CI: .ci/run installs it")
@@ -50,7 +50,7 @@ class Broker:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nautosave_interval 1\n")
+            f"persistence_location {folder}/\nautosave_interval 1\n{conf}")
         self.proc = None
 
     def start(self) -> "Broker":
@@ -75,7 +75,7 @@ class Broker:
 class Subscriber:
     """An MQTT client with a persistent session (QoS 1), collecting every message by topic."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "fre-edge-test-subscriber"):
+    def __init__(self, port: int, topic: str, client_id: str = "fre-edge-test-subscriber", tls=None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
@@ -84,6 +84,8 @@ class Subscriber:
         c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=1)
         c.on_message = self._on_message
         c.reconnect_delay_set(0.2, 1)
+        if tls is not None:
+            c.tls_set_context(tls)
         c.connect("127.0.0.1", port, keepalive=10)
         c.loop_start()
         self.client = c
@@ -171,3 +173,59 @@ class Station:
         code = self.proc.wait(timeout=timeout)
         self.log.close()
         return code
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a broker certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a second CA
+    that signed nothing here: PEM files in ``folder`` (keys unencrypted), by name."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = {}
+
+    def write(name, obj):
+        path = folder / name
+        if isinstance(obj, x509.Certificate):
+            path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+        else:
+            path.write_bytes(obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        out[path.stem + ("_key" if path.suffix == ".key" else "")] = path
+
+    def cert(name, key, issuer_name, issuer_key, ca=False, san=None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                  data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                  encipher_only=False, decipher_only=False)
+            b = b.add_extension(usage, critical=True)
+            b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        else:
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                                critical=False)
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    for ca_name in ("ca", "other_ca"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"fre-edge test {ca_name}")])
+        write(f"{ca_name}.pem", cert(f"fre-edge test {ca_name}", key, name, key, ca=True))
+        if ca_name == "ca":
+            ca_key, ca_subject = key, name
+    for who, san in (("broker", [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                     ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(f"{who}.pem", cert(who, key, ca_subject, ca_key, san=san))
+        write(f"{who}.key", key)
+    return out

@@ -23,7 +23,8 @@ if not all(importlib.util.find_spec(m) for m in ("paho", "asyncua", "cv2")):
     pytest.skip("paho-mqtt, asyncua or OpenCV not installed", allow_module_level=True)
 
 from cli_helpers import one_error_line, run  # noqa: E402
-from line_helpers import Broker, Receiver, Station, Subscriber, free_port, wait_for  # noqa: E402
+from line_helpers import (  # noqa: E402
+    Broker, Receiver, Station, Subscriber, free_port, make_certificates, wait_for)
 from fre_edge.runtime import load_detector  # noqa: E402
 
 TOPIC = "plant/line3"
@@ -144,6 +145,48 @@ def test_the_broker_away_for_10_s_loses_nothing(sample_bundle, pictures, broker,
     finally:
         assert st.stop() == 0, st.output()
         sub.close()
+
+
+def test_mqtt_over_tls_with_a_client_certificate_and_a_broker_it_cannot_trust(sample_bundle, pictures, expected,
+                                                                             tmp_path):
+    """Mosquitto with a TLS listener that asks for a client certificate: the sink that trusts the broker's CA and
+    presents the client certificate delivers every verdict; the sink told another CA refuses the broker, says why
+    in its state, and keeps its verdicts in the journal."""
+    import ssl
+
+    certs = make_certificates(tmp_path / "certs")
+    # user root: started as root, mosquitto would run as its own user, who cannot read the test's folder
+    broker = Broker(tmp_path / "broker", conf=f"cafile {certs['ca']}\ncertfile {certs['broker']}\n"
+                                              f"keyfile {certs['broker_key']}\nrequire_certificate true\n"
+                                              f"user root\n").start()
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    ctx.load_cert_chain(certs["client"], certs["client_key"])
+    sub = Subscriber(broker.port, TOPIC, client_id="tls-test", tls=ctx)
+    client = f"cert={certs['client']}&key={certs['client_key']}"
+    st = Station([sample_bundle, "--source", f"folder:{incoming}", "--journal", tmp_path / "j", "--drain", "1",
+                  "--sink", f"mqtts://127.0.0.1:{broker.port}/{TOPIC}?ca={certs['ca']}&{client}&name=tls",
+                  "--sink", f"mqtts://127.0.0.1:{broker.port}/{TOPIC}/b?ca={certs['other_ca']}&{client}&name=wrongca"],
+                 tmp_path / "station.log").start()
+    try:
+        for i, p in enumerate(pictures):
+            drop(p, incoming, f"{i:03d}.png")
+        wait_for(lambda: len(sub.on(TOPIC)) == len(pictures), 60, "every message over TLS")
+        msgs = sub.on(TOPIC)
+        assert [m["part"] for m in msgs] == [f"{i:03d}.png" for i in range(len(pictures))]
+        for m in msgs:
+            assert m["score"] == pytest.approx(expected[m["part"]].score, rel=1e-5)
+        sinks = st.status()["sinks"]
+        assert sinks["tls"]["state"] == "connected" and sinks["tls"]["backlog"] == 0
+        assert sinks["wrongca"]["backlog"] == len(pictures), sinks
+        assert sinks["wrongca"]["state"].startswith("disconnected") and "CERTIFICATE_VERIFY_FAILED" in \
+            sinks["wrongca"]["state"], sinks
+    finally:
+        code = st.stop()
+        sub.close()
+        broker.stop()
+    assert code == 0, st.output()
 
 
 def test_a_station_killed_mid_run_delivers_every_verdict_after_restart(sample_bundle, pictures, broker, tmp_path):
@@ -385,6 +428,12 @@ BAD = [
     (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1:1883/"], "topic"),
     (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1:1883/a/#"], "wildcards"),
     (["--source", "folder:{tmp}", "--sink", "kafka://127.0.0.1:9092/x"], "use mqtt://"),
+    (["--source", "folder:{tmp}", "--sink", "mqtt://127.0.0.1:1883/a?ca={tmp}/notes/mine.txt"], "is for TLS"),
+    (["--source", "folder:{tmp}", "--sink", "mqtts://127.0.0.1:8883/a?ca={tmp}/ca.pem"], "no such file"),
+    (["--source", "folder:{tmp}", "--sink", "mqtts://127.0.0.1:8883/a?cert={tmp}/notes/mine.txt"], "together"),
+    (["--source", "folder:{tmp}", "--sink", "mqtts://127.0.0.1:8883/a?ca={tmp}/notes/mine.txt"], "not a PEM"),
+    (["--source", "folder:{tmp}", "--sink",
+      "mqtts://127.0.0.1:8883/a?cert={tmp}/notes/mine.txt&key={tmp}/notes/mine.txt"], "unencrypted private key"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?payload=everything"], "payload="),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?rate=-1"], "finite number"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/a?name=x", "--sink", "folder:{tmp}/b?name=x"], "two sinks"),
@@ -424,6 +473,10 @@ def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
         ("[station\n", "not valid TOML"),
         ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\ntype = 'mqtt'\nhost = '127.0.0.1'\nport = 1\n", "topic"),
         ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'opcua-client://127.0.0.1:4840'\n", "nodes"),
+        ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\ntype = 'mqtt'\nhost = 'b'\nport = 8883\ntopic = 't'\n"
+         "tls = 'yes'\n", "tls = 'yes'"),
+        ("[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\ntype = 'mqtt'\nhost = 'b'\nport = 1883\ntopic = 't'\n"
+         "ca = 'ca.pem'\n", "are for TLS"),
         ("[station]\nparallel = 99\n[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'folder:{tmp}/o'\n",
          "parallel 99"),
     ]

@@ -19,8 +19,8 @@ from .params import FiniteFloat, batch_size_option
               help="Where pictures come from, repeatable: folder:DIR, camera:INDEX, video:FILE, rtsp://..., "
                    "http://... (a camera stream) or push://HOST:PORT (pictures POSTed).")
 @click.option("--sink", "sinks", multiple=True, metavar="URL",
-              help="Where verdicts go, repeatable: mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT, "
-                   "webhook+http://HOST:PORT/PATH or folder:DIR.")
+              help="Where verdicts go, repeatable: mqtt://HOST:PORT/TOPIC (mqtts://...?ca=FILE for TLS), "
+                   "opcua://HOST:PORT, webhook+http://HOST:PORT/PATH or folder:DIR.")
 @click.option("--journal", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the journal every verdict is written to before any sink sends it (default "
                    "./fre-edge-journal); a restarted station resumes its undelivered verdicts from it.")

@@ -10,6 +10,8 @@ Sources (``--source`` or ``[[source]]`` with ``type``):
 Sinks (``--sink`` or ``[[sink]]``), each with ``?payload=verdict|verdict+picture&pictures=anomalous|all&rate=N``:
 
     mqtt://HOST:PORT/TOPIC     JSON per part, QoS 1; retained status on TOPIC/status
+    mqtts://HOST:PORT/TOPIC[?ca=FILE&cert=FILE&key=FILE]   the same over TLS (the broker checked against the
+                               system's CAs or ca=; cert= and key= for brokers that ask for a client certificate)
     opcua://HOST:PORT          the station as an OPC UA server a PLC reads or subscribes to
     opcua-client://HOST:PORT   writes each verdict to the PLC's own server (nodes in the TOML file)
     webhook+http(s)://HOST:PORT/PATH   POST per part, retried
@@ -63,6 +65,10 @@ class SinkConfig:
     rate: float = 0.0  # messages per second at most (0: no limit); the rest wait in the journal
     nodes: dict = field(default_factory=dict)  # opcua-client: {"verdict": NODE_ID, "score": ..., ...}
     qos: int = 1
+    tls: bool = False  # mqtt: TLS (mqtts://)
+    ca: str = ""  # mqtt over TLS: PEM file of the CA(s) the broker's certificate is checked against ("": the system's)
+    cert: str = ""  # mqtt over TLS: PEM file of this station's client certificate, for brokers that ask for one
+    key: str = ""  # mqtt over TLS: PEM file of that certificate's private key (unencrypted)
 
 
 @dataclass
@@ -174,14 +180,18 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
                           pictures=o.get("pictures", "anomalous"), rate=_number(where, o.get("rate", 0)))
         return check_sink(sink, where) if check else sink
     parts = urlsplit(spec)
-    o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"})
+    tls = {"ca", "cert", "key"}
+    o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"} | tls)
+    if parts.scheme != "mqtts" and tls & set(o):
+        raise _bad(where, f"{sorted(tls & set(o))[0]}= is for TLS; write mqtts://HOST:PORT/TOPIC?...")
     common = dict(payload=o.get("payload", "verdict").replace(" ", "+"), pictures=o.get("pictures", "anomalous"),
                   rate=_number(where, o.get("rate", 0)))
-    if parts.scheme == "mqtt":
+    if parts.scheme in ("mqtt", "mqtts"):
         host, port = _host_port(where, parts.netloc)
         topic = parts.path.lstrip("/") + ("#" + parts.fragment if "#" in spec else "")  # '#' parses as a fragment
         sink = SinkConfig("mqtt", o.get("name", f"mqtt{index + 1}"), host=host, port=port, topic=topic,
-                          qos=int(_number(where, o.get("qos", 1))), **common)
+                          qos=int(_number(where, o.get("qos", 1))), tls=parts.scheme == "mqtts", ca=o.get("ca", ""),
+                          cert=o.get("cert", ""), key=o.get("key", ""), **common)
     elif parts.scheme in ("opcua", "opc.tcp"):
         host, port = _host_port(where, parts.netloc)
         sink = SinkConfig("opcua", o.get("name", f"opcua{index + 1}"), host=host, port=port, **common)
@@ -194,7 +204,7 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
         url = spec.split("?")[0].replace("webhook+", "", 1)
         sink = SinkConfig("webhook", o.get("name", f"webhook{index + 1}"), url=url, host=host, port=port, **common)
     else:
-        raise _bad(where, "use mqtt://HOST:PORT/TOPIC, opcua://HOST:PORT, opcua-client://HOST:PORT, "
+        raise _bad(where, "use mqtt://HOST:PORT/TOPIC, mqtts://..., opcua://HOST:PORT, opcua-client://HOST:PORT, "
                           "webhook+http://HOST:PORT/PATH or folder:DIR")
     return check_sink(sink, where) if check else sink
 
@@ -236,11 +246,46 @@ def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
             raise _bad(where, "give the topic to publish to, without wildcards: mqtt://HOST:PORT/plant/line3")
         if sink.qos not in (0, 1, 2):
             raise _bad(where, f"qos={sink.qos}; use 1 (at least once), 2, or 0 (may lose messages)")
+        if not isinstance(sink.tls, bool):
+            raise _bad(where, f"tls = {sink.tls!r}; use true or false")
+        tls_context(sink, where)
     if sink.type == "folder" and not sink.path:
         raise _bad(where, "no folder; write folder:DIR")
     if sink.type == "opcua-client" and not sink.nodes:
         raise _bad(where, "name the PLC's nodes to write in the TOML file: nodes = {verdict = \"ns=2;s=...\"}")
     return sink
+
+
+def tls_context(sink: SinkConfig, where: str = ""):
+    """The TLS context of an mqtts sink (None for plain MQTT): the broker's certificate and name checked against
+    the system's CAs or ``ca``; ``cert`` and ``key`` presented when the broker asks. Every file is loaded here, so
+    a missing or unreadable one is refused at start in one line."""
+    where = where or f"sink {sink.name}"
+    if not sink.tls:
+        if sink.ca or sink.cert or sink.key:
+            raise _bad(where, "ca, cert and key are for TLS; write mqtts://HOST:PORT/TOPIC (or tls = true)")
+        return None
+    import ssl
+
+    if bool(sink.cert) != bool(sink.key):
+        raise _bad(where, "give cert= and key= together (the client certificate and its private key)")
+    for what in ("ca", "cert", "key"):
+        path = getattr(sink, what)
+        if path and not Path(path).is_file():
+            raise _bad(where, f"{what}={path}: no such file; check the path")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if sink.ca:
+            ctx.load_verify_locations(cafile=sink.ca)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise _bad(where, f"ca={sink.ca}: not a PEM certificate ({exc}); give the CA's certificate") from None
+    try:
+        if sink.cert:
+            ctx.load_cert_chain(sink.cert, sink.key, password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise _bad(where, f"cert={sink.cert}, key={sink.key}: not a PEM certificate and its unencrypted private "
+                          f"key ({exc}); check the two files") from None
+    return ctx
 
 
 def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> StationConfig:

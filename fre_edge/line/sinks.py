@@ -19,12 +19,14 @@ import base64
 import json
 import logging
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..errors import FreEdgeError
+from .config import tls_context
 
 log = logging.getLogger("fre_edge.line")
 TIMEOUT_S = 5.0
@@ -62,7 +64,9 @@ class Sink:
 
 class MqttSink(Sink):
     """JSON per part on the topic at QoS 1 (paho-mqtt waits for the broker's PUBACK); the station's status,
-    retained, on ``TOPIC/status`` (``online`` with the bundle's version; ``offline`` as the broker's will)."""
+    retained, on ``TOPIC/status`` (``online`` with the bundle's version; ``offline`` as the broker's will).
+    Over TLS (mqtts://) the broker's certificate and host name are checked; why a connection fails (a refused
+    certificate, a broker that turns the station away) shows in the sink's state."""
 
     kind = "mqtt"
 
@@ -76,10 +80,15 @@ class MqttSink(Sink):
             user = os.environ.get("FRE_EDGE_MQTT_USERNAME")
             if user:
                 c.username_pw_set(user, os.environ.get("FRE_EDGE_MQTT_PASSWORD"))
+            ctx = tls_context(self.cfg)
+            if ctx is not None:
+                c.tls_set_context(ctx)
             c.will_set(self.status_topic, json.dumps({"state": "offline", "station": self.station.name}), qos=1,
                        retain=True)
             c.on_connect = self._on_connect
             c.on_disconnect = self._on_disconnect
+            c.on_connect_fail = self._on_connect_fail
+            self.why = ""
             c.reconnect_delay_set(0.5, 5)
             c.connect_async(self.cfg.host, self.cfg.port, keepalive=15)
             c.loop_start()
@@ -91,15 +100,21 @@ class MqttSink(Sink):
 
     def _on_connect(self, client, userdata, flags, reason, properties=None):
         self.connected = not reason.is_failure
+        self.why = f"the broker refused: {reason}" if reason.is_failure else ""
         if self.connected:
             client.publish(self.status_topic, json.dumps(self.station.status_message()), qos=1, retain=True)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties=None):
         self.connected = False
 
+    def _on_connect_fail(self, client, userdata):
+        exc = sys.exc_info()[1]  # paho calls this inside its handler of the failed connection
+        self.why = f"{exc.__class__.__name__}: {exc}" if exc is not None else "the connection failed"
+
     def send(self, record: dict, picture: bytes | None) -> None:
         if not self.connected:
-            raise ConnectionError(f"not connected to the broker {self.cfg.host}:{self.cfg.port}")
+            why = f" ({self.why})" if getattr(self, "why", "") else ""
+            raise ConnectionError(f"not connected to the broker {self.cfg.host}:{self.cfg.port}{why}")
         drift = record.get("kind") == "drift"  # the drift alarm: its own topic, retained
         info = self.client.publish(f"{self.cfg.topic}/drift" if drift else self.cfg.topic,
                                    json.dumps(message(record, picture)), qos=self.cfg.qos, retain=drift)
