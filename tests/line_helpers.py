@@ -229,3 +229,32 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         write(f"{who}.pem", cert(who, key, ca_subject, ca_key, san=san))
         write(f"{who}.key", key)
     return out
+
+
+def opcua_certificates(folder: Path, names: dict[str, str]) -> dict[str, tuple[Path, Path]]:
+    """OPC UA application instance certificates (self-signed, DER, the application URI in their subject
+    alternative name, usable as client and server) and their PEM keys, made by asyncua: {name: (cert, key)} for
+    ``names`` {name: application URI}."""
+    import asyncio
+
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {name: (folder / f"{name}.der", folder / f"{name}_key.pem") for name in names}
+
+    async def make():
+        for name, uri in names.items():
+            await setup_self_signed_certificate(out[name][1], out[name][0], uri, "localhost",
+                                                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+                                                {"organizationName": "fre-edge test"})
+    asyncio.run(make())
+    return out
+
+
+def close_opcua_client(client) -> None:
+    """Stop a sync asyncua client's loop thread after a connection that failed."""
+    try:
+        client.tg.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - already stopped
+        pass

@@ -24,7 +24,8 @@ if not all(importlib.util.find_spec(m) for m in ("paho", "asyncua", "cv2")):
 
 from cli_helpers import one_error_line, run  # noqa: E402
 from line_helpers import (  # noqa: E402
-    Broker, Receiver, Station, Subscriber, free_port, make_certificates, wait_for)
+    Broker, Receiver, Station, Subscriber, close_opcua_client, free_port, make_certificates, opcua_certificates,
+    wait_for)
 from fre_edge.runtime import load_detector  # noqa: E402
 
 TOPIC = "plant/line3"
@@ -186,6 +187,99 @@ def test_mqtt_over_tls_with_a_client_certificate_and_a_broker_it_cannot_trust(sa
         code = st.stop()
         sub.close()
         broker.stop()
+    assert code == 0, st.output()
+
+
+def test_opc_ua_with_certificates_lets_in_only_the_trusted_plc_and_writes_to_its_secured_server(
+        sample_bundle, pictures, expected, tmp_path, monkeypatch):
+    """The station's OPC UA server with its own certificate and a trust folder: the PLC's certificate gets a
+    SignAndEncrypt session and reads the counters; a stranger's certificate and a client without security are
+    refused. The opcua-client sink writes every verdict into the PLC's own server over SignAndEncrypt with a
+    user name and password, that server trusting only the station's certificate."""
+    from asyncua import ua
+    from asyncua.server.user_managers import User, UserManager, UserRole
+    from asyncua.sync import Client, Server
+
+    pki = opcua_certificates(tmp_path / "pki", {"station": "urn:fre-edge:station:line3", "plc": "urn:test:plc",
+                                                "stranger": "urn:test:stranger"})
+    for folder, who in (("station_trusts", "plc"), ("plc_trusts", "station")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(pki[who][0], tmp_path / folder)
+
+    class Users(UserManager):
+        def get_user(self, iserver, username=None, password=None, certificate=None):
+            return User(role=UserRole.User) if (username, password) == ("line3", "s3cret") else None
+
+    plc_port, station_port = free_port(), free_port()
+    plc = Server()  # the PLC's own server, as a Siemens or Beckhoff PLC offers it
+    plc.set_endpoint(f"opc.tcp://127.0.0.1:{plc_port}/plc/")
+    plc.set_application_uri("urn:test:plc")
+    plc.load_certificate(str(pki["plc"][0]))
+    plc.load_private_key(str(pki["plc"][1]))
+    plc.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    from fre_edge.line.sinks import trusted_clients
+
+    plc.aio_obj.set_certificate_validator(trusted_clients(str(tmp_path / "plc_trusts"), plc))
+    plc.aio_obj.iserver.set_user_manager(Users())
+    idx = plc.register_namespace("urn:test:plc")
+    line = plc.nodes.objects.add_object(idx, "Line3")
+    V = ua.VariantType
+    targets = {key: line.add_variable(ua.NodeId(f"Line3.{key}", idx), key, ua.Variant(value, vt)) for key, value, vt in
+               (("Verdict", "", V.String), ("Score", 0.0, V.Double), ("Seq", 0, V.UInt64))}
+    for node in targets.values():
+        node.set_writable()
+    plc.start()
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    identity = f"cert={pki['station'][0]}&key={pki['station'][1]}"
+    toml = tmp_path / "station.toml"
+    toml.write_text(f"""[station]
+name = "line3"
+[[source]]
+url = "folder:{incoming}"
+[[sink]]
+url = "opcua://127.0.0.1:{station_port}?{identity}&trust={tmp_path / 'station_trusts'}"
+[[sink]]
+url = "opcua-client://127.0.0.1:{plc_port}/plc/?{identity}"
+nodes = {{verdict = "ns={idx};s=Line3.Verdict", score = "ns={idx};s=Line3.Score", seq = "ns={idx};s=Line3.Seq"}}
+""")
+    monkeypatch.setenv("FRE_EDGE_OPCUA_USERNAME", "line3")
+    monkeypatch.setenv("FRE_EDGE_OPCUA_PASSWORD", "s3cret")
+    st = Station([sample_bundle, "--config", toml, "--journal", tmp_path / "j", "--drain", "1"],
+                 tmp_path / "station.log").start()
+    url = f"opc.tcp://127.0.0.1:{station_port}/fre-edge/"
+    try:
+        wait_for(lambda: all(s["state"] == "connected" for s in st.status()["sinks"].values()), 60, "both sinks")
+        for i, p in enumerate(pictures):
+            drop(p, incoming, f"{i:03d}.png")
+        n = len(pictures)
+        wait_for(lambda: st.parts() == n and all(s["backlog"] == 0 for s in st.status()["sinks"].values()), 60,
+                 "every verdict delivered")
+        last = expected[f"{n - 1:03d}.png"]
+        assert targets["Seq"].read_value() == n
+        assert targets["Verdict"].read_value() == ("anomalous" if last.anomalous else "good")
+        assert targets["Score"].read_value() == pytest.approx(last.score, rel=1e-5)
+        client = Client(url, timeout=10)
+        client.application_uri = "urn:test:plc"
+        client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{pki['plc'][0]},{pki['plc'][1]}")
+        client.connect()
+        try:
+            ns = client.get_namespace_index("urn:fre-edge:station")
+            counter = client.nodes.objects.get_child([f"{ns}:Station", f"{ns}:PartCounter"])
+            assert counter.read_value() == n
+        finally:
+            client.disconnect()
+        for who in ("stranger", None):
+            client = Client(url, timeout=10)
+            if who:
+                client.application_uri = "urn:test:stranger"
+                client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{pki[who][0]},{pki[who][1]}")
+            with pytest.raises(Exception, match="Untrusted" if who else "endpoint|Security|policy"):
+                client.connect()
+            close_opcua_client(client)
+    finally:
+        code = st.stop()
+        plc.stop()
     assert code == 0, st.output()
 
 
@@ -434,6 +528,13 @@ BAD = [
     (["--source", "folder:{tmp}", "--sink", "mqtts://127.0.0.1:8883/a?ca={tmp}/notes/mine.txt"], "not a PEM"),
     (["--source", "folder:{tmp}", "--sink",
       "mqtts://127.0.0.1:8883/a?cert={tmp}/notes/mine.txt&key={tmp}/notes/mine.txt"], "unencrypted private key"),
+    (["--source", "folder:{tmp}", "--sink", "opcua://127.0.0.1:4840?cert={tmp}/notes/mine.txt"], "together"),
+    (["--source", "folder:{tmp}", "--sink", "opcua://127.0.0.1:4840?trust={tmp}/notes"], "needs cert="),
+    (["--source", "folder:{tmp}", "--sink",
+      "opcua://127.0.0.1:4840?cert={tmp}/notes/mine.txt&key={tmp}/notes/mine.txt"], "not a certificate"),
+    (["--source", "folder:{tmp}", "--sink",
+      "opcua://127.0.0.1:4840?cert={tmp}/nope.der&key={tmp}/nope.pem"], "cannot read it"),
+    (["--source", "folder:{tmp}", "--sink", "opcua-client://127.0.0.1:4840?trust={tmp}/notes"], "unknown option"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?payload=everything"], "payload="),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?rate=-1"], "finite number"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/a?name=x", "--sink", "folder:{tmp}/b?name=x"], "two sinks"),

@@ -12,12 +12,16 @@ Sinks (``--sink`` or ``[[sink]]``), each with ``?payload=verdict|verdict+picture
     mqtt://HOST:PORT/TOPIC     JSON per part, QoS 1; retained status on TOPIC/status
     mqtts://HOST:PORT/TOPIC[?ca=FILE&cert=FILE&key=FILE]   the same over TLS (the broker checked against the
                                system's CAs or ca=; cert= and key= for brokers that ask for a client certificate)
-    opcua://HOST:PORT          the station as an OPC UA server a PLC reads or subscribes to
-    opcua-client://HOST:PORT   writes each verdict to the PLC's own server (nodes in the TOML file)
+    opcua://HOST:PORT[?cert=FILE&key=FILE&trust=DIR]   the station as an OPC UA server a PLC reads or subscribes
+                               to; with cert= and key= it offers Basic256Sha256 (Sign, SignAndEncrypt) only, and
+                               with trust= only the client certificates in DIR get in
+    opcua-client://HOST:PORT[?cert=FILE&key=FILE]   writes each verdict to the PLC's own server (nodes in the TOML
+                               file); with cert= and key=, over Basic256Sha256 SignAndEncrypt
     webhook+http(s)://HOST:PORT/PATH   POST per part, retried
     folder:DIR                 JSON lines (rotated), and pictures of rejects with payload=verdict+picture
 
-Credentials come from the environment, never from the file: FRE_EDGE_MQTT_USERNAME, FRE_EDGE_MQTT_PASSWORD.
+Credentials come from the environment, never from the file: FRE_EDGE_MQTT_USERNAME, FRE_EDGE_MQTT_PASSWORD,
+FRE_EDGE_OPCUA_USERNAME, FRE_EDGE_OPCUA_PASSWORD (the PLC's server, for opcua-client).
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ class SinkConfig:
     qos: int = 1
     tls: bool = False  # mqtt: TLS (mqtts://)
     ca: str = ""  # mqtt over TLS: PEM file of the CA(s) the broker's certificate is checked against ("": the system's)
-    cert: str = ""  # mqtt over TLS: PEM file of this station's client certificate, for brokers that ask for one
-    key: str = ""  # mqtt over TLS: PEM file of that certificate's private key (unencrypted)
+    cert: str = ""  # mqtts: the station's client certificate (PEM); opcua, opcua-client: its application
+    #                 instance certificate (DER or PEM)
+    key: str = ""  # that certificate's private key (PEM, unencrypted)
+    trust: str = ""  # opcua: folder of the client certificates (.der, .pem) let in; "" with cert: any client's
 
 
 @dataclass
@@ -180,10 +186,12 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
                           pictures=o.get("pictures", "anomalous"), rate=_number(where, o.get("rate", 0)))
         return check_sink(sink, where) if check else sink
     parts = urlsplit(spec)
-    tls = {"ca", "cert", "key"}
-    o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"} | tls)
-    if parts.scheme != "mqtts" and tls & set(o):
-        raise _bad(where, f"{sorted(tls & set(o))[0]}= is for TLS; write mqtts://HOST:PORT/TOPIC?...")
+    extra = {"mqtt": {"ca", "cert", "key"}, "mqtts": {"ca", "cert", "key"}, "opcua": {"cert", "key", "trust"},
+             "opc.tcp": {"cert", "key", "trust"}, "opcua-client": {"cert", "key"}}.get(parts.scheme, set())
+    o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"} | extra)
+    if parts.scheme == "mqtt" and extra & set(o):
+        raise _bad(where, f"{sorted(extra & set(o))[0]}= is for TLS; write mqtts://HOST:PORT/TOPIC?...")
+    identity = {k: o[k] for k in ("cert", "key", "trust") if k in o and parts.scheme.startswith("opc")}
     common = dict(payload=o.get("payload", "verdict").replace(" ", "+"), pictures=o.get("pictures", "anomalous"),
                   rate=_number(where, o.get("rate", 0)))
     if parts.scheme in ("mqtt", "mqtts"):
@@ -194,11 +202,11 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
                           cert=o.get("cert", ""), key=o.get("key", ""), **common)
     elif parts.scheme in ("opcua", "opc.tcp"):
         host, port = _host_port(where, parts.netloc)
-        sink = SinkConfig("opcua", o.get("name", f"opcua{index + 1}"), host=host, port=port, **common)
+        sink = SinkConfig("opcua", o.get("name", f"opcua{index + 1}"), host=host, port=port, **identity, **common)
     elif parts.scheme == "opcua-client":
         host, port = _host_port(where, parts.netloc)
         sink = SinkConfig("opcua-client", o.get("name", f"plc{index + 1}"), url=f"opc.tcp://{parts.netloc}",
-                          host=host, port=port, **common)
+                          host=host, port=port, **identity, **common)
     elif parts.scheme in ("webhook+http", "webhook+https"):
         host, port = _host_port(where, parts.netloc, need_port=False)
         url = spec.split("?")[0].replace("webhook+", "", 1)
@@ -249,6 +257,12 @@ def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
         if not isinstance(sink.tls, bool):
             raise _bad(where, f"tls = {sink.tls!r}; use true or false")
         tls_context(sink, where)
+    if sink.type in ("opcua", "opcua-client"):
+        opcua_identity(sink, where)
+    elif sink.trust:
+        raise _bad(where, "trust= is for the opcua sink (the client certificates it lets in)")
+    if sink.type in ("folder", "webhook") and (sink.ca or sink.cert or sink.key):
+        raise _bad(where, "ca, cert and key are for mqtts and opcua sinks")
     if sink.type == "folder" and not sink.path:
         raise _bad(where, "no folder; write folder:DIR")
     if sink.type == "opcua-client" and not sink.nodes:
@@ -286,6 +300,50 @@ def tls_context(sink: SinkConfig, where: str = ""):
         raise _bad(where, f"cert={sink.cert}, key={sink.key}: not a PEM certificate and its unencrypted private "
                           f"key ({exc}); check the two files") from None
     return ctx
+
+
+def opcua_identity(sink: SinkConfig, where: str = "") -> tuple[bytes, bytes, str] | None:
+    """(certificate, private key, application URI from the certificate) of an OPC UA sink with ``cert`` and
+    ``key``, each loaded here so a bad file is refused at start in one line; None without them."""
+    where = where or f"sink {sink.name}"
+    if sink.ca:
+        raise _bad(where, "ca= is for mqtts; an OPC UA peer's certificate is trusted through trust=DIR")
+    if sink.trust and sink.type != "opcua":
+        raise _bad(where, "trust= is for the opcua sink (the client certificates it lets in)")
+    if sink.trust and not sink.cert:
+        raise _bad(where, "trust= needs cert= and key= (the station's own certificate): no security without them")
+    if not sink.cert and not sink.key:
+        return None
+    if bool(sink.cert) != bool(sink.key):
+        raise _bad(where, "give cert= and key= together (the station's certificate and its private key)")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert, key = Path(sink.cert).read_bytes(), Path(sink.key).read_bytes()
+    except OSError as exc:
+        raise _bad(where, f"{exc.filename}: cannot read it ({exc.strerror}); check the path") from None
+    pem = cert.lstrip().startswith(b"-----BEGIN")
+    try:
+        c = x509.load_pem_x509_certificate(cert) if pem else x509.load_der_x509_certificate(cert)
+    except ValueError:
+        raise _bad(where, f"cert={sink.cert}: not a certificate (DER or PEM); give the station's certificate") from None
+    try:
+        if key.lstrip().startswith(b"-----BEGIN"):
+            serialization.load_pem_private_key(key, None)
+        else:
+            serialization.load_der_private_key(key, None)
+    except (ValueError, TypeError) as exc:
+        raise _bad(where, f"key={sink.key}: not an unencrypted private key ({exc}); give the certificate's key "
+                          f"without a passphrase") from None
+    if sink.trust and not Path(sink.trust).is_dir():
+        raise _bad(where, f"trust={sink.trust}: not a folder; put the trusted clients' certificates in a folder")
+    try:
+        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return cert, key, (uris[0] if uris else "")
 
 
 def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> StationConfig:

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import FreEdgeError
-from .config import tls_context
+from .config import opcua_identity, tls_context
 
 log = logging.getLogger("fre_edge.line")
 TIMEOUT_S = 5.0
@@ -193,7 +193,11 @@ class OpcUaServerSink(Sink):
     """The station as an OPC UA server (asyncua) that a PLC reads or subscribes to: under Objects/Station,
     ``LastVerdict`` (String), ``LastReject`` (Boolean), ``LastScore`` (Double), ``LastPart`` (String),
     ``PartCounter`` (UInt64: the verdict's sequence number, which carries on across restarts),
-    ``RejectCounter`` (UInt64, since the station started), ``Status`` (String), ``Threshold`` (Double)."""
+    ``RejectCounter`` (UInt64, since the station started), ``Status`` (String), ``Threshold`` (Double).
+
+    Without ``cert``: security policy None, as most PLCs on a line network start. With ``cert`` and ``key``:
+    Basic256Sha256 only (Sign, SignAndEncrypt), the application URI taken from the certificate; with ``trust``,
+    only clients whose certificate is in that folder get a session."""
 
     kind = "opcua"
     NAMESPACE = "urn:fre-edge:station"
@@ -209,7 +213,22 @@ class OpcUaServerSink(Sink):
         server = Server()
         server.set_endpoint(f"opc.tcp://{self.cfg.host}:{self.cfg.port}/fre-edge/")
         server.set_server_name(f"fre-edge station {self.station.name}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        identity = opcua_identity(self.cfg)
+        if identity is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            cert, key, uri = identity
+            if uri:
+                server.set_application_uri(uri)
+            server.load_certificate(cert, format=pem_or_der(cert))
+            server.load_private_key(key, format=pem_or_der(key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_Sign,
+                                        ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+            if self.cfg.trust:
+                server.aio_obj.set_certificate_validator(trusted_clients(self.cfg.trust, server))
+            else:
+                log.warning("sink %s: any client certificate gets a session; add trust=DIR to let in only the "
+                            "PLC's", self.cfg.name)
         idx = server.register_namespace(self.NAMESPACE)
         obj = server.nodes.objects.add_object(idx, "Station")
         V = ua.VariantType
@@ -256,9 +275,25 @@ class OpcUaServerSink(Sink):
             self.server = None
 
 
+def pem_or_der(content: bytes) -> str:
+    return "pem" if content.lstrip().startswith(b"-----BEGIN") else "der"
+
+
+def trusted_clients(folder: str, server):
+    """A certificate validator that lets in only the client certificates in ``folder`` (.der or .pem), still
+    valid, whose application URI matches the one they present."""
+    from asyncua.crypto.truststore import TrustStore
+    from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions as O
+
+    store = TrustStore([Path(folder)], [])
+    server.tloop.post(store.load())
+    return CertificateValidator(O.TIME_RANGE | O.URI | O.TRUSTED | O.PEER_CLIENT, store)
+
+
 class OpcUaClientSink(Sink):
     """Writes each verdict to the PLC's own OPC UA server: the node ids in ``nodes`` (verdict: String,
-    reject: Boolean, score: Double, part: String, seq: UInt64), any subset."""
+    reject: Boolean, score: Double, part: String, seq: UInt64), any subset. With ``cert`` and ``key``, over
+    Basic256Sha256 SignAndEncrypt; a user name and password from FRE_EDGE_OPCUA_USERNAME / _PASSWORD."""
 
     kind = "opcua-client"
     TYPES = {"verdict": "String", "reject": "Boolean", "score": "Double", "part": "String", "seq": "UInt64",
@@ -277,7 +312,21 @@ class OpcUaClientSink(Sink):
         self.ua = ua
         if getattr(self, "client", None) is None:
             client = Client(self.cfg.url, timeout=TIMEOUT_S)
+            identity = opcua_identity(self.cfg)
+            user = os.environ.get("FRE_EDGE_OPCUA_USERNAME")
+            if user:
+                client.set_user(user)
+                client.set_password(os.environ.get("FRE_EDGE_OPCUA_PASSWORD", ""))
             try:
+                if identity is not None:  # asks the server for its endpoints, so it may fail as connect() does
+                    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+                    from asyncua.crypto.uacrypto import CertProperties
+
+                    cert, key, uri = identity
+                    client.application_uri = uri or client.application_uri
+                    mode = ua.MessageSecurityMode.SignAndEncrypt
+                    client.set_security(SecurityPolicyBasic256Sha256, CertProperties(cert, pem_or_der(cert)),
+                                        CertProperties(key, pem_or_der(key)), mode=mode)
                 client.connect()
             except Exception as exc:  # noqa: BLE001 - asyncua raises many kinds; the station retries
                 try:
