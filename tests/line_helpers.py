@@ -104,9 +104,10 @@ class Subscriber:
 
 
 class Receiver:
-    """A webhook receiver on loopback; answers 500 to the first ``fail`` requests."""
+    """A webhook receiver on loopback; answers 500 to the first ``fail`` requests; HTTPS with ``tls`` (a server-side
+    ssl.SSLContext)."""
 
-    def __init__(self, fail: int = 0):
+    def __init__(self, fail: int = 0, tls=None):
         self.bodies, self.fail = [], fail
         receiver = self
 
@@ -126,6 +127,8 @@ class Receiver:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
 

@@ -148,11 +148,11 @@ def test_the_broker_away_for_10_s_loses_nothing(sample_bundle, pictures, broker,
         sub.close()
 
 
-def test_mqtt_over_tls_with_a_client_certificate_and_a_broker_it_cannot_trust(sample_bundle, pictures, expected,
-                                                                             tmp_path):
+def test_mqtt_and_webhook_over_tls_and_a_broker_the_station_cannot_trust(sample_bundle, pictures, expected,
+                                                                          tmp_path):
     """Mosquitto with a TLS listener that asks for a client certificate: the sink that trusts the broker's CA and
     presents the client certificate delivers every verdict; the sink told another CA refuses the broker, says why
-    in its state, and keeps its verdicts in the journal."""
+    in its state, and keeps its verdicts in the journal. A webhook over https with the same CA gets every one."""
     import ssl
 
     certs = make_certificates(tmp_path / "certs")
@@ -165,15 +165,21 @@ def test_mqtt_over_tls_with_a_client_certificate_and_a_broker_it_cannot_trust(sa
     ctx = ssl.create_default_context(cafile=str(certs["ca"]))
     ctx.load_cert_chain(certs["client"], certs["client_key"])
     sub = Subscriber(broker.port, TOPIC, client_id="tls-test", tls=ctx)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(certs["broker"], certs["broker_key"])
+    receiver = Receiver(tls=server_side)
     client = f"cert={certs['client']}&key={certs['client_key']}"
     st = Station([sample_bundle, "--source", f"folder:{incoming}", "--journal", tmp_path / "j", "--drain", "1",
                   "--sink", f"mqtts://127.0.0.1:{broker.port}/{TOPIC}?ca={certs['ca']}&{client}&name=tls",
-                  "--sink", f"mqtts://127.0.0.1:{broker.port}/{TOPIC}/b?ca={certs['other_ca']}&{client}&name=wrongca"],
+                  "--sink", f"mqtts://127.0.0.1:{broker.port}/{TOPIC}/b?ca={certs['other_ca']}&{client}&name=wrongca",
+                  "--sink", f"webhook+https://127.0.0.1:{receiver.port}/parts?ca={certs['ca']}&name=https"],
                  tmp_path / "station.log").start()
     try:
         for i, p in enumerate(pictures):
             drop(p, incoming, f"{i:03d}.png")
         wait_for(lambda: len(sub.on(TOPIC)) == len(pictures), 60, "every message over TLS")
+        wait_for(lambda: len(receiver.bodies) == len(pictures), 60, "every POST over https")
+        assert [b["id"] for b in receiver.bodies] == [m["id"] for m in sub.on(TOPIC)]
         msgs = sub.on(TOPIC)
         assert [m["part"] for m in msgs] == [f"{i:03d}.png" for i in range(len(pictures))]
         for m in msgs:
@@ -186,6 +192,7 @@ def test_mqtt_over_tls_with_a_client_certificate_and_a_broker_it_cannot_trust(sa
     finally:
         code = st.stop()
         sub.close()
+        receiver.close()
         broker.stop()
     assert code == 0, st.output()
 
@@ -535,6 +542,8 @@ BAD = [
     (["--source", "folder:{tmp}", "--sink",
       "opcua://127.0.0.1:4840?cert={tmp}/nope.der&key={tmp}/nope.pem"], "cannot read it"),
     (["--source", "folder:{tmp}", "--sink", "opcua-client://127.0.0.1:4840?trust={tmp}/notes"], "unknown option"),
+    (["--source", "folder:{tmp}", "--sink", "webhook+http://127.0.0.1:80/p?ca={tmp}/notes/mine.txt"], "webhook+https"),
+    (["--source", "folder:{tmp}", "--sink", "webhook+https://127.0.0.1/p?ca={tmp}/notes/mine.txt"], "not a PEM"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?payload=everything"], "payload="),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/o?rate=-1"], "finite number"),
     (["--source", "folder:{tmp}", "--sink", "folder:{tmp}/a?name=x", "--sink", "folder:{tmp}/b?name=x"], "two sinks"),

@@ -17,7 +17,8 @@ Sinks (``--sink`` or ``[[sink]]``), each with ``?payload=verdict|verdict+picture
                                with trust= only the client certificates in DIR get in
     opcua-client://HOST:PORT[?cert=FILE&key=FILE]   writes each verdict to the PLC's own server (nodes in the TOML
                                file); with cert= and key=, over Basic256Sha256 SignAndEncrypt
-    webhook+http(s)://HOST:PORT/PATH   POST per part, retried
+    webhook+http(s)://HOST:PORT/PATH[?ca=FILE&cert=FILE&key=FILE]   POST per part, retried (https: the server
+                               checked against the system's CAs or ca=, a client certificate with cert= and key=)
     folder:DIR                 JSON lines (rotated), and pictures of rejects with payload=verdict+picture
 
 Credentials come from the environment, never from the file: FRE_EDGE_MQTT_USERNAME, FRE_EDGE_MQTT_PASSWORD,
@@ -186,11 +187,13 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
                           pictures=o.get("pictures", "anomalous"), rate=_number(where, o.get("rate", 0)))
         return check_sink(sink, where) if check else sink
     parts = urlsplit(spec)
-    extra = {"mqtt": {"ca", "cert", "key"}, "mqtts": {"ca", "cert", "key"}, "opcua": {"cert", "key", "trust"},
-             "opc.tcp": {"cert", "key", "trust"}, "opcua-client": {"cert", "key"}}.get(parts.scheme, set())
+    tls, opc = {"ca", "cert", "key"}, {"cert", "key", "trust"}
+    extra = {"mqtt": tls, "mqtts": tls, "webhook+http": tls, "webhook+https": tls, "opcua": opc, "opc.tcp": opc,
+             "opcua-client": opc - {"trust"}}.get(parts.scheme, set())
     o = _options(where, parts.query, {"payload", "pictures", "rate", "name", "qos"} | extra)
-    if parts.scheme == "mqtt" and extra & set(o):
-        raise _bad(where, f"{sorted(extra & set(o))[0]}= is for TLS; write mqtts://HOST:PORT/TOPIC?...")
+    if parts.scheme in ("mqtt", "webhook+http") and extra & set(o):
+        raise _bad(where, f"{sorted(extra & set(o))[0]}= is for TLS; write "
+                          f"{'mqtts://HOST:PORT/TOPIC' if parts.scheme == 'mqtt' else 'webhook+https://HOST:PORT/PATH'}?...")
     identity = {k: o[k] for k in ("cert", "key", "trust") if k in o and parts.scheme.startswith("opc")}
     common = dict(payload=o.get("payload", "verdict").replace(" ", "+"), pictures=o.get("pictures", "anomalous"),
                   rate=_number(where, o.get("rate", 0)))
@@ -210,7 +213,8 @@ def parse_sink(spec: str, index: int, check: bool = True) -> SinkConfig:
     elif parts.scheme in ("webhook+http", "webhook+https"):
         host, port = _host_port(where, parts.netloc, need_port=False)
         url = spec.split("?")[0].replace("webhook+", "", 1)
-        sink = SinkConfig("webhook", o.get("name", f"webhook{index + 1}"), url=url, host=host, port=port, **common)
+        sink = SinkConfig("webhook", o.get("name", f"webhook{index + 1}"), url=url, host=host, port=port,
+                          ca=o.get("ca", ""), cert=o.get("cert", ""), key=o.get("key", ""), **common)
     else:
         raise _bad(where, "use mqtt://HOST:PORT/TOPIC, mqtts://..., opcua://HOST:PORT, opcua-client://HOST:PORT, "
                           "webhook+http://HOST:PORT/PATH or folder:DIR")
@@ -261,8 +265,11 @@ def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
         opcua_identity(sink, where)
     elif sink.trust:
         raise _bad(where, "trust= is for the opcua sink (the client certificates it lets in)")
-    if sink.type in ("folder", "webhook") and (sink.ca or sink.cert or sink.key):
-        raise _bad(where, "ca, cert and key are for mqtts and opcua sinks")
+    if sink.type == "webhook":
+        sink.tls = sink.url.startswith("https://")
+        tls_context(sink, where)
+    if sink.type == "folder" and (sink.ca or sink.cert or sink.key):
+        raise _bad(where, "ca, cert and key are for mqtts, webhook+https and opcua sinks")
     if sink.type == "folder" and not sink.path:
         raise _bad(where, "no folder; write folder:DIR")
     if sink.type == "opcua-client" and not sink.nodes:
@@ -271,13 +278,14 @@ def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
 
 
 def tls_context(sink: SinkConfig, where: str = ""):
-    """The TLS context of an mqtts sink (None for plain MQTT): the broker's certificate and name checked against
-    the system's CAs or ``ca``; ``cert`` and ``key`` presented when the broker asks. Every file is loaded here, so
+    """The TLS context of an mqtts or webhook+https sink (None without TLS): the peer's certificate and name checked
+    against the system's CAs or ``ca``; ``cert`` and ``key`` presented when the peer asks. Every file is loaded here, so
     a missing or unreadable one is refused at start in one line."""
     where = where or f"sink {sink.name}"
     if not sink.tls:
         if sink.ca or sink.cert or sink.key:
-            raise _bad(where, "ca, cert and key are for TLS; write mqtts://HOST:PORT/TOPIC (or tls = true)")
+            raise _bad(where, "ca, cert and key are for TLS; write mqtts://HOST:PORT/TOPIC (or tls = true), or an "
+                              "https:// webhook")
         return None
     import ssl
 

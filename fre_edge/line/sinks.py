@@ -137,16 +137,20 @@ class MqttSink(Sink):
 
 
 class WebhookSink(Sink):
-    """POST of the JSON per part; any 2xx is an acknowledgement."""
+    """POST of the JSON per part; any 2xx is an acknowledgement. Over https the server's certificate is checked
+    against the system's CAs or ``ca``; ``cert`` and ``key`` are presented when the server asks."""
 
     kind = "webhook"
+
+    def open(self) -> None:
+        self.context = tls_context(self.cfg)
 
     def send(self, record: dict, picture: bytes | None) -> None:
         body = json.dumps(message(record, picture)).encode()
         req = urllib.request.Request(self.cfg.url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", "X-Fre-Edge-Id": record["id"]})
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=getattr(self, "context", None)) as r:
                 r.read()
                 ok = 200 <= r.status < 300
         except (urllib.error.URLError, OSError) as exc:
