@@ -70,9 +70,9 @@ class SinkConfig:
     rate: float = 0.0  # messages per second at most (0: no limit); the rest wait in the journal
     nodes: dict = field(default_factory=dict)  # opcua-client: {"verdict": NODE_ID, "score": ..., ...}
     qos: int = 1
-    tls: bool = False  # mqtt: TLS (mqtts://)
-    ca: str = ""  # mqtt over TLS: PEM file of the CA(s) the broker's certificate is checked against ("": the system's)
-    cert: str = ""  # mqtts: the station's client certificate (PEM); opcua, opcua-client: its application
+    tls: bool = False  # mqtt: TLS (mqtts://); a webhook: set from its https:// URL
+    ca: str = ""  # mqtts, webhook+https: PEM file of the CA(s) the peer is checked against ("": the system's)
+    cert: str = ""  # mqtts, webhook+https: the station's client certificate (PEM); opcua, opcua-client: its application
     #                 instance certificate (DER or PEM)
     key: str = ""  # that certificate's private key (PEM, unencrypted)
     trust: str = ""  # opcua: folder of the client certificates (.der, .pem) let in; "" with cert: any client's
@@ -324,9 +324,11 @@ def opcua_identity(sink: SinkConfig, where: str = "") -> tuple[bytes, bytes, str
         return None
     if bool(sink.cert) != bool(sink.key):
         raise _bad(where, "give cert= and key= together (the station's certificate and its private key)")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        raise _bad(where, 'the opcua sinks need asyncua; run: pip install "fre-edge[line]"') from None
     try:
         cert, key = Path(sink.cert).read_bytes(), Path(sink.key).read_bytes()
     except OSError as exc:
