@@ -165,7 +165,7 @@ def test_mvtec_layouts_as_other_sets_name_their_masks(tmp_path):
     scores = maps.reshape(len(samples), -1).max(1)
     out = compute_metrics(samples, scores, maps)
     assert out["n_anomalous"] == 3 and out["image_auroc"] == 1.0
-    assert out["pixel_auroc"] == 1.0 and out["aupro"] > 0.99
+    assert out["pixel_auroc"] == 1.0 and out["aupro"] > 0.99 and out["pixel_metrics_images"] == 3
     # a picture whose mask folder exists but whose mask is missing is still refused in one line
     (root / "ground_truth" / "dent" / "1_mask.bmp").unlink()
     with pytest.raises(FreEdgeError, match=r"1\.png: its mask .*1_mask\.png is missing; add it or remove"):

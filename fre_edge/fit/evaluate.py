@@ -56,6 +56,7 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, maps: np.ndar
         masks = np.stack([load_mask(s.mask, *maps.shape[1:]) for s, d in zip(samples, drawn) if d])
         out["pixel_auroc"] = auroc(masks, maps[drawn])
         out["aupro"] = aupro(masks, maps[drawn])
+        out["pixel_metrics_images"] = int(drawn.sum())
     return out
 
 
