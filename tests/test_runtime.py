@@ -271,7 +271,9 @@ def test_bench_end_to_end_from_files(sample_bundle, sample_root, tmp_path):
     assert [row["overlays"] for row in e2e] == [False, True]
     assert all(row["images"] == 10 and row["passes"] >= 1 and row["images_per_s"] > 0 for row in e2e)
     assert "End to end from 10 image files" in r.output and "with overlays" in r.output
-    for args, message in ((["--images", str(tmp_path / "none")], "no folder of images"),
+    (tmp_path / "empty").mkdir()
+    for args, message in ((["--images", str(tmp_path / "none")], "none: no such folder"),
+                          (["--images", str(tmp_path / "empty")], "empty: no images found"),
                           (["--images", str(sample_root / "test"), "--backbone-only"], "drop --backbone-only")):
         r = CliRunner().invoke(cli, ["bench", str(sample_bundle), "--duration", "0.1", *args])
         assert r.exit_code == 2 and message in r.stderr, r.output

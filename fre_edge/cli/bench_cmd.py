@@ -62,8 +62,10 @@ def command(bundle, device, backend, precision, mode, batch_size, duration, thre
 
         if backbone_only:
             raise FreEdgeError("--images measures the whole detector; drop --backbone-only")
-        if not images_dir.is_dir() or not (paths := find_images(images_dir)):
-            raise FreEdgeError(f"{images_dir}: no folder of images; point --images to a folder of pictures")
+        if not images_dir.is_dir():
+            raise FreEdgeError(f"{images_dir}: no such folder; point --images to a folder of pictures")
+        if not (paths := find_images(images_dir)):
+            raise FreEdgeError(f"{images_dir}: no images found; point --images to a folder of pictures")
     if head_cost:
         if backbone_only:
             raise FreEdgeError("--head-cost times the whole graph against the backbone; drop --backbone-only")
