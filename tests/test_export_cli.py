@@ -24,6 +24,8 @@ def test_export_cli_from_model_and_one_step(sample_model, sample_root, tmp_path)
     assert r.exit_code == 2 and "unknown format" in r.stderr and not (tmp_path / "c").exists()
     r = runner.invoke(cli, ["export", str(tmp_path / "nothing"), "-o", str(tmp_path / "d")])
     assert r.exit_code == 2 and "no such model or image folder" in r.stderr
+    r = runner.invoke(cli, ["export", str(tmp_path / "one"), "-o", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "is a bundle already" in r.stderr and not (tmp_path / "e").exists()
 
 
 def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_path):

@@ -60,6 +60,9 @@ def command(source, output, formats, fp16, head_form, head_weights, check_images
     elif check_images is not None:
         raise FreEdgeError("--check-images applies to --head-weights int8 only; drop it")
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if (source / "manifest.json").is_file():
+        raise FreEdgeError(f"{source} is a bundle already; export takes the `fre-edge fit` folder it came from, or "
+                           f"a folder of good pictures")
     from ..export import export_bundle
     from ..fit.persist import SETTINGS, load_model
 
