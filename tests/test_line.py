@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -704,6 +705,38 @@ def refit_bundle(sample_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("refit") / "refit"
     export_bundle(fitted, out)
     return out
+
+
+def test_promoting_needs_the_token_and_nobody_on_the_network_promotes_without_one():
+    """The rule for requests that change the station (a promotion, a mark): the token when one is set; without
+    one, only on loopback. The metrics server (which may listen beyond loopback for Prometheus) applies it."""
+    from fre_edge.errors import FreEdgeError
+    from fre_edge.line.http import refusal
+    from fre_edge.line.metrics import MetricsServer
+
+    class Req:
+        def __init__(self, headers):
+            self.headers = headers
+
+    assert refusal(Req({}), "127.0.0.1", None) is None
+    assert "FRE_EDGE_UI_TOKEN" in refusal(Req({}), "0.0.0.0", None)
+    assert refusal(Req({"X-Token": "s3cret"}), "0.0.0.0", "s3cret") is None
+    assert "token" in refusal(Req({"X-Token": "guess"}), "127.0.0.1", "s3cret")
+
+    class NoShadow:  # the station's answer when no shadow bundle runs
+        def promote(self):
+            raise FreEdgeError("no shadow bundle to promote; start the station with --shadow BUNDLE")
+
+    server = MetricsServer(NoShadow(), "127.0.0.1", 0, token="s3cret").start()
+    try:
+        for headers, code in (({}, 403), ({"X-Token": "guess"}, 403), ({"X-Token": "s3cret"}, 409)):
+            req = urllib.request.Request(f"http://127.0.0.1:{server.port}/promote", data=b"", method="POST",
+                                         headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10)
+            assert err.value.code == code, headers
+    finally:
+        server.stop()
 
 
 def test_a_shadow_bundle_is_compared_and_promoted_mid_stream(sample_bundle, refit_bundle, pictures, tmp_path):

@@ -25,6 +25,19 @@ def respond_json(req, status: int, data) -> None:
     respond(req, status, json.dumps(data).encode())
 
 
+def refusal(req, host: str, token: str | None) -> str | None:
+    """Why a request that changes the station (a mark, a promotion) is refused, or None: with a token set, the
+    request must carry it (``X-Token``); without one, only a server on loopback takes such requests."""
+    from .config import LOOPBACK
+
+    if token:
+        return None if req.headers.get("X-Token") == token else "this needs the station's token (X-Token)"
+    if host not in LOOPBACK:
+        return (f"this server listens on {host}, beyond this PC: changing the station from the network needs "
+                f"FRE_EDGE_UI_TOKEN set when it starts (then sent as X-Token)")
+    return None
+
+
 def respond_promote(req, station) -> None:
     """``POST /promote``: the shadow bundle becomes the live one (409 with the reason when it cannot)."""
     try:

@@ -3,7 +3,9 @@ Loopback unless the configuration names another address."""
 
 from __future__ import annotations
 
-from .http import HttpService, respond, respond_json, respond_promote
+import os
+
+from .http import HttpService, refusal, respond, respond_json, respond_promote
 
 
 def prometheus(status: dict, journal_dropped: dict) -> str:
@@ -54,7 +56,12 @@ def prometheus(status: dict, journal_dropped: dict) -> str:
 
 
 class MetricsServer(HttpService):
-    def __init__(self, station, host: str, port: int):
+    """``/metrics``, ``/status`` and ``POST /promote``; a promotion needs the token when FRE_EDGE_UI_TOKEN is set,
+    and is refused beyond loopback without one (Prometheus may scrape from another PC; nobody there promotes)."""
+
+    def __init__(self, station, host: str, port: int, token: str | None = None):
+        token = token if token is not None else os.environ.get("FRE_EDGE_UI_TOKEN")
+
         def get(req):
             path = req.path.split("?")[0]
             if path == "/metrics":
@@ -68,6 +75,9 @@ class MetricsServer(HttpService):
         def post(req):  # POST /promote: the shadow bundle becomes the live one
             if req.path.split("?")[0] != "/promote":
                 return respond_json(req, 404, {"error": "not found; POST /promote"})
+            why = refusal(req, host, token)
+            if why:
+                return respond_json(req, 403, {"error": why})
             respond_promote(req, station)
 
         super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port")

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from .config import LOOPBACK
-from .http import HttpService, respond, respond_json, respond_promote
+from .http import HttpService, refusal, respond, respond_json, respond_promote
 
 KEEP_PARTS = 24  # the latest parts whose pictures the page can show and an operator can mark
 CLIENTS = 16  # server-sent event streams at once
@@ -36,7 +36,7 @@ EVENTS_WAITING = 4096  # events kept for a page between writes (a page that stop
 
 class LivePage:
     def __init__(self, station, host: str, port: int, review: str | Path, token: str | None = None):
-        self.station, self.review = station, Path(review)
+        self.station, self.review, self.host = station, Path(review), host
         self.token = token if token is not None else os.environ.get("FRE_EDGE_UI_TOKEN")
         if host not in LOOPBACK and not self.token:
             raise FreEdgeError(f"--ui {host}:{port} opens the page to the network; set FRE_EDGE_UI_TOKEN so that "
@@ -161,8 +161,9 @@ class LivePage:
         path = req.path.split("?")[0]
         if path not in ("/review", "/promote"):
             return respond_json(req, 404, {"error": "not found; POST /review or /promote"})
-        if self.token and req.headers.get("X-Token") != self.token:
-            return respond_json(req, 403, {"error": "this needs the station's token (X-Token)"})
+        why = refusal(req, self.host, self.token)
+        if why:
+            return respond_json(req, 403, {"error": why})
         if path == "/promote":
             return respond_promote(req, self.station)
         try:
