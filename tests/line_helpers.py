@@ -138,10 +138,11 @@ class Receiver:
 
 
 class Station:
-    """`fre-edge line ARGS` as a child process with its log; stopped by its PID."""
+    """`fre-edge line ARGS` as a child process with its log; stopped by its PID. ``tls``: a client-side
+    ssl.SSLContext for a station whose metrics answer over HTTPS."""
 
-    def __init__(self, args: list, log: Path, metrics_port: int | None = None):
-        self.metrics_port = metrics_port or free_port()
+    def __init__(self, args: list, log: Path, metrics_port: int | None = None, tls=None):
+        self.metrics_port, self.tls = metrics_port or free_port(), tls
         self.args = [str(a) for a in args] + ["--metrics-port", str(self.metrics_port)]
         self.log_path = log
 
@@ -160,7 +161,9 @@ class Station:
             return False
 
     def status(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/status", timeout=5) as r:
+        scheme = "https" if self.tls else "http"
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.metrics_port}/status", timeout=5,
+                                    context=self.tls) as r:
             return json.loads(r.read())
 
     def parts(self) -> int:

@@ -3,6 +3,7 @@ OPC UA client, a webhook receiver and a video made here, all on loopback, each s
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import io
 import json
@@ -590,6 +591,10 @@ def test_a_bad_toml_file_is_one_line(sample_bundle, tmp_path):
          "ca = 'ca.pem'\n", "are for TLS"),
         ("[station]\nparallel = 99\n[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\nurl = 'folder:{tmp}/o'\n",
          "parallel 99"),
+        ("[station]\ntls_cert = '{tmp}/station.toml'\n[[source]]\nurl = 'folder:{tmp}'\n[[sink]]\n"
+         "url = 'folder:{tmp}/o'\n", "tls_cert and tls_key together"),
+        ("[station]\ntls_cert = '{tmp}/station.toml'\ntls_key = '{tmp}/station.toml'\n[[source]]\n"
+         "url = 'folder:{tmp}'\n[[sink]]\nurl = 'folder:{tmp}/o'\n", "not a PEM certificate"),
     ]
     for text, words in cases:
         f = tmp_path / "station.toml"
@@ -737,6 +742,60 @@ def test_promoting_needs_the_token_and_nobody_on_the_network_promotes_without_on
             assert err.value.code == code, headers
     finally:
         server.stop()
+
+
+def test_the_page_and_the_metrics_over_https(sample_bundle, pictures, tmp_path, monkeypatch):
+    """With tls_cert and tls_key the live page and the metrics answer over HTTPS only: the page, its events, a
+    part's picture, /status and /metrics with the test's CA; a mark with the token; plain HTTP gets no answer."""
+    import ssl
+
+    certs = make_certificates(tmp_path / "certs")
+    incoming, ui_port = tmp_path / "in", free_port()
+    incoming.mkdir()
+    toml = tmp_path / "station.toml"
+    toml.write_text(f"""[station]
+tls_cert = "{certs['broker']}"
+tls_key = "{certs['broker_key']}"
+ui = "127.0.0.1:{ui_port}"
+review = "{tmp_path / 'review'}"
+[[source]]
+url = "folder:{incoming}"
+[[sink]]
+url = "folder:{tmp_path / 'out'}"
+""")
+    monkeypatch.setenv("FRE_EDGE_UI_TOKEN", "s3cret")
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    st = Station([sample_bundle, "--config", toml, "--journal", tmp_path / "j"], tmp_path / "station.log",
+                 tls=ctx).start()
+    page = f"https://127.0.0.1:{ui_port}"
+
+    def get(url):
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            return r.headers.get("Content-Type"), r.read()
+
+    try:
+        drop(pictures[0], incoming, "000.png")
+        wait_for(lambda: st.parts() == 1, 60, "the part")
+        assert get(page + "/")[1].lower().startswith(b"<!doctype html>")
+        kind, body = get(f"https://127.0.0.1:{st.metrics_port}/metrics")
+        assert kind.startswith("text/plain") and b'fre_edge_line_parts_total{source="source1"} 1' in body
+        seq = json.loads(get(page + "/status")[1])["latest_parts"][-1]["seq"]
+        kind, jpeg = get(f"{page}/parts/{seq}.jpg")
+        assert kind == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+        with urllib.request.urlopen(page + "/events", timeout=10, context=ctx) as r:
+            assert r.headers.get("Content-Type") == "text/event-stream" and r.readline().startswith(b"retry:")
+        mark = urllib.request.Request(page + "/review", method="POST", data=json.dumps(
+            {"seq": seq, "mark": "good", "who": "test"}).encode(), headers={"Content-Type": "application/json",
+                                                                           "X-Token": "s3cret"})
+        with urllib.request.urlopen(mark, timeout=10, context=ctx) as r:
+            assert r.status == 200
+        assert list((tmp_path / "review" / "train" / "good").glob("*.png"))
+        for port in (ui_port, st.metrics_port):  # plain HTTP: the TLS server answers no HTTP
+            with pytest.raises((urllib.error.URLError, OSError, http.client.HTTPException)):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
+    finally:
+        code = st.stop()
+    assert code == 0, st.output()
 
 
 def test_a_shadow_bundle_is_compared_and_promoted_mid_stream(sample_bundle, refit_bundle, pictures, tmp_path):

@@ -112,18 +112,21 @@ def command(bundle, config_path, sources, sinks, journal, name, metrics_port, ui
         twin = Shadow(other, serving_version(bundle_digest(read_manifest(cfg.shadow, verify=False))), cfg.shadow,
                       Path(cfg.journal) / "shadow.jsonl")
     station = Station(cfg, det, version=version, shadow=twin)
+    from ..line.config import server_tls
+
+    tls = server_tls(cfg)
     metrics = None
     if cfg.metrics:
         from ..line.metrics import MetricsServer
 
         host, port = cfg.metrics.rsplit(":", 1)
-        metrics = MetricsServer(station, host, int(port)).start()
+        metrics = MetricsServer(station, host, int(port), tls=tls).start()
     page = None
     if cfg.ui:
         from ..line.ui import LivePage
 
         host, port = cfg.ui.rsplit(":", 1)
-        page = LivePage(station, host.strip("[]"), int(port), cfg.review).start()
+        page = LivePage(station, host.strip("[]"), int(port), cfg.review, tls=tls).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

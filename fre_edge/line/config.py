@@ -98,6 +98,8 @@ class StationConfig:
     drift_baseline: int = 1000  # parts the drift watch learns the line's baseline from
     drift: bool = True  # watch for drift
     shadow: str | None = None  # a second bundle scoring the same parts, its verdicts kept to itself
+    tls_cert: str = ""  # the live page and the metrics over HTTPS: the server's certificate chain (PEM)
+    tls_key: str = ""  # and its private key (PEM, unencrypted)
 
 
 def _bad(where: str, message: str) -> FreEdgeError:
@@ -310,6 +312,24 @@ def tls_context(sink: SinkConfig, where: str = ""):
     return ctx
 
 
+def server_tls(cfg: StationConfig, where: str = "fre-edge line"):
+    """The TLS context the live page and the metrics server answer with (``tls_cert`` and ``tls_key``), or None
+    for plain HTTP; both files loaded here, so a bad one is refused at start in one line."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        return None
+    if not cfg.tls_cert or not cfg.tls_key:
+        raise FreEdgeError(f"{where}: give tls_cert and tls_key together (the page's certificate and its key)")
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key, password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise FreEdgeError(f"{where}: tls_cert {cfg.tls_cert}, tls_key {cfg.tls_key}: not a PEM certificate and its "
+                           f"unencrypted key ({exc}); check the two files") from None
+    return ctx
+
+
 def opcua_identity(sink: SinkConfig, where: str = "") -> tuple[bytes, bytes, str] | None:
     """(certificate, private key, application URI from the certificate) of an OPC UA sink with ``cert`` and
     ``key``, each loaded here so a bad file is refused at start in one line; None without them."""
@@ -364,7 +384,7 @@ def from_args(bundle: str, sources: list[str], sinks: list[str], **settings) -> 
 
 STATION_KEYS = {"bundle", "name", "journal", "journal_max_mb", "journal_sync", "metrics", "threshold", "batch_size",
                 "parallel", "ui", "review", "drift_baseline", "drift", "shadow",
-                "drain_s", "server"}
+                "drain_s", "server", "tls_cert", "tls_key"}
 
 
 def from_toml(path: str | Path, bundle: str | None = None) -> StationConfig:
@@ -479,6 +499,7 @@ def check_station(cfg: StationConfig, where: str = "fre-edge line") -> StationCo
                                f"parts then needs it) or use 127.0.0.1")
         if cfg.metrics and cfg.metrics == cfg.ui:
             raise FreEdgeError(f"{where}: the live page and the metrics both on {cfg.ui}; give them different ports")
+    server_tls(cfg, where)
     if not isinstance(cfg.drift_baseline, int) or cfg.drift_baseline < 10:
         raise FreEdgeError(f"{where}: drift_baseline {cfg.drift_baseline!r}; use a whole number of parts, 10 or more")
     if not 1 <= int(cfg.batch_size) <= 64:

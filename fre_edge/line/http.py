@@ -46,12 +46,33 @@ def respond_promote(req, station) -> None:
         respond_json(req, 409, {"error": str(exc)})
 
 
-class HttpService:
-    """``get(req)`` and ``post(req)`` (either may be None: the method is not served) on ``host:port``; one
-    line naming ``what`` and the fix when it cannot listen. :meth:`start` serves from a thread of its own,
-    :meth:`serve_forever` from the caller's."""
+class _TlsServer(ThreadingHTTPServer):
+    """HTTPS: each connection's TLS handshake in that connection's own thread, bounded in time, so a slow or
+    confused client never holds up the others."""
 
-    def __init__(self, host: str, port: int, *, get=None, post=None, what: str, fix: str = "choose another port"):
+    tls = None
+    HANDSHAKE_S = 10.0
+
+    def finish_request(self, request, client_address):
+        request.settimeout(self.HANDSHAKE_S)
+        secure = self.tls.wrap_socket(request, server_side=True)  # takes the connection over from ``request``
+        try:
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
+
+    def handle_error(self, request, client_address):  # a client that fails the handshake: nothing to report
+        pass
+
+
+class HttpService:
+    """``get(req)`` and ``post(req)`` (either may be None: the method is not served) on ``host:port``, over HTTPS
+    with ``tls`` (a server-side ssl.SSLContext); one line naming ``what`` and the fix when it cannot listen.
+    :meth:`start` serves from a thread of its own, :meth:`serve_forever` from the caller's."""
+
+    def __init__(self, host: str, port: int, *, get=None, post=None, what: str, fix: str = "choose another port",
+                 tls=None):
         methods = {"log_message": lambda self, *args: None}  # the station logs what matters
         if get is not None:
             methods["do_GET"] = lambda self: get(self)
@@ -60,7 +81,11 @@ class HttpService:
         Handler = type("Handler", (BaseHTTPRequestHandler,), methods)  # noqa: N806
 
         try:
-            self.server = ThreadingHTTPServer((host, port), Handler)
+            if tls is None:
+                self.server = ThreadingHTTPServer((host, port), Handler)
+            else:
+                self.server = _TlsServer((host, port), Handler)
+                self.server.tls = tls
         except OSError as exc:
             raise FreEdgeError(f"{what}: cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
         self.server.daemon_threads = True

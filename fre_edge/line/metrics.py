@@ -59,7 +59,7 @@ class MetricsServer(HttpService):
     """``/metrics``, ``/status`` and ``POST /promote``; a promotion needs the token when FRE_EDGE_UI_TOKEN is set,
     and is refused beyond loopback without one (Prometheus may scrape from another PC; nobody there promotes)."""
 
-    def __init__(self, station, host: str, port: int, token: str | None = None):
+    def __init__(self, station, host: str, port: int, token: str | None = None, tls=None):
         token = token if token is not None else os.environ.get("FRE_EDGE_UI_TOKEN")
 
         def get(req):
@@ -80,4 +80,4 @@ class MetricsServer(HttpService):
                 return respond_json(req, 403, {"error": why})
             respond_promote(req, station)
 
-        super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port")
+        super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port", tls=tls)

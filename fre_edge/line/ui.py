@@ -35,7 +35,7 @@ EVENTS_WAITING = 4096  # events kept for a page between writes (a page that stop
 
 
 class LivePage:
-    def __init__(self, station, host: str, port: int, review: str | Path, token: str | None = None):
+    def __init__(self, station, host: str, port: int, review: str | Path, token: str | None = None, tls=None):
         self.station, self.review, self.host = station, Path(review), host
         self.token = token if token is not None else os.environ.get("FRE_EDGE_UI_TOKEN")
         if host not in LOOPBACK and not self.token:
@@ -48,7 +48,7 @@ class LivePage:
         self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
         self.stopping = threading.Event()
         station.listeners.append(self.on_record)
-        self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui")
+        self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui", tls=tls)
 
     # -- what the station tells it ------------------------------------------------------------------
     def on_record(self, record: dict, part, pred) -> None:
