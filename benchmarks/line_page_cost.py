@@ -14,7 +14,7 @@ waiting), after a pause of ``--settle`` s; new processes every ``--restart-every
 over the time from the first file to the last verdict (the station deletes each file once its verdict is
 journaled; the driver counts the files left, so its polling costs the stations nothing).
 
-    python -m benchmarks.line_page_cost [--alone-rounds 32] [--rounds 64] [--parts 120] [--restart-every 4]
+    python -m benchmarks.line_page_cost [--alone-rounds 96] [--rounds 96] [--parts 120] [--restart-every 4]
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def main():
     from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=96)
     ap.add_argument("--parts", type=int, default=120)
     ap.add_argument("--restart-every", type=int, default=4, help="rounds between fresh station processes")
-    ap.add_argument("--alone-rounds", type=int, default=32,
+    ap.add_argument("--alone-rounds", type=int, default=96,
                     help="rounds of the page open and closed on one station with no other station process running")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds idle before each feed (the previous station's inference threads wind down)")

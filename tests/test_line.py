@@ -712,6 +712,32 @@ def refit_bundle(sample_root, tmp_path_factory):
     return out
 
 
+def test_an_observers_requests_run_below_inspection():
+    """The page's and the metrics' request threads run at a lower priority (nice 10 on Linux) than the station's
+    threads; a source's (a camera pushing pictures) at the station's own."""
+    import sys
+
+    from fre_edge.line.http import BACKGROUND_NICE, HttpService, respond_json
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice values are Linux's")
+    seen = {}
+
+    def get(req):
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        respond_json(req, 200, {})
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for background, expected in ((False, base), (True, min(19, base + BACKGROUND_NICE))):
+        server = HttpService("127.0.0.1", 0, get=get, what="test", background=background).start()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10).read()
+        finally:
+            server.stop()
+        assert seen.pop("nice") == expected, background
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller's own is untouched
+
+
 def test_promoting_needs_the_token_and_nobody_on_the_network_promotes_without_one():
     """The rule for requests that change the station (a promotion, a mark): the token when one is set; without
     one, only on loopback. The metrics server (which may listen beyond loopback for Prometheus) applies it."""

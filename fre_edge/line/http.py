@@ -4,6 +4,7 @@ answer and stop, on the standard library's threading server."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -46,7 +47,32 @@ def respond_promote(req, station) -> None:
         respond_json(req, 409, {"error": str(exc)})
 
 
-class _TlsServer(ThreadingHTTPServer):
+BACKGROUND_NICE = 10  # how far below inspection an observer's requests (the page, the metrics) are scheduled
+
+
+def lower_priority() -> None:
+    """Run the calling thread ``BACKGROUND_NICE`` nice steps below the threads that inspect (at most 19; on
+    Linux a thread has a nice value of its own); where that cannot be done, as before."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+    except (AttributeError, OSError):  # not Linux / not allowed: the request runs at the station's priority
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    """With ``background``, each request's thread runs below the station's inspection threads: a page or a
+    scraper that asks while the line runs flat out waits for spare CPU instead of preempting inspection."""
+
+    background = False
+
+    def process_request_thread(self, request, client_address):
+        if self.background:
+            lower_priority()
+        super().process_request_thread(request, client_address)
+
+
+class _TlsServer(_Server):
     """HTTPS: each connection's TLS handshake in that connection's own thread, bounded in time, so a slow or
     confused client never holds up the others."""
 
@@ -68,11 +94,12 @@ class _TlsServer(ThreadingHTTPServer):
 
 class HttpService:
     """``get(req)`` and ``post(req)`` (either may be None: the method is not served) on ``host:port``, over HTTPS
-    with ``tls`` (a server-side ssl.SSLContext); one line naming ``what`` and the fix when it cannot listen.
+    with ``tls`` (a server-side ssl.SSLContext), each request below inspection's priority with ``background``
+    (observers: the page, the metrics; never a source); one line naming ``what`` and the fix when it cannot listen.
     :meth:`start` serves from a thread of its own, :meth:`serve_forever` from the caller's."""
 
     def __init__(self, host: str, port: int, *, get=None, post=None, what: str, fix: str = "choose another port",
-                 tls=None):
+                 tls=None, background: bool = False):
         methods = {"log_message": lambda self, *args: None}  # the station logs what matters
         if get is not None:
             methods["do_GET"] = lambda self: get(self)
@@ -81,11 +108,8 @@ class HttpService:
         Handler = type("Handler", (BaseHTTPRequestHandler,), methods)  # noqa: N806
 
         try:
-            if tls is None:
-                self.server = ThreadingHTTPServer((host, port), Handler)
-            else:
-                self.server = _TlsServer((host, port), Handler)
-                self.server.tls = tls
+            self.server = (_Server if tls is None else _TlsServer)((host, port), Handler)
+            self.server.tls, self.server.background = tls, background
         except OSError as exc:
             raise FreEdgeError(f"{what}: cannot listen on {host}:{port} ({exc.strerror}); {fix}") from None
         self.server.daemon_threads = True

@@ -80,4 +80,5 @@ class MetricsServer(HttpService):
                 return respond_json(req, 403, {"error": why})
             respond_promote(req, station)
 
-        super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port", tls=tls)
+        super().__init__(host, port, get=get, post=post, what="metrics", fix="choose another --metrics-port", tls=tls,
+                         background=True)

@@ -48,7 +48,7 @@ class LivePage:
         self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
         self.stopping = threading.Event()
         station.listeners.append(self.on_record)
-        self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui", tls=tls)
+        self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui", tls=tls, background=True)
 
     # -- what the station tells it ------------------------------------------------------------------
     def on_record(self, record: dict, part, pred) -> None:
