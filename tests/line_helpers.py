@@ -256,11 +256,3 @@ def opcua_certificates(folder: Path, names: dict[str, str]) -> dict[str, tuple[P
                                                 {"organizationName": "fre-edge test"})
     asyncio.run(make())
     return out
-
-
-def close_opcua_client(client) -> None:
-    """Stop a sync asyncua client's loop thread after a connection that failed."""
-    try:
-        client.tg.__exit__(None, None, None)
-    except Exception:  # noqa: BLE001 - already stopped
-        pass

@@ -26,8 +26,7 @@ if not all(importlib.util.find_spec(m) for m in ("paho", "asyncua", "cv2")):
 
 from cli_helpers import one_error_line, run  # noqa: E402
 from line_helpers import (  # noqa: E402
-    Broker, Receiver, Station, Subscriber, close_opcua_client, free_port, make_certificates, opcua_certificates,
-    wait_for)
+    Broker, Receiver, Station, Subscriber, free_port, make_certificates, opcua_certificates, wait_for)
 from fre_edge.runtime import load_detector  # noqa: E402
 
 TOPIC = "plant/line3"
@@ -226,7 +225,7 @@ def test_opc_ua_with_certificates_lets_in_only_the_trusted_plc_and_writes_to_its
     plc.load_certificate(str(pki["plc"][0]))
     plc.load_private_key(str(pki["plc"][1]))
     plc.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-    from fre_edge.line.sinks import trusted_clients
+    from fre_edge.line.sinks import stop_client_loop, trusted_clients
 
     plc.aio_obj.set_certificate_validator(trusted_clients(str(tmp_path / "plc_trusts"), plc))
     plc.aio_obj.iserver.set_user_manager(Users())
@@ -285,7 +284,7 @@ nodes = {{verdict = "ns={idx};s=Line3.Verdict", score = "ns={idx};s=Line3.Score"
                 client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{pki[who][0]},{pki[who][1]}")
             with pytest.raises(Exception, match="Untrusted" if who else "endpoint|Security|policy"):
                 client.connect()
-            close_opcua_client(client)
+            stop_client_loop(client)
     finally:
         code = st.stop()
         plc.stop()

@@ -70,7 +70,7 @@ class SinkConfig:
     rate: float = 0.0  # messages per second at most (0: no limit); the rest wait in the journal
     nodes: dict = field(default_factory=dict)  # opcua-client: {"verdict": NODE_ID, "score": ..., ...}
     qos: int = 1
-    tls: bool = False  # mqtt: TLS (mqtts://); a webhook: set from its https:// URL
+    tls: bool = False  # mqtt: TLS (mqtts://); a webhook's comes from its https:// URL
     ca: str = ""  # mqtts, webhook+https: PEM file of the CA(s) the peer is checked against ("": the system's)
     cert: str = ""  # mqtts, webhook+https: the station's client certificate (PEM); opcua, opcua-client: its application
     #                 instance certificate (DER or PEM)
@@ -268,7 +268,6 @@ def check_sink(sink: SinkConfig, where: str) -> SinkConfig:
     elif sink.trust:
         raise _bad(where, "trust= is for the opcua sink (the client certificates it lets in)")
     if sink.type == "webhook":
-        sink.tls = sink.url.startswith("https://")
         tls_context(sink, where)
     if sink.type == "folder" and (sink.ca or sink.cert or sink.key):
         raise _bad(where, "ca, cert and key are for mqtts, webhook+https and opcua sinks")
@@ -284,7 +283,7 @@ def tls_context(sink: SinkConfig, where: str = ""):
     against the system's CAs or ``ca``; ``cert`` and ``key`` presented when the peer asks. Every file is loaded here, so
     a missing or unreadable one is refused at start in one line."""
     where = where or f"sink {sink.name}"
-    if not sink.tls:
+    if not (sink.url.startswith("https://") if sink.type == "webhook" else sink.tls):
         if sink.ca or sink.cert or sink.key:
             raise _bad(where, "ca, cert and key are for TLS; write mqtts://HOST:PORT/TOPIC (or tls = true), or an "
                               "https:// webhook")
@@ -330,6 +329,11 @@ def server_tls(cfg: StationConfig, where: str = "fre-edge line"):
     return ctx
 
 
+def pem_or_der(content: bytes) -> str:
+    """How a certificate or key file is encoded: "pem" (text) or "der" (binary)."""
+    return "pem" if content.lstrip().startswith(b"-----BEGIN") else "der"
+
+
 def opcua_identity(sink: SinkConfig, where: str = "") -> tuple[bytes, bytes, str] | None:
     """(certificate, private key, application URI from the certificate) of an OPC UA sink with ``cert`` and
     ``key``, each loaded here so a bad file is refused at start in one line; None without them."""
@@ -353,13 +357,12 @@ def opcua_identity(sink: SinkConfig, where: str = "") -> tuple[bytes, bytes, str
         cert, key = Path(sink.cert).read_bytes(), Path(sink.key).read_bytes()
     except OSError as exc:
         raise _bad(where, f"{exc.filename}: cannot read it ({exc.strerror}); check the path") from None
-    pem = cert.lstrip().startswith(b"-----BEGIN")
     try:
-        c = x509.load_pem_x509_certificate(cert) if pem else x509.load_der_x509_certificate(cert)
+        c = x509.load_pem_x509_certificate(cert) if pem_or_der(cert) == "pem" else x509.load_der_x509_certificate(cert)
     except ValueError:
         raise _bad(where, f"cert={sink.cert}: not a certificate (DER or PEM); give the station's certificate") from None
     try:
-        if key.lstrip().startswith(b"-----BEGIN"):
+        if pem_or_der(key) == "pem":
             serialization.load_pem_private_key(key, None)
         else:
             serialization.load_der_private_key(key, None)

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import FreEdgeError
+from .config import LOOPBACK
 
 
 def respond(req, status: int, body: bytes, kind: str = "application/json", cache: str = "no-store") -> None:
@@ -29,8 +30,6 @@ def respond_json(req, status: int, data) -> None:
 def refusal(req, host: str, token: str | None) -> str | None:
     """Why a request that changes the station (a mark, a promotion) is refused, or None: with a token set, the
     request must carry it (``X-Token``); without one, only a server on loopback takes such requests."""
-    from .config import LOOPBACK
-
     if token:
         return None if req.headers.get("X-Token") == token else "this needs the station's token (X-Token)"
     if host not in LOOPBACK:
@@ -65,6 +64,7 @@ class _Server(ThreadingHTTPServer):
     scraper that asks while the line runs flat out waits for spare CPU instead of preempting inspection."""
 
     background = False
+    tls = None
 
     def process_request_thread(self, request, client_address):
         if self.background:
@@ -76,7 +76,6 @@ class _TlsServer(_Server):
     """HTTPS: each connection's TLS handshake in that connection's own thread, bounded in time, so a slow or
     confused client never holds up the others."""
 
-    tls = None
     HANDSHAKE_S = 10.0
 
     def finish_request(self, request, client_address):

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import FreEdgeError
-from .config import opcua_identity, tls_context
+from .config import opcua_identity, pem_or_der, tls_context
 
 log = logging.getLogger("fre_edge.line")
 TIMEOUT_S = 5.0
@@ -279,10 +279,6 @@ class OpcUaServerSink(Sink):
             self.server = None
 
 
-def pem_or_der(content: bytes) -> str:
-    return "pem" if content.lstrip().startswith(b"-----BEGIN") else "der"
-
-
 def trusted_clients(folder: str, server):
     """A certificate validator that lets in only the client certificates in ``folder`` (.der or .pem), still
     valid, whose application URI matches the one they present."""
@@ -292,6 +288,14 @@ def trusted_clients(folder: str, server):
     store = TrustStore([Path(folder)], [])
     server.tloop.post(store.load())
     return CertificateValidator(O.TIME_RANGE | O.URI | O.TRUSTED | O.PEER_CLIENT, store)
+
+
+def stop_client_loop(client) -> None:
+    """Stop the loop thread of asyncua's sync client after a connection that failed (disconnect() would not)."""
+    try:
+        client.tg.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - already stopped
+        pass
 
 
 class OpcUaClientSink(Sink):
@@ -333,10 +337,7 @@ class OpcUaClientSink(Sink):
                                         CertProperties(key, pem_or_der(key)), mode=mode)
                 client.connect()
             except Exception as exc:  # noqa: BLE001 - asyncua raises many kinds; the station retries
-                try:
-                    client.tg.__exit__(None, None, None)  # the sync client's loop thread
-                except Exception:  # noqa: BLE001
-                    pass
+                stop_client_loop(client)
                 raise ConnectionError(f"{self.cfg.url}: {exc}") from None
             self.client = client
             self.targets = {k: client.get_node(v) for k, v in self.cfg.nodes.items()}
