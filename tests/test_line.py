@@ -285,9 +285,38 @@ nodes = {{verdict = "ns={idx};s=Line3.Verdict", score = "ns={idx};s=Line3.Score"
             with pytest.raises(Exception, match="Untrusted" if who else "endpoint|Security|policy"):
                 client.connect()
             stop_client_loop(client)
+            assert not client.tloop.is_alive()  # its loop thread would keep the process from exiting
     finally:
         code = st.stop()
         plc.stop()
+    assert code == 0, st.output()
+
+
+def test_a_plc_that_is_away_costs_no_thread_per_retry_and_the_station_still_stops(sample_bundle, tmp_path):
+    """The opcua-client sink retrying a PLC that does not answer: each failed try's client loop is stopped, so the
+    station's thread count stays flat and SIGTERM stops it (a leftover loop thread would keep it from exiting)."""
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    toml = tmp_path / "station.toml"
+    toml.write_text(f"""[[source]]
+url = "folder:{incoming}"
+[[sink]]
+url = "opcua-client://127.0.0.1:{free_port()}/plc/"
+nodes = {{verdict = "ns=2;s=Line3.Verdict"}}
+""")
+    st = Station([sample_bundle, "--config", toml, "--journal", tmp_path / "j", "--drain", "1"],
+                 tmp_path / "station.log").start()
+
+    def threads():
+        return len(os.listdir(f"/proc/{st.proc.pid}/task"))
+
+    try:
+        wait_for(lambda: st.status()["sinks"]["plc1"]["state"].startswith("disconnected:"), 30, "the first failure")
+        before = threads()
+        time.sleep(8)  # retries back off 0.25, 0.5, 1, 2, 4 s: several failed tries meanwhile
+        assert threads() <= before, (before, threads())
+    finally:
+        code = st.stop(timeout=60)
     assert code == 0, st.output()
 
 

@@ -291,11 +291,15 @@ def trusted_clients(folder: str, server):
 
 
 def stop_client_loop(client) -> None:
-    """Stop the loop thread of asyncua's sync client after a connection that failed (disconnect() would not)."""
-    try:
-        client.tg.__exit__(None, None, None)
-    except Exception:  # noqa: BLE001 - already stopped
-        pass
+    """Stop the event-loop thread asyncua's sync client runs for itself (not a daemon thread) after a connection
+    that failed: left running, every retry while the PLC is away would add one, and the station could not exit.
+    (disconnect() would first talk to a peer that is not there.)"""
+    loop = getattr(client, "tloop", None)
+    if loop is not None and getattr(client, "close_tloop", False):
+        try:
+            loop.stop()
+        except Exception:  # noqa: BLE001 - already stopped
+            pass
 
 
 class OpcUaClientSink(Sink):
