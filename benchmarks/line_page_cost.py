@@ -2,12 +2,12 @@
 page, alone on the PC and beside other station processes, and the drift watch's own work.
 
 `fre-edge line` processes on the same bundle, each watching its own folder with a folder sink. First one station
-alone ("ui": the drift watch and ``--ui``) in ``--alone-rounds`` rounds, each with the page closed and with a
-client in a process of its own doing what an open page does (it reads the server-sent events, fetches /status at
-most twice a second and the newest part's picture at most once a second), in turn. Then the same beside two more
-processes, "plain" (``drift = false``, no page) and "drift" (the drift watch, no page), all four fed in turn in
-``--rounds`` rounds, each first in turn and the order flipped. The page's cost is one process's rate with the
-page open over its rate with the page closed, so no difference between two processes enters it; the drift
+alone ("ui": the drift watch and ``--ui``) in ``--alone-rounds`` rounds, each with the page closed and with a client
+in a process of its own doing what an open page does (it reads the state the station pushes over server-sent events,
+at most twice a second, and fetches the newest part's picture at most once a second), in turn. Then the same beside
+two more processes, "plain" (``drift = false``, no page) and "drift" (the drift watch, no page), all four fed in
+turn in ``--rounds`` rounds, each first in turn and the order flipped. The page's cost is one process's rate with
+the page open over its rate with the page closed, so no difference between two processes enters it; the drift
 watch's own work is timed directly (``DriftWatch.add``).
 Each round feeds ``--parts`` pictures at the model's input size as fast as the station takes them (at most 32
 waiting), after a pause of ``--settle`` s; new processes every ``--restart-every`` rounds; the rate is parts
@@ -71,9 +71,9 @@ class StationProcess:
 
 
 class PageClient:
-    """What an open page does, in a process of its own as a browser is: events in, /status at most twice a second,
-    the newest part's picture at most once a second. ``open()`` and ``close()`` let one station process run rounds
-    with the page open and with it closed."""
+    """What an open page does, in a process of its own as a browser is: the station's state pushed over server-sent
+    events (at most twice a second), the newest part's picture at most once a second. ``open()`` and ``close()``
+    let one station process run rounds with the page open and with it closed."""
 
     def __init__(self, port: int):
         self.port, self.pictures, self.cpu, self.proc = port, 0, 0.0, None
@@ -99,28 +99,31 @@ class PageClient:
 def page_client(port: int, stopping, ready, result) -> None:
     """The page's loop (run in the client's process until ``stopping``); its pictures and CPU seconds in
     ``result``."""
-    base, pictures, last, pictured, buffered = f"http://127.0.0.1:{port}", 0, 0.0, 0.0, b""
+    base, pictures, pictured, buffered = f"http://127.0.0.1:{port}", 0, 0.0, b""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    sock.recv(65536)  # the response's head: the station now sends this page its events
-    ready.set()
+    ready_sent = False
     sock.settimeout(0.1)
     try:
         while not stopping.is_set():
             try:
-                chunk = sock.recv(65536)
+                chunk = sock.recv(1 << 20)
             except socket.timeout:
                 continue
             if not chunk:
                 break
-            buffered = (buffered + chunk)[-4096:]
-            if b"data:" not in buffered or time.monotonic() - last < 0.5:
+            *events, buffered = (buffered + chunk).split(b"\n\n")
+            states = [e for e in events if e.startswith(b"event: status\n")]
+            if not states:
                 continue
-            buffered, last = b"", time.monotonic()
-            status = json.loads(get(base + "/status"))
+            if not ready_sent:  # the state the station sends at once: this page is now open
+                ready.set()
+                ready_sent = True
+            status = json.loads(states[-1].split(b"\ndata: ", 1)[1])  # as the page, the newest state
             newest = status["latest_parts"][-1:]
-            if newest and last - pictured >= 1.0:  # the page asks for the newest part's picture, at most one new
-                pictured = last  # a second (those shown before are in the browser's cache)
+            now = time.monotonic()
+            if newest and now - pictured >= 1.0:  # the page asks for the newest part's picture, at most one new
+                pictured = now  # a second (those shown before are in the browser's cache)
                 try:
                     get(f"{base}/parts/{newest[0]['seq']}.jpg")
                     pictures += 1
@@ -275,7 +278,7 @@ def main():
           f"verdict; CPU ms per part: the station process's user + system time over its round (every thread).", "",
           "| station | parts/s (median of rounds) | CPU ms / part (median) |", "|---|---|---|"]
     labels = {"alone_closed": "alone: drift watch + `--ui`, page closed",
-              "alone_open": "alone: the same process, page open (events, /status twice a second, a new picture "
+              "alone_open": "alone: the same process, page open (its state pushed twice a second, a new picture "
                             "once a second)",
               "plain": "beside two others: no page, no drift watch", "drift": "beside two others: drift watch",
               "closed": "beside two others: drift watch + `--ui`, page closed",

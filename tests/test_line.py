@@ -682,8 +682,9 @@ def test_the_documented_systemd_unit_is_one_systemd_accepts(tmp_path):
 
 
 def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictures, tmp_path, monkeypatch):
-    """The page's data as a browser gets it: the page itself, a server-sent event per verdict, the part's
-    heatmap picture, and a mark written where fit and eval read it; with a token, marking needs it."""
+    """The page's data as a browser gets it: the page itself, the station's state pushed as a server-sent event at
+    once and again when a part is inspected, the part's heatmap picture, and a mark written where fit and eval
+    read it; with a token, marking needs it."""
     incoming, review, port = tmp_path / "in", tmp_path / "review", free_port()
     incoming.mkdir()
     monkeypatch.setenv("FRE_EDGE_UI_TOKEN", "s3cret")
@@ -698,15 +699,26 @@ def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictu
         assert "EventSource" in html and "<script" in html and "http" not in html.split("<script", 1)[1].split(
             "EventSource", 1)[0]  # no external assets
         events = urllib.request.urlopen(base + "/events", timeout=30)
+
+        def next_event():
+            lines = [events.readline()]
+            while lines[-1] == b"\n":  # the gap after the last event
+                lines = [events.readline()]
+            while lines[-1] != b"\n":
+                lines.append(events.readline())
+            kind = next(line[7:].strip() for line in lines if line.startswith(b"event: "))
+            return kind, json.loads(next(line for line in lines if line.startswith(b"data:"))[5:])
+
         assert events.readline().startswith(b"retry:")
+        kind, state = next_event()  # the state at once, before any part
+        assert kind == b"status" and state["latest_parts"] == [] and state["threshold"] > 0
         drop(pictures[0], incoming, "p0.png")
         t0 = time.monotonic()
-        lines = []
-        while not any(line.startswith(b"data:") for line in lines):
-            lines.append(events.readline())
-        assert time.monotonic() - t0 < 30
-        record = json.loads(next(line for line in lines if line.startswith(b"data:"))[5:])
-        assert b"event: part\n" in lines and record["part"] == "p0.png"
+        kind, state = next_event()  # pushed once the part is inspected
+        assert time.monotonic() - t0 < 30 and kind == b"status"
+        record = state["latest_parts"][-1]
+        assert record["part"] == "p0.png" and state["sources"]["source1"]["parts"] == 1
+        assert state["recent_scores"] == [[record["seq"], record["score"], record["verdict"]]]
         events.close()
         with urllib.request.urlopen(f"{base}/parts/{record['seq']}.jpg", timeout=30) as r:
             assert r.headers["Content-Type"] == "image/jpeg" and r.read(3) == b"\xff\xd8\xff"

@@ -1,11 +1,13 @@
 """The station's live page (``--ui HOST:PORT``): one HTML page with its script inline, no external assets, so
 it works offline on a plant network. It updates by itself over server-sent events.
 
-Routes: ``/`` the page; ``/status`` the station's state as JSON; ``/events`` server-sent events (``part``
-per journaled verdict, ``drift`` when the alarm is raised); ``/parts/SEQ.jpg`` the heatmap panel of one of
-the latest parts (drawn when asked for, so a station nobody watches draws nothing); ``POST /review`` an
-operator's mark. Loopback by default; when opened to the network, marking needs the token set with
-``FRE_EDGE_UI_TOKEN`` (sent as the ``X-Token`` header), and the page asks for it once.
+Routes: ``/`` the page; ``/status`` the station's state as JSON; ``/events`` server-sent events (``status``:
+the same JSON, pushed when parts were inspected, the first at once and then at most twice a second however fast
+the line runs; ``drift`` when the alarm is raised); ``/parts/SEQ.jpg`` the heatmap panel of one of the latest
+parts (drawn when asked for, so a station nobody watches draws nothing); ``POST /review`` an operator's mark.
+Every verdict, one message each, is for the sinks (MQTT, webhook, OPC UA); the page gets the line's state.
+Loopback by default; when opened to the network, marking needs the token set with ``FRE_EDGE_UI_TOKEN`` (sent
+as the ``X-Token`` header), and the page asks for it once.
 
 Review: a part marked good is saved as ``REVIEW/train/good/SEQ_PART.png`` (pictures to refit with), one
 marked defective as ``REVIEW/test/defective/SEQ_PART.png`` (to evaluate with); each mark is a JSON line in
@@ -18,6 +20,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +29,12 @@ import numpy as np
 
 from ..errors import FreEdgeError
 from .config import LOOPBACK
-from .http import HttpService, refusal, respond, respond_json, respond_promote
+from .http import HttpService, lower_priority, refusal, respond, respond_json, respond_promote
 
 KEEP_PARTS = 24  # the latest parts whose pictures the page can show and an operator can mark
 CLIENTS = 16  # server-sent event streams at once
-EVENTS_EVERY = 0.1  # seconds between two writes of a page's event stream: at most ten a second, whatever the rate
-EVENTS_WAITING = 4096  # events kept for a page between writes (a page that stops reading misses the newest)
+PUSH_EVERY = 0.5  # seconds between two pushes of the state to the open pages: at most two a second, whatever the rate
+EVENTS_WAITING = 16  # pushes kept for a page between writes (a page that stops reading misses some; the next has all)
 
 
 class LivePage:
@@ -47,6 +50,8 @@ class LivePage:
         self.clients: list[queue.Queue] = []
         self.scores = []  # (seq, score, verdict) of the latest parts, for the chart
         self.stopping = threading.Event()
+        self.changed = threading.Event()  # parts were inspected since the last push (set only while pages are open)
+        self.pusher = threading.Thread(target=self.push, name="fre-edge-page-push", daemon=True)
         station.listeners.append(self.on_record)
         self.http = HttpService(host, port, get=self.get, post=self.post, what="--ui", tls=tls, background=True)
 
@@ -63,13 +68,38 @@ class LivePage:
                     self.drawn.pop(self.parts.popitem(last=False)[0], None)
                 self.scores.append((record["seq"], record.get("score"), record.get("verdict")))
                 del self.scores[:-500]
-        event = "drift" if record.get("kind") == "drift" else "part"
-        self.broadcast(event, record)
+        if not self.clients:  # nobody watching: nothing more to do
+            return
+        if record.get("kind") == "drift":
+            self.broadcast("drift", record)
+        self.changed.set()  # the pusher sends the new state, at most twice a second
+
+    def push(self) -> None:
+        """The pusher's loop: once parts were inspected, the state to every open page, the first at once and then
+        at most every ``PUSH_EVERY`` seconds; below inspection's priority, encoded once for all pages."""
+        lower_priority()
+        last = 0.0
+        while not self.stopping.is_set():
+            if not self.changed.wait(1.0):
+                continue
+            if self.stopping.wait(max(0.0, last + PUSH_EVERY - time.monotonic())):
+                break
+            self.changed.clear()
+            last = time.monotonic()
+            self.broadcast("status", self.status())
+
+    def status(self) -> dict:
+        """The station's state as the page shows it (``/status`` and each push)."""
+        status = self.station.status()
+        with self.lock:
+            status["recent_scores"] = list(self.scores)
+            status["latest_parts"] = [item[0] for item in self.parts.values()]
+        status["threshold"] = float(self.station.detector.image_threshold)
+        status["review_needs_token"] = bool(self.token)
+        return status
 
     def broadcast(self, event: str, data: dict) -> None:
-        if not self.clients:  # nobody watching: nothing to encode
-            return
-        text = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+        text = event_text(event, data)
         with self.lock:
             for q in self.clients:
                 try:
@@ -83,13 +113,7 @@ class LivePage:
         if path == "/":
             return respond(req, 200, PAGE.encode(), "text/html; charset=utf-8")
         if path == "/status":
-            status = self.station.status()
-            with self.lock:
-                status["recent_scores"] = list(self.scores)
-                status["latest_parts"] = [item[0] for item in self.parts.values()]
-            status["threshold"] = float(self.station.detector.image_threshold)
-            status["review_needs_token"] = bool(self.token)
-            return respond_json(req, 200, status)
+            return respond_json(req, 200, self.status())
         if path == "/events":
             return self.events(req)
         if path.startswith("/parts/") and path.endswith(".jpg"):
@@ -111,7 +135,7 @@ class LivePage:
             req.send_header("Content-Type", "text/event-stream")
             req.send_header("Cache-Control", "no-store")
             req.end_headers()
-            req.wfile.write(b"retry: 1000\n\n")
+            req.wfile.write(b"retry: 1000\n\n" + event_text("status", self.status()))  # the state at once
             req.wfile.flush()
             while not self.stopping.is_set():
                 try:
@@ -125,8 +149,6 @@ class LivePage:
                         break
                 req.wfile.write(b"".join(texts))
                 req.wfile.flush()
-                # then a pause, so that a fast line's events go out in a few writes a second, not one a part
-                self.stopping.wait(EVENTS_EVERY)
         except OSError:
             pass
         finally:
@@ -204,12 +226,18 @@ class LivePage:
         respond_json(req, 200, line)
 
     def start(self) -> "LivePage":
+        self.pusher.start()
         self.http.start()
         return self
 
     def stop(self) -> None:
         self.stopping.set()
+        self.changed.set()  # wakes the pusher, which then sees it is stopping
         self.http.stop()
+
+
+def event_text(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 PAGE = """<!doctype html>
@@ -236,7 +264,8 @@ button{margin:2px 4px 0 0} #drift{font-weight:600}
 <div><section><h2>Sources</h2><table id="sources"></table></section>
 <section style="margin-top:12px"><h2>Sinks</h2><table id="sinks"></table></section>
 <section style="margin-top:12px"><h2>Shadow bundle</h2><div id="shadow">none</div></section>
-<section style="margin-top:12px"><h2>Last event</h2><div id="last">-</div></section></div></main>
+<section style="margin-top:12px"><h2>Last part</h2><div id="last">-</div><div id="marked"></div></section>
+</div></main>
 <script>
 "use strict";
 let status = null, token = null;
@@ -269,8 +298,11 @@ function draw(){
   const parts = status.latest_parts.slice().reverse();
   if(parts.length && !drawn.has(parts[0].seq)) {  // the newest part's picture: at most one new a second, however
     const wait = pictured + 1000 - Date.now();  // fast the line; the newest when the line stops
-    if(wait <= 0) { drawn.add(parts[0].seq); pictured = Date.now(); } else setTimeout(soon, wait);
+    if(wait <= 0) { drawn.add(parts[0].seq); pictured = Date.now(); }
+    else if(!later) later = setTimeout(() => { later = null; draw(); }, wait);
   }
+  if(parts.length) { const r = parts[0]; $("last").textContent = `${r.part}: ${r.verdict} (${r.score == null ? "-" :
+    r.score.toPrecision(6)})`; }
   for(const seq of drawn) if(!parts.some(r => r.seq === seq)) drawn.delete(seq);
   let shown = 0;  // pictures on the page: the newest PICTURES parts that were drawn
   $("parts").innerHTML = parts.map(r => `<div class="part ${esc(r.verdict)}" id="part-${r.seq}">
@@ -297,26 +329,21 @@ async function mark(seq, mark){
   if(status.review_needs_token && !token) token = prompt("The station's token, to mark parts");
   const r = await fetch("/review", {method: "POST", headers: {"Content-Type": "application/json",
     ...(token ? {"X-Token": token} : {})}, body: JSON.stringify({seq, mark, who: "operator"})});
-  $("last").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
+  $("marked").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
 }
 async function promote(){
   if(!confirm("Make the shadow bundle the live one?")) return;
   if(status.review_needs_token && !token) token = prompt("The station's token");
   const r = await fetch("/promote", {method: "POST", headers: token ? {"X-Token": token} : {}});
-  $("last").textContent = r.ok ? "promoted: live version " + (await r.json()).live.bundle_version :
+  $("marked").textContent = r.ok ? "promoted: live version " + (await r.json()).live.bundle_version :
     (await r.json()).error;
-  soon();
+  refresh();
 }
 const PICTURES = 3;  // parts shown with their heatmaps: the newest parts drawn (pictures cached)
 const drawn = new Set();
-let pictured = 0;  // when the page last asked for a new picture
-let last = 0, timer = null;  // at most two refreshes a second, the first at once
-function soon(){ if(timer) return; timer = setTimeout(() => { timer = null; last = Date.now(); refresh(); },
-  Math.max(0, last + 500 - Date.now())); }
-const es = new EventSource("/events");
-es.addEventListener("part", e => { const r = JSON.parse(e.data);
-  $("last").textContent = `${r.part}: ${r.verdict} (${r.score == null ? "-" : r.score.toPrecision(6)})`; soon(); });
-es.addEventListener("drift", e => { $("last").textContent = "DRIFT: " + e.data; soon(); });
-refresh();
+let pictured = 0, later = null;  // when the page last asked for a new picture; the timer that asks for the next
+const es = new EventSource("/events");  // the station pushes its state: at once, then at most twice a second
+es.addEventListener("status", e => { status = JSON.parse(e.data); draw(); });
+es.addEventListener("drift", e => { $("marked").textContent = "DRIFT: " + e.data; });
 </script></body></html>
 """
