@@ -65,73 +65,83 @@ class StationProcess:
 
     def stop(self):
         if self.page_client:
-            self.page_client.close()
+            self.page_client.end()
         self.proc.terminate()
         self.proc.wait(60)
 
 
 class PageClient:
     """What an open page does, in a process of its own as a browser is: the station's state pushed over server-sent
-    events (at most twice a second), the newest part's picture at most once a second. ``open()`` and ``close()``
-    let one station process run rounds with the page open and with it closed."""
+    events (at most twice a second), the newest part's picture at most once a second. The process starts once, with
+    the station, and opens and leaves the page on the driver's word (``open()``, ``close()``), so one station
+    process runs rounds with the page open and with it closed, and no round pays for starting a process."""
 
     def __init__(self, port: int):
-        self.port, self.pictures, self.cpu, self.proc = port, 0, 0.0, None
+        ctx = multiprocessing.get_context("fork")  # the driver has no other thread when it forks
+        self.want, self.connected, self.ending = ctx.Event(), ctx.Event(), ctx.Event()
+        self.result = ctx.Array("d", 2)  # pictures fetched, CPU seconds: the process's totals, after each visit
+        self.proc = ctx.Process(target=page_client, args=(port, self.want, self.connected, self.ending, self.result),
+                                daemon=True)
+        self.proc.start()
+        self.pictures, self.cpu = 0, 0.0
 
     def open(self):
-        ctx = multiprocessing.get_context("fork")  # the driver has no other thread when it forks
-        self.stopping, ready, self.result = ctx.Event(), ctx.Event(), ctx.Array("d", 2)
-        self.proc = ctx.Process(target=page_client, args=(self.port, self.stopping, ready, self.result), daemon=True)
-        self.proc.start()
-        if not ready.wait(30):
-            raise RuntimeError("the page client did not connect to the station's events")
+        self.want.set()
+        if not self.connected.wait(30):
+            raise RuntimeError("the page client did not get the station's first state")
 
     def close(self):
-        """Leave the page: the client process ends and closes its event stream, so the station stops sending."""
-        if self.proc is not None:
-            self.stopping.set()
-            self.proc.join(30)
-            self.pictures += int(self.result[0])
-            self.cpu += self.result[1]
-            self.proc = None
+        """Leave the page: the client closes its event stream (so the station stops sending) and reports."""
+        if self.want.is_set():
+            self.want.clear()
+            deadline = time.monotonic() + 30
+            while self.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.pictures, self.cpu = int(self.result[0]), self.result[1]
+
+    def end(self):
+        self.close()
+        self.ending.set()
+        self.want.set()
+        self.proc.join(30)
 
 
-def page_client(port: int, stopping, ready, result) -> None:
-    """The page's loop (run in the client's process until ``stopping``); its pictures and CPU seconds in
-    ``result``."""
-    base, pictures, pictured, buffered = f"http://127.0.0.1:{port}", 0, 0.0, b""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    ready_sent = False
-    sock.settimeout(0.1)
-    try:
-        while not stopping.is_set():
-            try:
-                chunk = sock.recv(1 << 20)
-            except socket.timeout:
-                continue
-            if not chunk:
-                break
-            *events, buffered = (buffered + chunk).split(b"\n\n")
-            states = [e for e in events if e.startswith(b"event: status\n")]
-            if not states:
-                continue
-            if not ready_sent:  # the state the station sends at once: this page is now open
-                ready.set()
-                ready_sent = True
-            status = json.loads(states[-1].split(b"\ndata: ", 1)[1])  # as the page, the newest state
-            newest = status["latest_parts"][-1:]
-            now = time.monotonic()
-            if newest and now - pictured >= 1.0:  # the page asks for the newest part's picture, at most one new
-                pictured = now  # a second (those shown before are in the browser's cache)
+def page_client(port: int, want, connected, ending, result) -> None:
+    """The client process: each time ``want`` is set, it opens the page and runs the page's loop until ``want`` is
+    cleared; its pictures and CPU seconds so far in ``result`` after each visit."""
+    base, pictures = f"http://127.0.0.1:{port}", 0
+    while want.wait() and not ending.is_set():
+        pictured, buffered = 0.0, b""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(0.1)
+        try:
+            while want.is_set():
                 try:
-                    get(f"{base}/parts/{newest[0]['seq']}.jpg")
-                    pictures += 1
-                except OSError:  # already out of the latest parts
-                    pass
-    finally:
-        sock.close()
-        result[0], result[1] = pictures, time.process_time()
+                    chunk = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                *events, buffered = (buffered + chunk).split(b"\n\n")
+                states = [e for e in events if e.startswith(b"event: status\n")]
+                if not states:
+                    continue
+                connected.set()  # the state the station sends at once: the page is open
+                status = json.loads(states[-1].split(b"\ndata: ", 1)[1])  # as the page, the newest state
+                newest = status["latest_parts"][-1:]
+                now = time.monotonic()
+                if newest and now - pictured >= 1.0:  # the page asks for the newest part's picture, at most one
+                    pictured = now  # new a second (those shown before are in the browser's cache)
+                    try:
+                        get(f"{base}/parts/{newest[0]['seq']}.jpg")
+                        pictures += 1
+                    except OSError:  # already out of the latest parts
+                        pass
+        finally:
+            sock.close()
+            result[0], result[1] = pictures, time.process_time()
+            connected.clear()
 
 
 def waiting(folder: Path) -> int:
@@ -212,9 +222,18 @@ def main():
         made = {"plain": StationProcess(bundle_dir, home, "plain", page=False),
                 "drift": StationProcess(bundle_dir, home, "drift", page=False, drift=True),
                 "ui": StationProcess(bundle_dir, home, "ui", page=True)}
-        for st in made.values():  # warm-up
-            feed(st, pictures, 20, "w")
+        for st in made.values():
+            warm_up(st)
         return made
+
+    def warm_up(station: StationProcess) -> None:
+        """A few parts through a new station, and with a page a first visit (the client process's own start-up
+        work is done before the rounds)."""
+        feed(station, pictures, 20, "w")
+        if station.page_client:
+            station.page_client.open()
+            feed(station, pictures, 20, "wp")
+            station.page_client.close()
 
     def stop(made: dict) -> int:
         served = made["ui"].page_client.pictures if "ui" in made else 0
@@ -239,7 +258,7 @@ def main():
             if r % args.restart_every == 0:
                 pictures_served += stop(stations)
                 stations = {"ui": StationProcess(bundle_dir, work / f"a{r}", "ui", page=True)}
-                feed(stations["ui"], pictures, 20, "w")
+                warm_up(stations["ui"])
             for name in (alone if r % 2 == 0 else alone[::-1]):
                 one_round(stations["ui"], name, f"a{r}{name}")
         for r in range(args.rounds):  # then beside two other station processes: plain, and with the drift watch

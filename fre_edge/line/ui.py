@@ -80,8 +80,7 @@ class LivePage:
         lower_priority()
         last = 0.0
         while not self.stopping.is_set():
-            if not self.changed.wait(1.0):
-                continue
+            self.changed.wait()  # (stop() sets it too)
             if self.stopping.wait(max(0.0, last + PUSH_EVERY - time.monotonic())):
                 break
             self.changed.clear()
