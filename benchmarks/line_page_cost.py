@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from ._bundles import bundle
-from ._common import DATASETS, environment, header_md, write
+from ._common import DATASETS, RESULTS, environment, header_md, write
 from ._line import start_station
 
 
@@ -185,6 +185,65 @@ def feed(station: StationProcess, pictures: list[Path], n: int, tag: str) -> tup
     return n / (time.perf_counter() - t0), (station.cpu_seconds() - c0) / n * 1e3
 
 
+def median_interval(values: list[float], draws: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Where 95% of the medians of ``draws`` resamplings of ``values`` (with replacement) fall."""
+    import numpy as np
+
+    x = np.asarray(values)
+    medians = np.median(np.random.default_rng(seed).choice(x, (draws, x.size)), axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def report(result: dict) -> str:
+    """The Markdown table of a run's result (``--report`` writes it again from the JSON file)."""
+    rates, cpu, ratios = result["rates"], result["cpu_ms_per_part"], result["ratios"]
+    md = ["# The live page's and the drift watch's cost to the line", "", header_md(result["environment"]),
+          f"Bundle `{result['bundle']}`; {result['parts']} pictures at the input size per station per round, "
+          f"{result['settle_s']} s idle before each; first {result['alone_rounds']} rounds of one station alone "
+          f"(drift watch + `--ui`), the page open and closed in turn; then {result['rounds']} rounds of three "
+          f"stations fed in turn; fresh station processes every {result['restart_every']} rounds; parts/s from the "
+          f"first file to the last verdict; CPU ms per part: the station process's user + system time over its round "
+          f"(every thread).", "",
+          "| station | parts/s (median of rounds) | CPU ms / part (median) |", "|---|---|---|"]
+    labels = {"alone_closed": "alone: drift watch + `--ui`, page closed",
+              "alone_open": "alone: the same process, page open (its state pushed twice a second, a new picture "
+                            "once a second)",
+              "plain": "beside two others: no page, no drift watch", "drift": "beside two others: drift watch",
+              "closed": "beside two others: drift watch + `--ui`, page closed",
+              "open": "beside two others: the same process, page open"}
+    for name, label in labels.items():
+        md.append(f"| {label} | {statistics.median(rates[name]):.1f} | {statistics.median(cpu[name]):.2f} |")
+    md += ["", "| what it costs | compared | same process | parts/s ratio: median (95% of resampled medians; "
+           "rounds' 10th-90th pct) | CPU per part ratio: median (10th-90th pct) |", "|---|---|---|---|---|"]
+    rows = [("the page open, the station alone on the PC", "page open / page closed", "alone_page_open_over_closed",
+             "yes"),
+            ("the page open, beside two other station processes", "page open / page closed", "page_open_over_closed",
+             "yes"),
+            ("`--ui` with no page open", "page closed / drift watch", "ui_closed_over_drift", "no"),
+            ("the drift watch", "drift watch / plain", "drift_over_plain", "no"),
+            ("drift watch + page open, together", "page open / plain", "page_open_over_plain", "no")]
+    for what, compared, key, same in rows:
+        x = ratios[key]
+        lo, hi = median_interval(x["per_round"]["rate"])
+        md.append(f"| {what} | {compared} | {same} | {x['rate_median']:.3f} ({lo:.3f} - {hi:.3f}; "
+                  f"{x['rate_p10_p90'][0]:.3f} - {x['rate_p10_p90'][1]:.3f}) | {x['cpu_median']:.3f} "
+                  f"({x['cpu_p10_p90'][0]:.3f} - {x['cpu_p10_p90'][1]:.3f}) |")
+    drift_us = result["drift_watch_us_per_part"]
+    md += ["", "Goal: at most 3% of the line's rate. The page's own cost is measured within one process (the rounds "
+           "with the page open against the same process's rounds with it closed); the other rows compare two "
+           "processes, whose speeds differ by a few percent here even for nearly the same work (the drift watch is a "
+           "few arithmetic steps a part). The station is bound by its CPU on 2 cores, so its CPU per part is what "
+           "the page and the drift watch take from the line's rate (the JSON file has every round; the interval is "
+           "where 95% of the medians of 10,000 resamplings of the rounds fall).",
+           "", f"The drift watch's own work, timed alone in this process (`DriftWatch.add`, {DRIFT_PARTS:,} parts "
+           f"past its baseline): {drift_us:.1f} CPU microseconds a part, "
+           f"{drift_us / 1e3 / statistics.median(cpu['plain']):.3%} of the plain station's CPU per part.",
+           "", f"The page drew {result['page_pictures_served']} pictures. The client that stands in for the browser "
+           f"(a process of its own) used {statistics.median(result['client_cpu_ms_per_part']):.2f} CPU ms per part "
+           f"(median): a browser on the station's own PC costs the line that much more, one on another PC nothing."]
+    return "\n".join(md) + "\n"
+
+
 def main():
     from PIL import Image
 
@@ -196,7 +255,12 @@ def main():
                     help="rounds of the page open and closed on one station with no other station process running")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds idle before each feed (the previous station's inference threads wind down)")
+    ap.add_argument("--report", action="store_true", help="write the Markdown table again from the JSON file")
     args = ap.parse_args()
+    if args.report:
+        result = json.loads((RESULTS / "line_page_cost.json").read_text())
+        write("line_page_cost", result, report(result))
+        return
     env = environment()
     bundle_dir = bundle("efficientnet_lite0")
     work = Path(tempfile.mkdtemp(prefix="fre-edge-page-bench-"))
@@ -289,47 +353,7 @@ def main():
               "ratios": pairs,
               "drift_watch_us_per_part": drift_us, "client_cpu_ms_per_part": client_cpu,
               "page_pictures_served": pictures_served}
-    md = ["# The live page's and the drift watch's cost to the line", "", header_md(env),
-          f"Bundle `{bundle_dir.name}`; {args.parts} pictures at the input size per station per round, "
-          f"{args.settle} s idle before each; first {args.alone_rounds} rounds of one station alone (drift watch + "
-          f"`--ui`), the page open and closed in turn; then {args.rounds} rounds of three stations fed in turn; "
-          f"fresh station processes every {args.restart_every} rounds; parts/s from the first file to the last "
-          f"verdict; CPU ms per part: the station process's user + system time over its round (every thread).", "",
-          "| station | parts/s (median of rounds) | CPU ms / part (median) |", "|---|---|---|"]
-    labels = {"alone_closed": "alone: drift watch + `--ui`, page closed",
-              "alone_open": "alone: the same process, page open (its state pushed twice a second, a new picture "
-                            "once a second)",
-              "plain": "beside two others: no page, no drift watch", "drift": "beside two others: drift watch",
-              "closed": "beside two others: drift watch + `--ui`, page closed",
-              "open": "beside two others: the same process, page open"}
-    for name, label in labels.items():
-        md.append(f"| {label} | {statistics.median(rates[name]):.1f} | {statistics.median(cpu[name]):.2f} |")
-    md += ["", "| what it costs | compared | same process | parts/s ratio (median; rounds' 10th-90th pct) "
-           "| CPU per part ratio (median; 10th-90th pct) |", "|---|---|---|---|---|"]
-    rows = [("the page open, the station alone on the PC", "page open / page closed", "alone_page_open_over_closed",
-             "yes"),
-            ("the page open, beside two other station processes", "page open / page closed", "page_open_over_closed",
-             "yes"),
-            ("`--ui` with no page open", "page closed / drift watch", "ui_closed_over_drift", "no"),
-            ("the drift watch", "drift watch / plain", "drift_over_plain", "no"),
-            ("drift watch + page open, together", "page open / plain", "page_open_over_plain", "no")]
-    for what, compared, key, same in rows:
-        x = pairs[key]
-        md.append(f"| {what} | {compared} | {same} | {x['rate_median']:.3f} ({x['rate_p10_p90'][0]:.3f} - "
-                  f"{x['rate_p10_p90'][1]:.3f}) | {x['cpu_median']:.3f} ({x['cpu_p10_p90'][0]:.3f} - "
-                  f"{x['cpu_p10_p90'][1]:.3f}) |")
-    md += ["", "Goal: at most 3% of the line's rate. The page's own cost is measured within one process (the rounds "
-           "with the page open against the same process's rounds with it closed); the other rows compare two "
-           "processes, whose speeds differ by a few percent here even for nearly the same work (the drift watch is a "
-           "few arithmetic steps a part). The station is bound by its CPU on 2 cores, so its CPU per part is what "
-           "the page and the drift watch take from the line's rate (the JSON file has every round).",
-           "", f"The drift watch's own work, timed alone in this process (`DriftWatch.add`, {DRIFT_PARTS:,} parts "
-           f"past its baseline): {drift_us:.1f} CPU microseconds a part, "
-           f"{drift_us / 1e3 / statistics.median(cpu['plain']):.2%} of the plain station's CPU per part.",
-           "", f"The page drew {pictures_served} pictures. The client that stands in for the browser (a process "
-           f"of its own) used {statistics.median(client_cpu):.2f} CPU ms per part (median): a browser "
-           f"on the station's own PC costs the line that much more, one on another PC nothing."]
-    write("line_page_cost", result, "\n".join(md) + "\n")
+    write("line_page_cost", result, report(result))
 
 
 if __name__ == "__main__":

@@ -343,6 +343,9 @@ const drawn = new Set();
 let pictured = 0, later = null;  // when the page last asked for a new picture; the timer that asks for the next
 const es = new EventSource("/events");  // the station pushes its state: at once, then at most twice a second
 es.addEventListener("status", e => { status = JSON.parse(e.data); draw(); });
-es.addEventListener("drift", e => { $("marked").textContent = "DRIFT: " + e.data; });
+es.addEventListener("drift", e => { const a = JSON.parse(e.data), pct = v => (100 * (v || 0)).toFixed(0) + "%";
+  $("marked").innerHTML = `<span class="bad">drift alarm</span> (${esc(a.test)} test, ${esc(a.time)}): good parts
+    score ${a.shift_spreads.toFixed(2)} spreads higher than the line's baseline; ${pct(a.share_above_threshold)} of
+    the last parts above the threshold (baseline ${pct(a.baseline_share_above_threshold)})`; });
 </script></body></html>
 """
