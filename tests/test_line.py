@@ -681,10 +681,10 @@ def test_the_documented_systemd_unit_is_one_systemd_accepts(tmp_path):
     assert "RestartSecs" in out.stdout + out.stderr
 
 
-def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictures, tmp_path, monkeypatch):
+def test_the_live_page_streams_the_line_state_and_keeps_marks(sample_bundle, pictures, tmp_path, monkeypatch):
     """The page's data as a browser gets it: the page itself, the station's state pushed as a server-sent event at
-    once and again when a part is inspected, the part's heatmap picture, and a mark written where fit and eval
-    read it; with a token, marking needs it."""
+    once and again when a part is inspected (at most twice a second in a burst), the part's heatmap picture, and a
+    mark written where fit and eval read it; with a token, marking needs it."""
     incoming, review, port = tmp_path / "in", tmp_path / "review", free_port()
     incoming.mkdir()
     monkeypatch.setenv("FRE_EDGE_UI_TOKEN", "s3cret")
@@ -719,7 +719,19 @@ def test_the_live_page_streams_each_verdict_and_keeps_marks(sample_bundle, pictu
         record = state["latest_parts"][-1]
         assert record["part"] == "p0.png" and state["sources"]["source1"]["parts"] == 1
         assert state["recent_scores"] == [[record["seq"], record["score"], record["verdict"]]]
+        from fre_edge.line.ui import PUSH_EVERY
+
+        t0, pushes = time.monotonic(), 0
+        for i in range(30):  # a burst: the state goes out at most twice a second, not once a part
+            drop(pictures[i % len(pictures)], incoming, f"q{i:02d}.png")
+        while state["sources"]["source1"]["parts"] < 31:
+            kind, state = next_event()
+            pushes += kind == b"status"
+            assert time.monotonic() - t0 < 60, "the burst's parts never all showed"
+        assert pushes <= 2 + (time.monotonic() - t0) / PUSH_EVERY, (pushes, time.monotonic() - t0)
+        assert [r["part"] for r in state["latest_parts"][-3:]] == ["q27.png", "q28.png", "q29.png"]
         events.close()
+        record = state["latest_parts"][-1]  # the first part is no longer among the latest: the newest is marked
         with urllib.request.urlopen(f"{base}/parts/{record['seq']}.jpg", timeout=30) as r:
             assert r.headers["Content-Type"] == "image/jpeg" and r.read(3) == b"\xff\xd8\xff"
         body = json.dumps({"seq": record["seq"], "mark": "good", "who": "ana"}).encode()
