@@ -95,7 +95,7 @@ def test_the_page_follows_the_line(sample_bundle, sample_root, browser, tmp_path
                 break
         wait_for(lambda: browser.find_element(By.ID, "drift").text.startswith("drift"), 10, "the alarm on the page")
         assert "bad" in browser.find_element(By.ID, "drift").get_attribute("class")
-        alarm = wait_for(lambda: browser.find_element(By.ID, "marked").text, 10, "the alarm's words")
+        alarm = wait_for(lambda: browser.find_element(By.ID, "notice").text, 10, "the alarm's words")
         assert alarm.startswith("drift alarm (") and "above the threshold" in alarm, alarm
         browser.save_screenshot(str(tmp_path / "page.png"))
         target = os.environ.get("FRE_EDGE_PAGE_SCREENSHOT")

@@ -84,8 +84,9 @@ class LivePage:
             if self.stopping.wait(max(0.0, last + PUSH_EVERY - time.monotonic())):
                 break
             self.changed.clear()
-            last = time.monotonic()
-            self.broadcast("status", self.status())
+            if self.clients:  # (the last page may have left meanwhile: nothing to build)
+                last = time.monotonic()
+                self.broadcast("status", self.status())
 
     def status(self) -> dict:
         """The station's state as the page shows it (``/status`` and each push)."""
@@ -263,7 +264,7 @@ button{margin:2px 4px 0 0} #drift{font-weight:600}
 <div><section><h2>Sources</h2><table id="sources"></table></section>
 <section style="margin-top:12px"><h2>Sinks</h2><table id="sinks"></table></section>
 <section style="margin-top:12px"><h2>Shadow bundle</h2><div id="shadow">none</div></section>
-<section style="margin-top:12px"><h2>Last part</h2><div id="last">-</div><div id="marked"></div></section>
+<section style="margin-top:12px"><h2>Last part</h2><div id="last">-</div><div id="notice"></div></section>
 </div></main>
 <script>
 "use strict";
@@ -328,13 +329,13 @@ async function mark(seq, mark){
   if(status.review_needs_token && !token) token = prompt("The station's token, to mark parts");
   const r = await fetch("/review", {method: "POST", headers: {"Content-Type": "application/json",
     ...(token ? {"X-Token": token} : {})}, body: JSON.stringify({seq, mark, who: "operator"})});
-  $("marked").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
+  $("notice").textContent = r.ok ? `part ${seq} marked ${mark}` : (await r.json()).error;
 }
 async function promote(){
   if(!confirm("Make the shadow bundle the live one?")) return;
   if(status.review_needs_token && !token) token = prompt("The station's token");
   const r = await fetch("/promote", {method: "POST", headers: token ? {"X-Token": token} : {}});
-  $("marked").textContent = r.ok ? "promoted: live version " + (await r.json()).live.bundle_version :
+  $("notice").textContent = r.ok ? "promoted: live version " + (await r.json()).live.bundle_version :
     (await r.json()).error;
   refresh();
 }
@@ -344,7 +345,7 @@ let pictured = 0, later = null;  // when the page last asked for a new picture; 
 const es = new EventSource("/events");  // the station pushes its state: at once, then at most twice a second
 es.addEventListener("status", e => { status = JSON.parse(e.data); draw(); });
 es.addEventListener("drift", e => { const a = JSON.parse(e.data), pct = v => (100 * (v || 0)).toFixed(0) + "%";
-  $("marked").innerHTML = `<span class="bad">drift alarm</span> (${esc(a.test)} test, ${esc(a.time)}): good parts
+  $("notice").innerHTML = `<span class="bad">drift alarm</span> (${esc(a.test)} test, ${esc(a.time)}): good parts
     score ${a.shift_spreads.toFixed(2)} spreads higher than the line's baseline; ${pct(a.share_above_threshold)} of
     the last parts above the threshold (baseline ${pct(a.baseline_share_above_threshold)})`; });
 </script></body></html>
