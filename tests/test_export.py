@@ -145,10 +145,13 @@ def map_head_floats(bundle) -> int:
     m = json.loads((bundle / "manifest.json").read_text())
     n_score = len(m["layers"])
     side = m["input_size"] if isinstance(m["input_size"], int) else None
+    pools = m.get("map_pool", 1)
+    pools = pools if isinstance(pools, list) else [pools] * len(m.get("map_layers", []))
     total = 0
-    for layer, k, form in zip(m.get("map_layers", []), m["n_components"][n_score:], m["head_forms"][n_score:]):
+    for layer, pool, k, form in zip(m.get("map_layers", []), pools, m["n_components"][n_score:],
+                                    m["head_forms"][n_score:]):
         C, stride = {"blocks.4": (40, 8), "blocks.10": (112, 16)}[layer]
-        S = (side // stride) ** 2
+        S = (side // stride // pool) ** 2
         total += C * S * k + C * S + (S * k * (k + 1) // 2 if form == "one_pass" else 0)
     return total
 
@@ -171,7 +174,9 @@ def test_one_pass_head_holds_the_components_once(sample_bundle, tmp_path):
     assert k + 1 <= C
     assert not [n for n in sizes if n >= D * D], "a D x D matrix made it into the graph"
     assert sizes.count(D * k) == 1
-    assert sizes.count(S * k * (k + 1) // 2) == 1
+    # the grid head (blocks.4 pooled to the same 7 x 7 grid) holds Gram triangles of the same size where its k is k
+    grid_k = json.loads((sample_bundle / "manifest.json").read_text())["n_components"][3]
+    assert sizes.count(S * k * (k + 1) // 2) == 1 + (grid_k == k)
     assert_head_stored_once(sample_bundle, D, k, S * k * (k + 1) // 2 + S * C, tmp_path)  # + Gram, mean
 
 
@@ -214,7 +219,8 @@ def test_backbone_only_cut_ends_at_the_pooled_features(sample_model, sample_bund
         refs = [f.numpy() for f in fitted.detector.features(x)]
     det = load_backbone_only(sample_bundle, precision="f32")
     out = list(det.adapter.infer(x.numpy()).values())
-    assert len(out) == len(refs) == 3  # what each head reads: the score's pooled layer, the map heads' layers
+    # what each head reads: the score's pooled layer, the map heads' layers, the stride-8 layer on the score's grid
+    assert len(out) == len(refs) == 4
     for ref in refs:
         feats = next(o for o in out if o.shape == ref.shape)
         np.testing.assert_allclose(feats, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

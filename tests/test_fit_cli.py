@@ -36,8 +36,9 @@ def test_fit_has_sensible_thresholds(sample_model):
     assert t["source"] == "holdout" and t["n_images"] == 3
     # from 3 held-out scores the 99% prediction limit lies far above their maximum (t(0.99, 2) = 6.96)
     assert t["image"] == pytest.approx(6038.1, rel=1e-2) and t["image"] > 1.5 * t["score_stats"]["max"]
-    # the map: the coarse map and two fine ones, each divided by its spread on the held-out pictures, added
-    assert t["pixel"] == pytest.approx(14.006, rel=1e-2)
+    # the map: the coarse map, two fine ones and the grid head's, each divided by its spread on the held-out
+    # pictures, added
+    assert t["pixel"] == pytest.approx(16.803, rel=1e-2)
     assert fitted.info["data"]["fit_images"] == 27 and fitted.info["data"]["holdout_images"] == 3
 
 
@@ -46,8 +47,9 @@ def test_cli_fit_then_eval(tmp_path, sample_root):
     out = tmp_path / "m"
     r = runner.invoke(cli, ["fit", str(sample_root), "-o", str(out), "--input-size", "224", "--quiet"])
     assert r.exit_code == 0, r.output
-    # 27 fitting images: 97% of the variance takes 24 of at most 26 components; the map heads keep 16 each
-    assert json.loads(r.stdout)["n_components"] == [24, 16, 16]
+    # 27 fitting images: 97% of the variance takes 24 of at most 26 components (the score's head and the grid
+    # head); the unpooled map heads keep 16 each
+    assert json.loads(r.stdout)["n_components"] == [24, 16, 16, 24]
     assert json.loads(r.stdout)["map_layers"] == ["blocks.4", "blocks.10"]
     # 30 good images, 10% held out: a threshold from 3 images is wide, and fitting says so
     assert "warning: the image threshold comes from only 3 good image(s)" in r.stderr

@@ -238,6 +238,17 @@ def test_manifest_input_size_is_checked_before_anything_is_allocated(bundle, sam
     assert message in one_error_line(run("predict", bundle, sample_root / BROKEN))
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(map_pool=[1] * (len(m["map_layers"]) + 1)),
+     "'map_pool' is a list but not one pooling kernel per map layer"),
+    (lambda m: m.update(map_pool=[0] * len(m["map_layers"])), "not whole numbers of 1 or more"),
+    (lambda m: m.update(map_pool=0), "'map_pool' is 0, not whole numbers of 1 or more"),
+])
+def test_manifest_map_heads_are_checked(bundle, sample_root, change, message):
+    edit_manifest(bundle, change)
+    assert message in one_error_line(run("predict", bundle, sample_root / BROKEN))
+
+
 def test_metadata_that_disagrees_with_its_graph_is_refused(sample_bundle, tmp_path):
     """A lone IR whose own metadata (consistent in itself) names another input size than its graph."""
     xml = tmp_path / "model.xml"

@@ -54,7 +54,10 @@ def _map_layers(value: str | None) -> tuple[str, ...] | None:
 @click.option("--map-pool", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Average-pooling kernel on the map heads' features.")
 @click.option("--map-components", default="16", show_default=True, callback=_n_components,
-              help="Components of each map head: a count, or a variance ratio in (0, 1).")
+              help="Components of each map layer's unpooled head: a count, or a variance ratio in (0, 1).")
+@click.option("--map-grid/--no-map-grid", default=True, show_default=True,
+              help="Also pool each map layer shallower than the score's to the score's grid (--variance of it): "
+                   "the map then sees large, faint changes that the deep layer ignores.")
 @click.option("--position-free", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
               help="Also score each picture by its worst local patch against one subspace of patches shared by "
                    "every location (catches small defects on parts that move in the fixture); auto keeps it where "
@@ -83,7 +86,7 @@ def _map_layers(value: str | None) -> tuple[str, ...] | None:
 @click.option("--force", is_flag=True, help="Overwrite the output folder.")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 def command(data, output, layout, split, backbone, layers, input_size, tiles, tile_overlap, pool, map_layers,
-            map_pool, map_components, position_free, n_components,
+            map_pool, map_components, map_grid, position_free, n_components,
             strategy, ae_epochs, holdout, blur_sigma, batch_size, weights, memory_budget_gb, address, partition_size,
             force, quiet):
     """Fit FRE on the good images of DATA and write a model folder.
@@ -115,7 +118,7 @@ def command(data, output, layout, split, backbone, layers, input_size, tiles, ti
                     blur_sigma=blur_sigma, batch_size=batch_size, weights=weights, ae_epochs=ae_epochs,
                     memory_budget_gb=memory_budget_gb, tiles=tiles, tile_overlap=tile_overlap,
                     map_layers=_map_layers(map_layers), map_pool=map_pool,
-                    map_components=map_components, position_free=position_free).validate()
+                    map_components=map_components, map_grid=map_grid, position_free=position_free).validate()
     if address:
         from ..cluster.engine import check_address
 
@@ -130,6 +133,7 @@ def command(data, output, layout, split, backbone, layers, input_size, tiles, ti
     echo_warnings(info)
     click.echo(json.dumps({"model": str(output), "backbone": cfg.backbone, "layers": list(cfg.layers),
                            "map_layers": list(cfg.map_layers),
+                           "map_grid_heads": [{"layer": layer, "pool": p} for layer, p in cfg.grid_heads],
                            "input_size": size_json(fitted.config.input_size),
                            "tiles": None if fitted.tiling is None else fitted.tiling.to_json(),
                            "n_components": info["n_components"],

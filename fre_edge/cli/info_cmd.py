@@ -52,8 +52,7 @@ def command(bundle, as_json):
            f"{size_text(m['tiling']['canvas'])})" if m.get("tiling") else "")
         + f", pool {m['pool']}, k = {','.join(map(str, m['n_components']))}, "
         f"head {','.join(m.get('head_forms') or ['?'])}",
-        *([f"map          its own heads: {','.join(m['map_layers'])}, pool {m.get('map_pool', 1)} (the score from "
-           f"{','.join(m['layers'])})"] if m.get("map_layers") else []),
+        *([map_text(m)] if m.get("map_layers") else []),
         *([score_rule_text(m["image_score"])] if m.get("image_score") else []),
         f"weights      {m['precision']}" + head_weights_text(m.get("head_weights")),
         f"thresholds   image {th['image']:.6g}, pixel {th['pixel']:.6g} ({th.get('n_images', '?')} images; "
@@ -88,3 +87,11 @@ def head_weights_text(hw: dict | None) -> str:
         return ""
     return (f" (head components {hw['dtype']}: scores within {hw['max_rel_score_difference']:.1e} of f32 on "
             f"{hw['check_inputs']} check inputs, bound {hw['bound']:g})")
+
+
+def map_text(m: dict) -> str:
+    """The map's own heads, each map layer with its pooling kernel (the score's coarse map is added to them)."""
+    pools = m.get("map_pool", 1)
+    pools = pools if isinstance(pools, list) else [pools] * len(m["map_layers"])
+    heads = ", ".join(f"{layer} pool {p}" for layer, p in zip(m["map_layers"], pools))
+    return f"map          its own heads: {heads} (the score from {','.join(m['layers'])}, its coarse map added)"

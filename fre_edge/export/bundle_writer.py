@@ -42,7 +42,10 @@ def bundle_metadata(fitted, precision: str, exporter: dict, head_forms: list[str
         **weights_record(cfg),
         "layers": list(cfg.layers),
         "pool": cfg.pool,
-        **({"map_layers": list(cfg.map_layers), "map_pool": cfg.map_pool} if cfg.map_layers else {}),
+        # the map heads' layers and pooling kernels (one for all, or one each where the grid heads differ)
+        **({"map_layers": list(cfg.head_layers[len(cfg.layers):]),
+            "map_pool": cfg.map_pool if len(set(cfg.map_head_pools)) == 1 else cfg.map_head_pools}
+           if cfg.map_layers else {}),
         **({"image_score": info["image_score"]} if info.get("image_score") else {}),
         **({"position_free": info["position_free"]} if info.get("position_free") else {}),
         "input_size": size_json(cfg.input_size),  # a side when square, else [height, width]

@@ -202,8 +202,9 @@ def head_shapes(manifest: dict) -> list[tuple[int, int, int]]:
 
     spec = get_spec(manifest["backbone"])
     h, w = input_hw(manifest["input_size"])
-    pools = [manifest["pool"]] * len(manifest["layers"]) + [manifest.get("map_pool", 1)] * len(
-        manifest.get("map_layers", []))
+    map_pool = manifest.get("map_pool", 1)  # one kernel for every map head, or one each
+    pools = [manifest["pool"]] * len(manifest["layers"]) + (
+        list(map_pool) if isinstance(map_pool, list) else [map_pool] * len(manifest.get("map_layers", [])))
     out = []
     for layer, pool in zip([*manifest["layers"], *manifest.get("map_layers", [])], pools):
         info = spec.layers[layer]

@@ -47,6 +47,10 @@ class FitConfig:
     map_layers: tuple[str, ...] | None = None
     map_pool: int = 1
     map_components: float | int = MAP_COMPONENTS
+    # the map from a pyramid of its layers: each map layer shallower than the score's also pooled to the score's
+    # grid (the score's share of the variance), as the score's own layer is; False: the score's coarse map and the
+    # map layers' unpooled maps only (how models fitted before this setting made their map)
+    map_grid: bool = True
     # the image score also from one subspace of local patches shared by every location (.model.LocalHead): "on",
     # "off", or "auto": kept where it tells good pictures from pasted defects clearly better (.position_free)
     position_free: str = "auto"
@@ -95,18 +99,42 @@ class FitConfig:
         return None if self.tiles is None else Tiling(self.tiles, self.input_size, self.tile_overlap)
 
     @property
+    def grid_heads(self) -> tuple[tuple[str, int], ...]:
+        """(layer, pooling kernel) of each map layer shallower than the score's first layer, pooled to the score's
+        grid (``map_grid``): its features averaged over each cell of the score's grid see large, faint changes
+        of texture or shade that the deeper layer is made to ignore and a single location cannot tell."""
+        if not (self.map_grid and self.map_layers):
+            return ()
+        spec = get_spec(self.backbone)
+        cell = spec.layers[self.layers[0]].stride * self.pool
+        out = []
+        for layer in self.map_layers:
+            stride = spec.layers[layer].stride
+            if layer not in self.layers and stride < cell and cell % stride == 0:
+                out.append((layer, cell // stride))
+        return tuple(out)
+
+    @property
     def head_layers(self) -> tuple[str, ...]:
-        """The layer each head reads: the score's heads, then the map's."""
-        return tuple(self.layers) + tuple(self.map_layers)
+        """The layer each head reads: the score's heads, then the map's (its layers, then their grid heads)."""
+        return tuple(self.layers) + tuple(self.map_layers) + tuple(layer for layer, _ in self.grid_heads)
 
     @property
     def head_pools(self) -> tuple[int, ...]:
-        return (self.pool,) * len(self.layers) + (self.map_pool,) * len(self.map_layers)
+        return ((self.pool,) * len(self.layers) + (self.map_pool,) * len(self.map_layers)
+                + tuple(p for _, p in self.grid_heads))
 
     @property
     def head_components(self) -> tuple[float | int, ...]:
-        """What each head keeps: ``n_components`` for the score's, ``map_components`` for the map's."""
-        return (self.n_components,) * len(self.layers) + (self.map_components,) * len(self.map_layers)
+        """What each head keeps: ``n_components`` for the score's and the grid heads, ``map_components`` for the
+        map layers' own (unpooled) heads."""
+        return ((self.n_components,) * len(self.layers) + (self.map_components,) * len(self.map_layers)
+                + (self.n_components,) * len(self.grid_heads))
+
+    @property
+    def map_head_pools(self) -> list[int]:
+        """The pooling kernel of each map head (the map layers', then the grid heads'), as the bundle records it."""
+        return list(self.head_pools[len(self.layers):])
 
     @property
     def backbone_layers(self) -> tuple[str, ...]:

@@ -63,11 +63,11 @@ _CONFIG_TYPES = {"backbone": (str,), "layers": (list,), "input_size": (int, list
                  "blur_sigma": (int, float), "batch_size": (int,), "seed": (int,), "pretrained": (bool,),
                  "weights": (str, type(None)), "memory_budget_gb": (int, float), "ae_epochs": (int,),
                  "tiles": (list, type(None)), "tile_overlap": (int, float), "map_layers": (list,),
-                 "map_pool": (int,), "map_components": (int, float), "position_free": (str,)}
+                 "map_pool": (int,), "map_components": (int, float), "position_free": (str,), "map_grid": (bool,)}
 # settings added after models were first saved: a model.json without them takes the default they had
 # (a model without map_layers made its map from its score's subspace)
 _ADDED_LATER = {"ae_epochs": 250, "tiles": None, "tile_overlap": 0.25, "map_layers": [], "map_pool": 1,
-                "map_components": 16, "position_free": "off"}
+                "map_components": 16, "position_free": "off", "map_grid": False}
 
 
 def _config(settings: dict, where: Path) -> FitConfig:
@@ -93,7 +93,7 @@ def _config(settings: dict, where: Path) -> FitConfig:
         raise FreEdgeError(f"{where}: config: {exc}; or fit the model again") from None
 
 
-def _info(settings: dict, where: Path) -> dict:
+def _info(settings: dict, where: Path, config: FitConfig) -> dict:
     """model.json's "info": the per-layer lists the detector is rebuilt from, and finite thresholds."""
     info = settings.get("info")
     if not isinstance(info, dict):
@@ -104,7 +104,7 @@ def _info(settings: dict, where: Path) -> dict:
     if not all(isinstance(s, list) and len(s) == 3 and all(isinstance(d, int) and d > 0 for d in s)
                for s in info["feature_shapes"]):
         raise FreEdgeError(f"{where}: info: feature_shapes is not a list of [C, H, W]; fit the model again")
-    heads = len(settings["config"]["layers"]) + len(settings["config"].get("map_layers", []))
+    heads = len(config.head_layers)
     if not len(info["strategies"]) == len(info["feature_shapes"]) == heads:
         raise FreEdgeError(f"{where}: info: one entry per head is needed; fit the model again")
     check_thresholds(info.get("thresholds"), str(where), "fit the model again")
@@ -135,7 +135,7 @@ def load_model(model_dir: str | Path) -> FittedFRE:
             f"refit with this version"
         )
     cfg = _config(settings, sp)
-    info = _info(settings, sp)
+    info = _info(settings, sp, cfg)
     try:
         tensors = load_file(str(tp))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -42,7 +42,7 @@ FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "layers": (list, True),
     "pool": (int, True),
     "map_layers": (list, False),  # the map's own heads (unpooled by default); absent: the map from "layers"
-    "map_pool": (int, False),
+    "map_pool": ((int, list), False),  # one pooling kernel for every map head, or one each
     "image_score": (dict, False),  # the image score's rule and, when fit chose it, the evidence
     "position_free": (dict, False),  # the position-free score (fre_edge.fit.model.LocalHead): layer, window, k, norm
     "input_size": ((int, list), True),  # a side when square, else [height, width]
@@ -107,10 +107,14 @@ def _check_values(meta: dict, where: str) -> None:
         bad("pool", f"is {meta['pool']}, below 1")
     if not meta["layers"] or not all(isinstance(x, str) for x in meta["layers"]):
         bad("layers", "is not a list of layer names")
-    if meta.get("map_pool", 1) < 1:
-        bad("map_pool", f"is {meta['map_pool']}, below 1")
     if not all(isinstance(x, str) for x in meta.get("map_layers", [])):
         bad("map_layers", "is not a list of layer names")
+    map_pool = meta.get("map_pool", 1)
+    pools = map_pool if isinstance(map_pool, list) else [map_pool]
+    if isinstance(map_pool, list) and len(map_pool) != len(meta.get("map_layers", [])):
+        bad("map_pool", "is a list but not one pooling kernel per map layer")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in pools):
+        bad("map_pool", f"is {map_pool}, not whole numbers of 1 or more")
     k = meta["n_components"]
     heads = len(meta["layers"]) + len(meta.get("map_layers", []))
     if len(k) != heads or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in k):
