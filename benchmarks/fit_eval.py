@@ -4,7 +4,9 @@
 
 Each configuration runs in its own process so that its peak memory is its own. Reports image AUROC,
 pixel AUROC, AUPRO, the time of the feature pass alone, the rest of the fit, and peak memory, for the
-defaults and for ``single_map`` (one subspace for score and map: ``--map-layers none --position-free off``).
+defaults, for ``coarse_plus_fine`` (the map as the score's coarse map plus the map layers' unpooled ones, no
+grid head: ``--no-map-grid``) and for ``single_map`` (one subspace for score and map: ``--map-layers none
+--position-free off``).
 How the fitting strategies compare in time and memory: ``fit_scale``.
 """
 
@@ -23,10 +25,13 @@ from ._common import DATASETS, REPO, environment, header_md, write
 RUNS = [
     {"dataset": "magnetic_tile", "model": "default"},
     {"dataset": "mvtec_bottle", "model": "default"},
+    {"dataset": "magnetic_tile", "model": "coarse_plus_fine"},
+    {"dataset": "mvtec_bottle", "model": "coarse_plus_fine"},
     {"dataset": "magnetic_tile", "model": "single_map"},
     {"dataset": "mvtec_bottle", "model": "single_map"},
 ]
-MODELS = {"default": {}, "single_map": {"map_layers": (), "position_free": "off"}}
+MODELS = {"default": {}, "coarse_plus_fine": {"map_grid": False},
+          "single_map": {"map_layers": (), "position_free": "off"}}
 
 
 def one(dataset: str, model: str) -> dict:
@@ -43,7 +48,8 @@ def one(dataset: str, model: str) -> dict:
     t = fitted.info["timings_s"]
     return {
         "dataset": dataset, "model": model, "backbone": cfg.backbone, "layers": list(cfg.layers),
-        "map_layers": list(fitted.config.map_layers),
+        "map_layers": list(fitted.config.head_layers[len(cfg.layers):]),
+        "map_pools": fitted.config.map_head_pools,
         "image_score": fitted.info.get("image_score", {}).get("rule", "global"),
         "input_size": size_json(fitted.config.input_size),
         "pool": cfg.pool, "variance": cfg.n_components, "strategy": fitted.info["strategies"],
@@ -53,6 +59,14 @@ def one(dataset: str, model: str) -> dict:
         "overhead_vs_feature_pass": (fit_s - t["feature_pass"]) / t["feature_pass"],
         "peak_rss_mb": fitted.info["peak_rss_mb"], "thresholds": fitted.info["thresholds"],
     }
+
+
+def map_heads(r: dict) -> str:
+    """The map's own heads of a run, layer/pool each (the score's coarse map is added to them)."""
+    if not r["map_layers"]:
+        return "the same"
+    pools = r.get("map_pools") or [1] * len(r["map_layers"])
+    return ",".join(f"{layer}/{p}" for layer, p in zip(r["map_layers"], pools))
 
 
 def main():
@@ -83,7 +97,7 @@ def main():
         at = m.get("at_threshold", {})
         md.append(
             f"| {r['dataset']} | {r['model']} | {','.join(r['layers'])}; "
-            f"{','.join(r['map_layers']) or 'the same'} @ {r['input_size']} | {r['image_score']} | "
+            f"{map_heads(r)} @ {r['input_size']} | {r['image_score']} | "
             f"{','.join(r['strategy'])} | "
             f"{','.join(map(str, r['n_components']))} | {m['image_auroc']:.4f} | "
             f"{m.get('pixel_auroc', float('nan')):.4f} | "

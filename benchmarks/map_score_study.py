@@ -10,6 +10,9 @@ maps  ``coarse``  the score's subspace alone: blocks.10, pool 2, one subspace of
       ``coarse+s8+s16``  the three, each so scaled, added
       (at 97% of the variance, and with the fine heads' components capped at @k, which is what their cost
       grows with)
+      ``s8/4``    blocks.4 averaged over 4 x 4 cells: the score's 8 x 8 grid (one subspace, 97%)
+      ``coarse+s8+s16+s8/4@16``  the default: the pyramid of both layers, each unpooled (16 components)
+                  and on the score's grid; ``s8+s16+s8/4@16`` the same without the score's coarse map
 scores ``global``     the FRE score of the coarse subspace
        ``map_top``    mean of the top 1% of the fine map
        ``free``       position-free FRE: one subspace of 3 x 3-averaged blocks.10 vectors shared by every
@@ -206,7 +209,17 @@ def study(name: str, caps: list[int]) -> dict:
         rows["maps"]["s8+s16" + tag] = {"k": ks, **judge_map(fused_test)}
         rows["maps"]["coarse+s8+s16" + tag] = {"k": [gm.n_components_, *ks],
                                                **judge_map(coarse_map + fused_test)}
-        fine[cap] = (fused_hold, fused_test)
+        fine[cap] = (fused_hold, fused_test, ks)
+    grid = F.avg_pool2d(f4, 4)  # blocks.4 on the score's grid (fit.config.FitConfig.grid_heads)
+    gh = fre(grid[fit_i], 0.97)
+    grid_test = upsample(gh.error_maps(grid[test_i]))
+    rows["maps"]["s8/4"] = {"k": gh.n_components_, **judge_map(grid_test)}
+    grid_map = grid_test / upsample(gh.error_maps(grid[hold_i])).std()
+    ks16 = fine[16][2] if 16 in fine else None
+    if ks16 is not None:
+        rows["maps"]["coarse+s8+s16+s8/4@16"] = {"k": [gm.n_components_, *ks16, gh.n_components_],
+                                                 **judge_map(coarse_map + fine[16][1] + grid_map)}
+        rows["maps"]["s8+s16+s8/4@16"] = {"k": [*ks16, gh.n_components_], **judge_map(fine[16][1] + grid_map)}
     th, tt = top_mean(fine[None][0]), top_mean(fine[None][1])
     rows["scores"]["map_top"] = auroc(labels, tt)
     fh, (ft, fmaps), kf = free_scores(f10[fit_i], f10[hold_i], f10[test_i])

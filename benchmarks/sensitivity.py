@@ -37,8 +37,11 @@ from ._sets import EVAL_HW, dataset
 # name -> (FitConfig overrides, what it varies)
 KNOBS: dict[str, tuple[dict, str]] = {
     "default": ({}, "defaults: score from blocks.10, pool 2, variance 0.97; map also from blocks.4 and blocks.10 "
-                    "unpooled, 16 components each; position-free score auto; input auto (256 x 256 unless the "
-                    "pictures are 1.25 or more from square), no blur"),
+                    "unpooled, 16 components each, and from blocks.4 pooled to the score's grid, variance 0.97; "
+                    "position-free score auto; input auto (256 x 256 unless the pictures are 1.25 or more from "
+                    "square), no blur"),
+    "coarse_plus_fine": ({"map_grid": False}, "the map as the score's coarse map plus blocks.4 and blocks.10 "
+                                              "unpooled (no grid head: --no-map-grid)"),
     "single_map": ({"map_layers": (), "position_free": "off"}, "one subspace for score and map (no map heads, "
                                                                "no position-free score)"),
     "map_k64": ({"map_components": 64}, "map heads' components"),
@@ -59,6 +62,10 @@ KNOBS: dict[str, tuple[dict, str]] = {
     "tiles2x2": ({"tiles": (2, 2)}, "tiling: 2 x 2 tiles of the auto input, overlap 0.25 (4 tiles a picture)"),
 }
 SETS = ("mvtec_bottle", "magnetic_tile", "mtd_wide")
+# which defaults a row's knob moved away from; rows kept by --merge from a run with other defaults (no tag: the map
+# as the score's coarse map plus the unpooled heads) are compared with the knob that reproduces those defaults
+DEFAULTS = "map pyramid"
+EARLIER_DEFAULTS = {None: "coarse_plus_fine"}
 
 
 def one(set_name: str, knob: str, out: Path) -> dict:
@@ -82,6 +89,7 @@ def one(set_name: str, knob: str, out: Path) -> dict:
     metrics = compute_metrics(test, scores, maps, fitted.image_threshold)
     export_bundle(fitted, out, force=True)
     row = {"set": set_name, "knob": knob, "varies": KNOBS[knob][1], "config": KNOBS[knob][0],
+           "defaults": DEFAULTS,
             "input_size": size_json(fitted.config.input_size), "input_rule": fitted.info["input_size"],
             "layers": list(fitted.config.layers), "pool": fitted.config.pool,
             "n_components": fitted.info["n_components"], "fit_images": len(train), "test_images": len(test),
@@ -157,8 +165,10 @@ def markdown(env: dict, rows: list[dict], rounds: int) -> str:
     from fre_edge.images import size_text
     from fre_edge.timing import markdown_table
 
-    merged = (f"Rows of other knobs fitted and scored by `{env['command_before_merge']}` on this machine earlier; "
-              f"every bundle's FPS measured again in this run.\n\n" if env.get("command_before_merge") else "")
+    merged = (f"Rows of other knobs kept from earlier runs of this script on this machine (the first: "
+              f"`{env['command_before_merge']}` on {env.get('date_before_merge', 'an earlier date')}); those marked "
+              f"\"from the earlier defaults\" moved their knob away from the defaults of then. Every bundle's FPS "
+              f"measured again in this run.\n\n" if env.get("command_before_merge") else "")
     about = __doc__.split("\n\n", 2)[2].strip()
     md = ["# Sensitivity of FRE to its settings", "", header_md(env), merged + about, "",
           f"FPS rounds: {rounds} (median over all timed calls; quartiles of the per-round values in the JSON).", "",
@@ -168,26 +178,41 @@ def markdown(env: dict, rows: list[dict], rounds: int) -> str:
         base = next((r for r in mine if r["knob"] == "default"), None)
         md += [f"## {s} ({mine[0]['fit_images']} fitting pictures, {mine[0]['test_images']} test pictures)", ""]
 
+        def against(r):
+            """The row r's change is shown against: the default, or the twin of the defaults r was fitted from."""
+            if r.get("defaults") == DEFAULTS or r.get("defaults") not in EARLIER_DEFAULTS:
+                return base
+            return next((o for o in mine if o["knob"] == EARLIER_DEFAULTS[r.get("defaults")]), None)
+
         def delta(r, k):
-            return "" if base is None or r is base else f" ({r[k] - base[k]:+.3f})"
+            b = against(r)
+            return "" if b is None or r is b else f" ({r[k] - b[k]:+.3f})"
+
+        def name(r):
+            b = against(r)
+            return r["knob"] if b is base else f"{r['knob']} (from the earlier defaults: against {b['knob']})"
 
         md.append(markdown_table(
             ["knob", "input", "k", "image score", "image AUROC", "pixel AUROC", "AUPRO", "FPS", "FPS batch 8",
              "bundle MB", "fit s"],
-            [[r["knob"], size_text(r["input_size"])
+            [[name(r), size_text(r["input_size"])
               + (f" ({r['tiles_per_picture']} tiles)" if r.get("tiles_per_picture", 1) > 1 else ""),
               ",".join(map(str, r["n_components"])), r.get("image_score", "global"),
               f"{r['image_auroc']:.4f}{delta(r, 'image_auroc')}",
               f"{r['pixel_auroc']:.4f}{delta(r, 'pixel_auroc')}", f"{r['aupro']:.4f}{delta(r, 'aupro')}",
               f"{r.get('fps', math.nan):.1f}", f"{r.get('fps_batch8', math.nan):.1f}",
               f"{r['bundle_bytes'] / 1e6:.1f}", f"{r['fit_s']:.1f}"] for r in mine]))
-        single = next((r for r in mine if r["knob"] == "single_map"), None)
-        if base is not None and single is not None:
-            md.append("\nThe defaults against one subspace for score and map (`single_map`), timed in the same "
-                      f"rounds: batch-1 FPS {base['fps'] / single['fps']:.2f}x, batch-8 FPS "
-                      f"{base['fps_batch8'] / single['fps_batch8']:.2f}x, "
-                      f"bundle {base['bundle_bytes'] / single['bundle_bytes']:.2f}x, "
-                      f"fit time {base['fit_s'] / single['fit_s']:.2f}x.")
+        for other, what in (("single_map", "one subspace for score and map"),
+                            ("coarse_plus_fine", "the map without the grid head")):
+            twin = next((r for r in mine if r["knob"] == other), None)
+            if base is not None and twin is not None:
+                same_defaults = twin.get("defaults") == base.get("defaults")
+                md.append(f"\nThe defaults against {what} (`{other}`), timed in the same "
+                          f"rounds: batch-1 FPS {base['fps'] / twin['fps']:.2f}x, batch-8 FPS "
+                          f"{base['fps_batch8'] / twin['fps_batch8']:.2f}x, "
+                          f"bundle {base['bundle_bytes'] / twin['bundle_bytes']:.2f}x"
+                          + (f", fit time {base['fit_s'] / twin['fit_s']:.2f}x." if same_defaults else
+                             " (fitted in another run: fit times not compared)."))
         twin = next((r for r in mine if r["knob"] == "square256"), None)
         if base is not None and twin is not None and base["input_size"] == twin["input_size"]:
             md.append(f"\n`default` and `square256` are the same graph here (the pictures are near square): "
@@ -224,7 +249,9 @@ def main():
         done = {(s, k) for s in sets for k in knobs}
         rows = [r for r in json.loads((RESULTS / "sensitivity.json").read_text())["rows"]
                 if (r["set"], r["knob"]) not in done and Path(r["bundle"]).is_dir()]
-        env["command_before_merge"] = json.loads((RESULTS / "sensitivity.json").read_text())["environment"]["command"]
+        before = json.loads((RESULTS / "sensitivity.json").read_text())["environment"]
+        env["command_before_merge"] = before.get("command_before_merge", before["command"])
+        env["date_before_merge"] = before.get("date_before_merge", before["date_utc"])
     for s in sets:
         for k in knobs:
             out = WORK / "sensitivity" / s / k

@@ -105,7 +105,7 @@ def test_streamed_fit_equals_the_in_memory_fit_on_magnetic_tile(mtd_root):
     streamed = fit_fre(train, FitConfig(pool=4, strategy="covariance"), progress=False)
     assert "the image score is the global FRE" in streamed.info["warnings"][0]
     # the map's own heads from a sample of the fitting pictures (here all of them: fewer than MAP_SAMPLE)
-    assert held.info["strategies"] == ["gram"] * 3 and streamed.info["strategies"] == ["covariance", "gram", "gram"]
+    assert held.info["strategies"] == ["gram"] * 4 and streamed.info["strategies"] == ["covariance"] + ["gram"] * 3
     assert streamed.config.map_layers == held.config.map_layers == ("blocks.4", "blocks.10")
     # the maps' statistics (held-out pictures); one score layer: its own statistics are not used, and a
     # streamed fit does not pass over the fitting pictures again for them
@@ -122,8 +122,8 @@ def test_a_streamed_fit_takes_the_maps_heads_from_an_even_sample(sample_root, mo
     monkeypatch.setattr(pipeline, "MAP_SAMPLE", 6)  # fewer than the fitting pictures
     fitted = fit_fre(train, FitConfig(input_size=224, pool=4, strategy="covariance"), progress=False)
     assert fitted.info["fitted_by"]["map_heads_from_pictures"] == 6 < fitted.info["data"]["fit_images"]
-    assert fitted.info["strategies"] == ["covariance", "gram", "gram"]
-    assert [h.n_components for h in fitted.detector.heads[1:]] == [5, 5]  # 6 pictures: at most 5 components
+    assert fitted.info["strategies"] == ["covariance", "gram", "gram", "gram"]  # the map heads from a sample
+    assert [h.n_components for h in fitted.detector.heads[1:]] == [5, 5, 5]  # 6 pictures: at most 5 components
     with torch.inference_mode():
         scores, maps = fitted.detector(load_batch([s.path for s in ds.test], 224, None))
     labels = np.array([s.label for s in ds.test])

@@ -87,7 +87,7 @@ def test_the_fit_records_the_tiling_and_its_thresholds_are_per_picture(tiled, sa
     assert info["tiling"]["subspace"] == "shared by every tile position"
     assert info["tiling"]["image_score"] == "the largest tile score"
     # 27 fitting pictures x 4 tiles: the subspace saw 108 samples (k > the 26 a picture-level fit could keep)
-    assert info["n_components"] == [31, 16, 16]  # and the map heads' 16 each
+    assert info["n_components"] == [31, 16, 16, 5]  # the unpooled map heads 16 each, the grid head 97% (4 x 4 grid)
     # thresholds from the 3 held-out pictures' largest tile scores, not from 12 tiles
     assert info["thresholds"]["n_images"] == 3
 
