@@ -91,7 +91,7 @@ def head_weights_text(hw: dict | None) -> str:
 
 def map_text(m: dict) -> str:
     """The map's own heads, each map layer with its pooling kernel (the score's coarse map is added to them)."""
-    pools = m.get("map_pool", 1)
-    pools = pools if isinstance(pools, list) else [pools] * len(m["map_layers"])
-    heads = ", ".join(f"{layer} pool {p}" for layer, p in zip(m["map_layers"], pools))
+    from ..runtime.bundle import map_pools
+
+    heads = ", ".join(f"{layer} pool {p}" for layer, p in zip(m["map_layers"], map_pools(m)))
     return f"map          its own heads: {heads} (the score from {','.join(m['layers'])}, its coarse map added)"

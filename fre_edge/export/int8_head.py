@@ -199,12 +199,11 @@ def _refit_local(heads, feats, shapes, fusion, score_heads, manifest, check_feat
 def head_shapes(manifest: dict) -> list[tuple[int, int, int]]:
     """[C, h, w] of the features each head reads (score heads, then map heads), from the bundle's manifest."""
     from ..fit.backbones import get_spec
+    from ..runtime.bundle import map_pools
 
     spec = get_spec(manifest["backbone"])
     h, w = input_hw(manifest["input_size"])
-    map_pool = manifest.get("map_pool", 1)  # one kernel for every map head, or one each
-    pools = [manifest["pool"]] * len(manifest["layers"]) + (
-        list(map_pool) if isinstance(map_pool, list) else [map_pool] * len(manifest.get("map_layers", [])))
+    pools = [manifest["pool"]] * len(manifest["layers"]) + map_pools(manifest)
     out = []
     for layer, pool in zip([*manifest["layers"], *manifest.get("map_layers", [])], pools):
         info = spec.layers[layer]

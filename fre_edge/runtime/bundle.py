@@ -91,6 +91,12 @@ def check_thresholds(th, where: str, fix: str = "re-export the bundle") -> dict:
     return th
 
 
+def map_pools(meta: dict) -> list[int]:
+    """The pooling kernel of each map head a bundle's metadata names: one for all (an int), or one each."""
+    pools = meta.get("map_pool", 1)
+    return list(pools) if isinstance(pools, list) else [pools] * len(meta.get("map_layers", []))
+
+
 def _check_values(meta: dict, where: str) -> None:
     """The fields that decide a score or a verdict hold values a graph can have (checked before any allocation)."""
     def bad(field: str, why: str):
@@ -110,10 +116,10 @@ def _check_values(meta: dict, where: str) -> None:
     if not all(isinstance(x, str) for x in meta.get("map_layers", [])):
         bad("map_layers", "is not a list of layer names")
     map_pool = meta.get("map_pool", 1)
-    pools = map_pool if isinstance(map_pool, list) else [map_pool]
     if isinstance(map_pool, list) and len(map_pool) != len(meta.get("map_layers", [])):
         bad("map_pool", "is a list but not one pooling kernel per map layer")
-    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in pools):
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+               for x in (map_pool if isinstance(map_pool, list) else [map_pool])):
         bad("map_pool", f"is {map_pool}, not whole numbers of 1 or more")
     k = meta["n_components"]
     heads = len(meta["layers"]) + len(meta.get("map_layers", []))
