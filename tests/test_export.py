@@ -141,7 +141,8 @@ def backbone_bin_bytes(bundle, tmp_path) -> int:
 
 
 def map_head_floats(bundle) -> int:
-    """What the map's own heads store (manifest's map_layers): per head V, the mean, and one_pass's Gram triangles."""
+    """What the map's own heads store (manifest's map_layers): per head V, the mean, and one_pass's Gram triangles;
+    a small V (under 2^16 values: the grid head of the demo sample) OpenVINO may also keep transposed."""
     m = json.loads((bundle / "manifest.json").read_text())
     n_score = len(m["layers"])
     side = m["input_size"] if isinstance(m["input_size"], int) else None
@@ -153,6 +154,7 @@ def map_head_floats(bundle) -> int:
         C, stride = {"blocks.4": (40, 8), "blocks.10": (112, 16)}[layer]
         S = (side // stride // pool) ** 2
         total += C * S * k + C * S + (S * k * (k + 1) // 2 if form == "one_pass" else 0)
+        total += C * S * k if form == "reconstruct" and C * S * k < 1 << 16 else 0
     return total
 
 

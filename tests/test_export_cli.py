@@ -37,8 +37,9 @@ def test_export_head_form_option(sample_model, sample_bundle, sample_root, tmp_p
     out = tmp_path / "rec"
     r = runner.invoke(cli, ["export", str(sample_model[0]), "-o", str(out), "--head-form", "reconstruct"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["head_forms"] == ["reconstruct"] * 3
-    assert json.loads((sample_bundle / "manifest.json").read_text())["head_forms"] == ["one_pass"] * 3
+    assert json.loads(r.stdout)["head_forms"] == ["reconstruct"] * 4
+    # the score's head and the map's three
+    assert json.loads((sample_bundle / "manifest.json").read_text())["head_forms"] == ["one_pass"] * 4
     assert sample_model[1].detector.heads[0].form == "one_pass"  # the fitted model is left as it was
     x = load_batch(sorted((sample_root / "test").rglob("*.png"))[:4], sample_model[1].config.input_size).numpy()
     scores = {}

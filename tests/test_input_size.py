@@ -126,7 +126,8 @@ def test_the_fit_records_the_size_and_loads_it_back(wide_model):
     assert settings["info"]["input_size"] == {"rule": "given", "chosen": [160, 288]}
     fitted = load_model(wide_model)
     assert fitted.config.input_size == HW and fitted.detector.input_size == HW
-    assert fitted.info["feature_shapes"] == [[112, 5, 9], [40, 20, 36], [112, 10, 18]]  # score head, map heads
+    # the score head, the map heads, the grid head (blocks.4 on the score's 5 x 9 grid)
+    assert fitted.info["feature_shapes"] == [[112, 5, 9], [40, 20, 36], [112, 10, 18], [40, 5, 9]]
 
 
 def test_the_bundle_takes_the_wide_input_on_both_backends_and_agrees_with_the_fit(wide_model, wide_bundle,
