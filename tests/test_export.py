@@ -143,13 +143,13 @@ def backbone_bin_bytes(bundle, tmp_path) -> int:
 def map_head_floats(bundle) -> int:
     """What the map's own heads store (manifest's map_layers): per head V, the mean, and one_pass's Gram triangles;
     a small V (under 2^16 values: the grid head of the demo sample) OpenVINO may also keep transposed."""
+    from fre_edge.runtime.bundle import map_pools
+
     m = json.loads((bundle / "manifest.json").read_text())
     n_score = len(m["layers"])
     side = m["input_size"] if isinstance(m["input_size"], int) else None
-    pools = m.get("map_pool", 1)
-    pools = pools if isinstance(pools, list) else [pools] * len(m.get("map_layers", []))
     total = 0
-    for layer, pool, k, form in zip(m.get("map_layers", []), pools, m["n_components"][n_score:],
+    for layer, pool, k, form in zip(m.get("map_layers", []), map_pools(m), m["n_components"][n_score:],
                                     m["head_forms"][n_score:]):
         C, stride = {"blocks.4": (40, 8), "blocks.10": (112, 16)}[layer]
         S = (side // stride // pool) ** 2
